@@ -1,0 +1,87 @@
+"""What the client reports: counters, flush results and failed batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = ["DROP_REASONS", "DeliveryFailure", "FlushResult", "Stats"]
+
+DropReason = Literal[
+    "queue_full",
+    "rejected",
+    "too_large",
+    "unauthorized",
+    "suspended",
+    "retries_exhausted",
+    "shutdown_timeout",
+]
+DROP_REASONS: tuple[DropReason, ...] = DropReason.__args__  # type: ignore[attr-defined]
+
+
+class Stats(msgspec.Struct, frozen=True, kw_only=True):
+    """A consistent snapshot of the client's counters.
+
+    ``accepted == delivered + sum(dropped.values()) + pending`` always holds: every entry a
+    call accepted is delivered, dropped for a reason, or still pending.
+
+    Attributes:
+        accepted: Entries accepted by calls (valid input), including those later dropped.
+        delivered: Entries in requests Koala answered with a 2xx.
+        dropped: Entries given up, by reason (every reason is present, most at 0).
+        pending: Entries queued or in flight.
+        requests: HTTP requests made, retries included.
+        retries: Requests that were retries of an earlier attempt.
+        last_error: The most recent delivery problem, or None.
+    """
+
+    accepted: int
+    delivered: int
+    dropped: dict[str, int]
+    pending: int
+    requests: int
+    retries: int
+    last_error: str | None
+
+    @property
+    def dropped_total(self) -> int:
+        """All dropped entries, whatever the reason."""
+        return sum(self.dropped.values())
+
+
+class FlushResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a ``flush()`` or ``aclose()`` achieved.
+
+    Attributes:
+        delivered: Entries delivered while it ran.
+        dropped: Entries given up while it ran.
+        pending: Entries still queued or in flight when it returned (0 after a clean close).
+    """
+
+    delivered: int
+    dropped: int
+    pending: int
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """A batch the client gave up on, handed to ``on_error``.
+
+    Attributes:
+        reason: One of the drop reasons counted in :attr:`Stats.dropped`.
+        kind: ``"profile"`` (sent to ``/batch``) or ``"account"`` (``/accounts/batch``).
+        ids: The batch's top-level id fields: profile_id and/or email, or domain and/or
+            account_id.
+        entries: The entries as they would have been sent, each with its ``type``.
+        status: The HTTP status of the last response, if there was one.
+        exception: The last transport error, if that is what ended it.
+    """
+
+    reason: DropReason
+    kind: Literal["profile", "account"]
+    ids: dict[str, str]
+    entries: list[dict[str, Any]]
+    status: int | None = None
+    exception: BaseException | None = None

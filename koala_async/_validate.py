@@ -1,0 +1,159 @@
+"""Checks and normalisations of caller input: pure functions that raise :class:`ValidationError`.
+
+Everything here runs on the hot path, so the common case is a type check or one regex match.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from ._exceptions import ValidationError
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_EMAIL = re.compile(r"[^@\s\"<>,;]+@[^@\s\"<>,;]+\.[^@\s\"<>,;.]+\Z")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+_TLD = re.compile(r"([a-z]{2,63}|xn--[a-z0-9-]{1,59})\Z")
+_SCALARS = (str, int, bool, type(None))
+
+
+def person(profile_id: object, email: object) -> tuple[str | None, str | None]:
+    """Return the normalised ``(profile_id, email)`` of a profile call; at least one is set."""
+    if profile_id is not None:
+        if type(profile_id) is not str or not _UUID.match(profile_id):
+            raise ValidationError(
+                "profile_id must be a UUID string such as the ko_id cookie holds, "
+                f"got {profile_id!r}"
+            )
+        profile_id = profile_id.lower()
+    if email is not None:
+        if type(email) is not str or not _EMAIL.match(email):
+            raise ValidationError(f"email must be an address like 'ada@example.com', got {email!r}")
+    elif profile_id is None:
+        raise ValidationError(
+            "pass profile_id (the visitor's ko_id cookie) or email, or both: "
+            "Koala needs one to know who this is"
+        )
+    return profile_id, email
+
+
+def account(domain: object, account_id: object) -> tuple[str | None, str | None]:
+    """Return the normalised ``(domain, account_id)`` of an account call; at least one is set."""
+    if account_id is not None and (type(account_id) is not str or not account_id.strip()):
+        raise ValidationError(f"account_id must be a non-empty string, got {account_id!r}")
+    if domain is not None:
+        if type(domain) is not str:
+            raise ValidationError(f"domain must be a string such as 'acme.com', got {domain!r}")
+        domain = normalize_domain(domain)
+    elif account_id is None:
+        raise ValidationError(
+            "pass domain (preferred, e.g. 'acme.com') or account_id: "
+            "Koala needs one to know which account this is"
+        )
+    return domain, account_id
+
+
+@functools.lru_cache(maxsize=4096)
+def normalize_domain(value: str) -> str:
+    """Reduce a URL, e-mail domain or host to the bare domain Koala keys accounts by.
+
+    Lowercases, strips scheme, credentials, path, port and a leading ``www.``, and
+    IDNA-encodes, so ``"https://WWW.Bücher.de:443/x"`` becomes ``"xn--bcher-kva.de"``.
+    """
+    host = value.strip().lower()
+    if "://" in host:
+        host = host.split("://", 1)[1]
+    host = host.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    host = host.rsplit("@", 1)[-1].split(":", 1)[0].rstrip(".")
+    if host.startswith("www."):
+        host = host[4:]
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        host = ""
+    labels = host.split(".")
+    if len(labels) < 2 or not all(_LABEL.match(x) for x in labels) or not _TLD.match(labels[-1]):
+        raise ValidationError(f"domain must be a domain name such as 'acme.com', got {value!r}")
+    return host
+
+
+def event_name(value: object) -> str:
+    """Return an event name, which must be a non-blank string."""
+    if type(value) is not str or not value.strip():
+        raise ValidationError(
+            f"event must be a non-empty string such as 'Signed Up', got {value!r}"
+        )
+    return value
+
+
+def optional_text(value: object, what: str) -> str | None:
+    """Return ``value`` if it is None or a non-empty string."""
+    if value is None or (type(value) is str and value):
+        return value
+    raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
+
+
+def fields(value: object, what: str) -> dict[str, Any]:
+    """Check ``properties``/``traits``: a dict with string keys whose values JSON can carry."""
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        if not isinstance(value, Mapping):
+            raise ValidationError(
+                f"{what} must be a dict with string keys, got {type(value).__name__}"
+            )
+        value = dict(value)
+    for key, item in value.items():
+        if type(key) is not str:
+            raise ValidationError(f"{what} keys must be strings, got {key!r}")
+        if type(item) not in _SCALARS:
+            _check_value(item, f"{what}[{key!r}]")
+    return value
+
+
+def _check_value(value: object, where: str) -> None:
+    # JSON has no NaN or Infinity; msgspec would quietly write them as null.
+    try:
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValidationError(f"{where} is {value!r}, which JSON cannot carry")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                _check_value(v, f"{where}[{k!r}]")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                _check_value(v, f"{where}[{i}]")
+    except RecursionError:
+        raise ValidationError(f"{where} nests too deeply or contains itself") from None
+
+
+def sent_at(value: object) -> str | None:
+    """Return a caller's ``sent_at`` as UTC ISO 8601 with milliseconds and ``Z``, or None.
+
+    Naive datetimes are taken to be UTC, as ``datetime.utcnow()`` makes them.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" else text)
+        except ValueError:
+            raise ValidationError(
+                f"sent_at must be an ISO 8601 timestamp such as '2024-05-01T12:00:00.000Z', "
+                f"got {value!r}"
+            ) from None
+    elif isinstance(value, datetime):
+        parsed = value
+    else:
+        raise ValidationError(
+            f"sent_at must be a datetime or an ISO 8601 string, got {type(value).__name__}"
+        )
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    utc = parsed.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"

@@ -1,0 +1,89 @@
+"""The wire format: entries encoded once at the call, and request bodies stitched from them.
+
+An entry is encoded to JSON bytes the moment a caller makes it, so later changes to the
+caller's dicts cannot reach Koala and the flusher never encodes anything twice: a request
+body is the person's id fields followed by the already-encoded entries, joined with commas.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+import msgspec
+
+__all__ = ["MAX_PER_KIND", "encode", "new_message_id", "now_iso"]
+
+MAX_PER_KIND = 30
+"""Koala accepts at most this many of each kind of entry in one request."""
+
+encode = msgspec.json.Encoder().encode
+
+
+class Track(msgspec.Struct, tag_field="type", tag="track", kw_only=True, omit_defaults=True):
+    event: str
+    properties: dict[str, Any]
+    message_id: str
+    sent_at: str
+
+
+class Page(msgspec.Struct, tag_field="type", tag="page", kw_only=True, omit_defaults=True):
+    message_id: str
+    name: str | None = None
+    properties: dict[str, Any]
+    sent_at: str
+
+
+class Identify(msgspec.Struct, tag_field="type", tag="identify", kw_only=True, omit_defaults=True):
+    traits: dict[str, Any]
+    message_id: str | None = None
+    sent_at: str
+
+
+# A private generator: a caller's random.seed() must never make our ids repeat.
+_random = random.Random()
+os.register_at_fork(after_in_child=_random.seed)
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_message_id() -> str:
+    """Return a random UUID v4 string, several times faster than ``str(uuid.uuid4())``."""
+    h = "%032x" % (_random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_second = -1
+_second_text = ""
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO 8601 with milliseconds and ``Z``."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    return f"{_second_text}.{int((now - second) * 1000):03d}Z"
+
+
+def body(head: bytes, lists: tuple[tuple[bytes, list[bytes]], ...]) -> bytes:
+    """Stitch a request body from its encoded head fields and its named lists of entries.
+
+    ``head`` is the inside of the top-level object without braces, e.g.
+    ``b'"profile_id":"…","email":"…"'``; each list is written only if it has entries.
+    """
+    parts = [b"{", head]
+    for name, entries in lists:
+        if entries:
+            parts += (b',"', name, b'":[', b",".join(entries), b"]")
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def head(fields: tuple[tuple[str, str | None], ...]) -> bytes:
+    """Encode the top-level id fields of a body, skipping those that are None."""
+    return b",".join(encode(k) + b":" + encode(v) for k, v in fields if v is not None)
