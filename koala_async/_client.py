@@ -203,6 +203,7 @@ class KoalaClient:
         self._room: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._scopes: list[anyio.CancelScope] = []
+        self._streams: tuple[Any, ...] = ()
         self._task_group: TaskGroup | None = None
         self._ready: MemoryObjectSendStream[Target] | None = None
         self._failures: MemoryObjectSendStream[DeliveryFailure] | None = None
@@ -241,6 +242,7 @@ class KoalaClient:
                 math.inf
             )
             self._ready, self._failures = ready_send, failure_send
+            self._streams = (ready_send, ready_receive, failure_send, failure_receive)
             self._callbacks_done = anyio.Event()
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
@@ -288,6 +290,8 @@ class KoalaClient:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._drop_leftovers()
+                for stream in self._streams:
+                    stream.close()
                 if self._owns_http and self._http is not None:
                     await self._http.aclose()
             self._state = _State.CLOSED

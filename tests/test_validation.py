@@ -1,0 +1,130 @@
+"""Every kind of bad input raises a ValidationError at the call, saying what to fix."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from koala_async import ClientClosedError, KoalaClient, KoalaError, ValidationError
+
+pytestmark = pytest.mark.anyio
+PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
+
+
+@pytest.fixture
+async def koala() -> AsyncIterator[KoalaClient]:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    async with httpx.AsyncClient(transport=transport) as http:
+        async with KoalaClient("pk_test", http_client=http) as client:
+            yield client
+            assert client.stats().accepted == 0, "rejected calls must not be queued"
+
+
+BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
+    ("track", {"event": "E"}, "pass profile_id .* or email"),
+    ("identify", {}, "pass profile_id .* or email"),
+    ("page", {}, "pass profile_id .* or email"),
+    ("track", {"event": "E", "profile_id": "not-a-uuid"}, "profile_id must be a UUID"),
+    ("track", {"event": "E", "profile_id": 12345}, "profile_id must be a UUID"),
+    ("identify", {"profile_id": PID + "0"}, "profile_id must be a UUID"),
+    ("track", {"event": "E", "email": "ada"}, "email must be an address"),
+    ("identify", {"email": "ada@acme"}, "email must be an address"),
+    ("identify", {"email": "a b@acme.com"}, "email must be an address"),
+    ("track", {"event": "", "email": "a@b.co"}, "event must be a non-empty string"),
+    ("track", {"event": "   ", "email": "a@b.co"}, "event must be a non-empty string"),
+    ("track", {"event": None, "email": "a@b.co"}, "event must be a non-empty string"),
+    ("account_track", {"event": ""}, "pass domain"),
+    ("account_identify", {}, "pass domain .* or account_id"),
+    ("account_track", {"event": "E"}, "pass domain .* or account_id"),
+    ("account_identify", {"domain": "not a domain"}, "domain must be a domain name"),
+    ("account_identify", {"domain": "localhost"}, "domain must be a domain name"),
+    ("account_identify", {"domain": "https://"}, "domain must be a domain name"),
+    ("account_identify", {"domain": 42}, "domain must be a string"),
+    ("account_identify", {"account_id": ""}, "account_id must be a non-empty string"),
+    ("track", {"event": "E", "email": "a@b.co", "properties": [1]}, "properties must be a dict"),
+    ("track", {"event": "E", "email": "a@b.co", "properties": {1: "x"}}, "keys must be strings"),
+    (
+        "track",
+        {"event": "E", "email": "a@b.co", "properties": {"x": object()}},
+        "properties hold a value JSON cannot carry",
+    ),
+    (
+        "page",
+        {"email": "a@b.co", "properties": {"ratio": math.nan}},
+        r"properties\['ratio'\] is nan, which JSON cannot carry",
+    ),
+    (
+        "identify",
+        {"email": "a@b.co", "traits": {"deep": {"list": [1.0, math.inf]}}},
+        r"traits\['deep'\]\['list'\]\[1\] is inf",
+    ),
+    ("identify", {"email": "a@b.co", "traits": "plan=pro"}, "traits must be a dict"),
+    ("account_identify", {"domain": "a.co", "traits": {"n": {1, object()}}}, "JSON cannot carry"),
+    ("track", {"event": "E", "email": "a@b.co", "sent_at": "yesterday"}, "sent_at must be an ISO"),
+    ("track", {"event": "E", "email": "a@b.co", "sent_at": 1700000000}, "sent_at must be a datetime"),
+    ("track", {"event": "E", "email": "a@b.co", "message_id": ""}, "message_id must be a non-empty"),
+    ("page", {"email": "a@b.co", "name": ""}, "name must be a non-empty string"),
+    (
+        "account_identify",
+        {"domain": "a.co", "group_id": "x", "traits": {"group_id": "y"}},
+        "group_id is given twice",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "kwargs", "message"), BAD_CALLS)
+async def test_bad_input_raises_at_the_call(
+    koala: KoalaClient, method: str, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        await getattr(koala, method)(**kwargs)
+    assert isinstance(caught.value, KoalaError) and isinstance(caught.value, ValueError)
+
+
+async def test_a_cycle_in_properties_is_a_validation_error(koala: KoalaClient) -> None:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(ValidationError, match="nests too deeply or contains itself"):
+        await koala.track("E", email="a@b.co", properties={"loop": loop})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"public_api_key": ""}, "pass public_api_key or set KOALA_PUBLIC_API_KEY"),
+        ({"public_api_key": "pk live"}, "is not a key"),
+        ({"base_url": "api2.getkoala.com"}, "base_url must be an http"),
+        ({"user_agent": "a\nb"}, "user_agent must be one line"),
+        ({"on_full": "wait"}, "on_full must be"),
+        ({"flush_interval": 0}, "flush_interval must be greater than 0"),
+        ({"max_queue_size": 0}, "max_queue_size must be greater than 0"),
+        ({"max_concurrent_requests": 0}, "max_concurrent_requests must be greater"),
+        ({"timeout": -1}, "timeout must be greater than 0"),
+        ({"shutdown_timeout": -1}, "shutdown_timeout must be 0 or more"),
+    ],
+)
+def test_bad_configuration_raises_at_construction(
+    kwargs: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KOALA_PUBLIC_API_KEY", raising=False)
+    kwargs.setdefault("public_api_key", "pk_test")
+    with pytest.raises(ValidationError, match=message):
+        KoalaClient(**kwargs)
+
+
+def test_the_key_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KOALA_PUBLIC_API_KEY", "pk_from_env_123")
+    monkeypatch.setenv("KOALA_BASE_URL", "http://127.0.0.1:9/")
+    client = KoalaClient()
+    assert "'http://127.0.0.1:9'" in repr(client)
+    assert "pk_from_env_123" not in repr(client)
+
+
+async def test_calls_before_opening_say_how_to_open() -> None:
+    client = KoalaClient("pk_test")
+    with pytest.raises(ClientClosedError, match="async with KoalaClient"):
+        await client.track("E", email="a@b.co")
