@@ -36,7 +36,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and its tests."""
-    session.install("-e", EXTRAS, *TEST_DEPS, "mypy>=1.10")
+    session.install("-e", EXTRAS, *TEST_DEPS, "mypy>=1.10", "types-jsonschema")
     session.run("mypy")
 
 

@@ -10,13 +10,13 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
+from wire_check import PROFILE, is_uuid4
 
 from koala_async import RetryPolicy
 from koala_async._batch import EVENTS, IDENTIFIES, PAGE_VIEWS, Target
 from koala_async._retry import Verdict, classify, retry_after
 from koala_async._validate import normalize_domain
 from koala_async._wire import new_message_id, now_iso
-from wire_check import PROFILE, is_uuid4
 
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
 
@@ -48,8 +48,13 @@ def _target() -> Target:
 
 def test_a_batch_holds_at_most_30_of_each_kind() -> None:
     target = _target()
-    full = [target.add(EVENTS, b'{"type":"track","event":"e","message_id":"m"}', None) for _ in range(65)]
-    assert full.count(True) == 2 and full[29] and full[59]
+    full = [
+        target.add(EVENTS, b'{"type":"track","event":"e","message_id":"m"}', None)
+        for _ in range(65)
+    ]
+    assert full.count(True) == 2
+    assert full[29]
+    assert full[59]
     for _ in range(3):
         target.add(IDENTIFIES, b'{"type":"identify"}', None)
     sizes = [[len(x) for x in batch.lists] for batch in target.batches]
@@ -131,7 +136,8 @@ def test_retry_after_reads_seconds_and_dates_and_caps_them() -> None:
     assert retry_after("soon", 60) is None
     later = format_datetime(datetime.fromtimestamp(time.time() + 30, timezone.utc), usegmt=True)
     seconds = retry_after(later, 60)
-    assert seconds is not None and 25 <= seconds <= 30
+    assert seconds is not None
+    assert 25 <= seconds <= 30
 
 
 def test_retry_waits_grow_with_full_jitter_and_a_cap() -> None:

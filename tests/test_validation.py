@@ -18,10 +18,12 @@ PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
 @pytest.fixture
 async def koala() -> AsyncIterator[KoalaClient]:
     transport = httpx.MockTransport(lambda request: httpx.Response(200))
-    async with httpx.AsyncClient(transport=transport) as http:
-        async with KoalaClient("pk_test", http_client=http) as client:
-            yield client
-            assert client.stats().accepted == 0, "rejected calls must not be queued"
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        KoalaClient("pk_test", http_client=http) as client,
+    ):
+        yield client
+        assert client.stats().accepted == 0, "rejected calls must not be queued"
 
 
 BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
@@ -65,8 +67,16 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("identify", {"email": "a@b.co", "traits": "plan=pro"}, "traits must be a dict"),
     ("account_identify", {"domain": "a.co", "traits": {"n": {1, object()}}}, "JSON cannot carry"),
     ("track", {"event": "E", "email": "a@b.co", "sent_at": "yesterday"}, "sent_at must be an ISO"),
-    ("track", {"event": "E", "email": "a@b.co", "sent_at": 1700000000}, "sent_at must be a datetime"),
-    ("track", {"event": "E", "email": "a@b.co", "message_id": ""}, "message_id must be a non-empty"),
+    (
+        "track",
+        {"event": "E", "email": "a@b.co", "sent_at": 1700000000},
+        "sent_at must be a datetime",
+    ),
+    (
+        "track",
+        {"event": "E", "email": "a@b.co", "message_id": ""},
+        "message_id must be a non-empty",
+    ),
     ("page", {"email": "a@b.co", "name": ""}, "name must be a non-empty string"),
     (
         "account_identify",
@@ -82,7 +92,8 @@ async def test_bad_input_raises_at_the_call(
 ) -> None:
     with pytest.raises(ValidationError, match=message) as caught:
         await getattr(koala, method)(**kwargs)
-    assert isinstance(caught.value, KoalaError) and isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, KoalaError)
+    assert isinstance(caught.value, ValueError)
 
 
 async def test_a_cycle_in_properties_is_a_validation_error(koala: KoalaClient) -> None:

@@ -1,4 +1,4 @@
-"""Checks a request against Koala's contract: the spec's schemas (copied to tests/spec) and its rules."""
+"""Checks a request against Koala's contract: the spec's schemas (in tests/spec) and its rules."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import httpx
 import jsonschema
 
 _SPEC = json.loads((Path(__file__).parent / "spec" / "openapi-schemas.json").read_text())
-_ACCOUNT_SCHEMA = json.loads((Path(__file__).parent / "spec" / "account-batch-schema.json").read_text())
+_ACCOUNT_SCHEMA = json.loads(
+    (Path(__file__).parent / "spec" / "account-batch-schema.json").read_text()
+)
 _SENT_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 _USER_AGENT = re.compile(r"(\S.* )?koala-async/\d+\.\d+\.\d+\S*\Z")
@@ -44,7 +46,7 @@ def check_request(request: httpx.Request, key: str = "pk_test") -> dict[str, Any
     path = request.url.path
     if path == f"/web/projects/{key}/batch":
         PROFILE.validate(body)
-        kinds = ("events", "identifies", "page_views")
+        kinds: tuple[str, ...] = ("events", "identifies", "page_views")
     elif path == f"/web/projects/{key}/accounts/batch":
         ACCOUNT.validate(body)
         ACCOUNT_PAGE.validate(body)

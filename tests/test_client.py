@@ -1,0 +1,390 @@
+"""KoalaClient's behaviour over httpx.MockTransport: every request is checked against the spec."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from wire_check import check_request, is_uuid4
+
+from koala_async import (
+    ClientClosedError,
+    DeliveryFailure,
+    KoalaClient,
+    RetryPolicy,
+    Stats,
+    __version__,
+)
+
+pytestmark = pytest.mark.anyio
+PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
+PID2 = "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"
+
+
+@dataclass
+class Recorder:
+    """A MockTransport handler that checks and keeps every request."""
+
+    key: str = "pk_test"
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[httpx.Request] = field(default_factory=list)
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.bodies.append(check_request(request, self.key))
+        self.requests.append(request)
+        self.arrived.set()
+        return httpx.Response(200, json={"ok": True})
+
+    def entries(self, kind: str) -> list[dict[str, Any]]:
+        return [entry for body in self.bodies for entry in body.get(kind, [])]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def http(recorder: Recorder) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
+        yield client
+
+
+def invariant(stats: Stats) -> None:
+    assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
+
+
+async def test_quickstart_produces_spec_valid_requests(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    async with KoalaClient("pk_test", user_agent="acme-app/2.3.0", http_client=http) as koala:
+        assert (
+            await koala.identify(profile_id=PID, email="ada@acme.com", traits={"plan": "pro"})
+            is None
+        )
+        track_id = await koala.track("Created Account", profile_id=PID, properties={"seats": 12})
+        page_id = await koala.page(
+            profile_id=PID, name="Pricing", properties={"url": "https://acme.com/pricing"}
+        )
+        await koala.account_identify(
+            domain="https://www.ACME.com/", traits={"headcount": 100}, group_id="marketing-team"
+        )
+        await koala.account_track("Workspace Created", domain="acme.com", properties={"id": "42"})
+    assert is_uuid4(track_id)
+    assert is_uuid4(page_id)
+    assert {r.headers["user-agent"] for r in recorder.requests} == {
+        f"acme-app/2.3.0 koala-async/{__version__}"
+    }
+    profile = [b for b in recorder.bodies if "profile_id" in b]
+    account = [b for b in recorder.bodies if "domain" in b]
+    assert len(profile) == len(account) == 1
+    assert profile[0]["email"] == "ada@acme.com"
+    assert profile[0]["identifies"][0]["traits"] == {"plan": "pro"}
+    assert profile[0]["events"][0]["message_id"] == track_id
+    assert profile[0]["events"][0]["event"] == "Created Account"
+    assert profile[0]["page_views"][0] == {
+        "type": "page",
+        "message_id": page_id,
+        "name": "Pricing",
+        "properties": {"url": "https://acme.com/pricing"},
+        "sent_at": profile[0]["page_views"][0]["sent_at"],
+    }
+    assert account[0]["domain"] == "acme.com"
+    assert account[0]["identifies"][0]["traits"] == {"headcount": 100, "group_id": "marketing-team"}
+    assert account[0]["events"][0]["properties"] == {"id": "42"}
+    invariant(koala.stats())
+    assert koala.stats().delivered == 5
+
+
+async def test_user_agent_without_a_caller_part(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    async with KoalaClient("pk_test", http_client=http) as koala:
+        await koala.identify(email="ada@acme.com")
+    assert recorder.requests[0].headers["user-agent"] == f"koala-async/{__version__}"
+    assert recorder.bodies[0] == {
+        "email": "ada@acme.com",
+        "identifies": [
+            {
+                "type": "identify",
+                "traits": {},
+                "sent_at": recorder.entries("identifies")[0]["sent_at"],
+            }
+        ],
+    }
+
+
+async def test_more_than_30_of_a_kind_become_several_requests_in_order(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    async with KoalaClient("pk_test", http_client=http, flush_interval=60) as koala:
+        for i in range(95):
+            await koala.track("Step", profile_id=PID, properties={"i": i})
+        for i in range(31):
+            await koala.page(profile_id=PID, properties={"i": i})
+        for i in range(40):
+            await koala.account_identify(account_id="acct_1", traits={"i": i})
+    people = [b for b in recorder.bodies if "profile_id" in b]
+    assert all(
+        len(b.get("events", [])) <= 30 and len(b.get("page_views", [])) <= 30 for b in people
+    )
+    assert [e["properties"]["i"] for e in recorder.entries("events")] == list(range(95))
+    assert [e["properties"]["i"] for e in recorder.entries("page_views")] == list(range(31))
+    accounts = [b for b in recorder.bodies if "account_id" in b]
+    assert [len(b["identifies"]) for b in accounts] == [30, 10]
+    assert [e["traits"]["i"] for b in accounts for e in b["identifies"]] == list(range(40))
+
+
+async def test_a_full_batch_is_sent_without_waiting_for_the_interval(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    async with KoalaClient("pk_test", http_client=http, flush_interval=3600) as koala:
+        for i in range(29):
+            await koala.track("Step", profile_id=PID, properties={"i": i})
+        await anyio.sleep(0.05)
+        assert recorder.bodies == []
+        await koala.track("Step", profile_id=PID)
+        with anyio.fail_after(5):
+            await recorder.arrived.wait()
+        assert len(recorder.entries("events")) == 30
+
+
+async def test_the_interval_sends_what_is_queued(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    async with KoalaClient("pk_test", http_client=http, flush_interval=0.02) as koala:
+        await koala.track("Step", email="ada@acme.com")
+        with anyio.fail_after(5):
+            await recorder.arrived.wait()
+        assert koala.stats().delivered == 1
+
+
+async def test_each_request_is_for_one_person(recorder: Recorder, http: httpx.AsyncClient) -> None:
+    async with KoalaClient("pk_test", http_client=http) as koala:
+        await koala.track("A", profile_id=PID)
+        await koala.track("B", profile_id=PID2)
+        await koala.track("C", email="ada@acme.com")
+        await koala.track("D", profile_id=PID.upper(), email="ada@acme.com")
+        await koala.track("E", profile_id=PID, email="grace@acme.com")
+    people = sorted(
+        (b.get("profile_id", ""), b.get("email", ""), [e["event"] for e in b["events"]])
+        for b in recorder.bodies
+    )
+    assert people == [
+        ("", "ada@acme.com", ["C"]),
+        (PID, "ada@acme.com", ["A", "D"]),
+        (PID, "grace@acme.com", ["E"]),
+        (PID2, "", ["B"]),
+    ]
+
+
+async def test_overrides_of_message_id_and_sent_at(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    berlin = timezone(timedelta(hours=2))
+    async with KoalaClient("pk_test", http_client=http) as koala:
+        assert (
+            await koala.track(
+                "A",
+                email="a@b.co",
+                message_id="order-1",
+                sent_at=datetime(2024, 5, 1, 14, 0, 0, 123456, berlin),
+            )
+            == "order-1"
+        )
+        await koala.track("B", email="a@b.co", sent_at=datetime(2024, 5, 1, 12, 0, 0))
+        await koala.track("C", email="a@b.co", sent_at="2024-05-01T12:00:00Z")
+        await koala.track("D", email="a@b.co", sent_at="2024-05-01T14:00:00.5+02:00")
+        assert await koala.identify(email="a@b.co", message_id="idem-7") == "idem-7"
+    events = recorder.entries("events")
+    assert [(e["message_id"], e["sent_at"]) for e in events[:1]] == [
+        ("order-1", "2024-05-01T12:00:00.123Z")
+    ]
+    assert [e["sent_at"] for e in events[1:]] == [
+        "2024-05-01T12:00:00.000Z",
+        "2024-05-01T12:00:00.000Z",
+        "2024-05-01T12:00:00.500Z",
+    ]
+    assert recorder.entries("identifies")[0]["message_id"] == "idem-7"
+
+
+async def test_sent_at_is_taken_at_the_call(recorder: Recorder, http: httpx.AsyncClient) -> None:
+    async with KoalaClient("pk_test", http_client=http, flush_interval=60) as koala:
+        before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
+        await koala.track("A", email="a@b.co")
+        after = datetime.now(timezone.utc)
+        await anyio.sleep(0.1)
+    sent = datetime.fromisoformat(recorder.entries("events")[0]["sent_at"].replace("Z", "+00:00"))
+    assert before <= sent <= after
+
+
+async def test_changing_properties_after_the_call_changes_nothing(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    properties: dict[str, Any] = {"plan": "free", "tags": ["a"]}
+    async with KoalaClient("pk_test", http_client=http) as koala:
+        await koala.track("A", email="a@b.co", properties=properties)
+        properties["plan"] = "pro"
+        properties["tags"].append("b")
+    assert recorder.entries("events")[0]["properties"] == {"plan": "free", "tags": ["a"]}
+
+
+async def test_values_msgspec_knows_are_sent_as_json(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    async with KoalaClient("pk_test", http_client=http) as koala:
+        await koala.track(
+            "A", email="a@b.co", properties={"when": when, "n": 1.5, "t": (1, 2), "none": None}
+        )
+    assert recorder.entries("events")[0]["properties"] == {
+        "when": "2024-01-02T03:04:05Z",
+        "n": 1.5,
+        "t": [1, 2],
+        "none": None,
+    }
+
+
+async def test_flush_delivers_what_was_queued_and_says_so(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    async with KoalaClient("pk_test", http_client=http, flush_interval=3600) as koala:
+        for person in range(5):
+            await koala.track("A", email=f"p{person}@acme.com")
+        result = await koala.flush()
+        assert (result.delivered, result.dropped, result.pending) == (5, 0, 0)
+        assert len(recorder.bodies) == 5
+        assert (await koala.flush()).delivered == 0
+    invariant(koala.stats())
+
+
+async def test_disabled_client_validates_but_sends_nothing(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    koala = KoalaClient("pk_test", http_client=http, enabled=False)
+    assert is_uuid4(await koala.track("A", email="a@b.co"))
+    with pytest.raises(ValueError, match="email must be"):
+        await koala.track("A", email="nope")
+    async with koala:
+        await koala.page(email="a@b.co")
+    assert recorder.requests == []
+    assert koala.stats().accepted == 0
+
+
+async def test_a_callers_http_client_is_not_closed(http: httpx.AsyncClient) -> None:
+    async with KoalaClient("pk_test", http_client=http) as koala:
+        await koala.track("A", email="a@b.co")
+    assert not http.is_closed
+
+
+async def test_its_own_http_client_is_closed() -> None:
+    koala = KoalaClient("pk_test", base_url="http://127.0.0.1:9")
+    async with koala:
+        own = koala._http
+    assert own is not None
+    assert own.is_closed
+
+
+async def test_calls_after_close_raise_and_the_client_cannot_reopen(
+    http: httpx.AsyncClient,
+) -> None:
+    koala = KoalaClient("pk_test", http_client=http)
+    async with koala:
+        pass
+    with pytest.raises(ClientClosedError, match="closed; create a new one"):
+        await koala.track("A", email="a@b.co")
+    with pytest.raises(ClientClosedError, match="closed"):
+        await koala.flush()
+    with pytest.raises(ClientClosedError, match="entered once"):
+        async with koala:
+            pass
+    assert (await koala.aclose()).pending == 0
+
+
+async def test_the_api_key_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    key = "pk_secret_0123456789"
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
+
+    caplog.set_level(logging.DEBUG)
+    failures: list[DeliveryFailure] = []
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http,
+        KoalaClient(
+            key,
+            http_client=http,
+            retry=RetryPolicy(max_attempts=2, backoff=0),
+            on_error=failures.append,
+        ) as koala,
+    ):
+        await koala.track("A", email="a@b.co")
+        text = repr(koala)
+    logging.getLogger("httpx").info("HTTP Request: POST %s", f"https://x/web/projects/{key}/batch")
+    stats = koala.stats()
+    assert stats.dropped["retries_exhausted"] == 1
+    assert failures
+    assert key not in text
+    assert "pk_s…" in text
+    assert stats.last_error is not None
+    assert key not in stats.last_error
+    assert caplog.records
+    assert all(key not in record.getMessage() for record in caplog.records)
+
+
+async def test_a_client_opened_before_fork_refuses_calls_in_the_child(
+    http: httpx.AsyncClient,
+) -> None:
+    async with KoalaClient("pk_test", http_client=http) as koala:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what a call does, and leave at once
+            coroutine = koala.track("A", email="a@b.co")
+            try:
+                coroutine.send(None)
+                message = "accepted"
+            except ClientClosedError as exc:
+                message = str(exc)
+            finally:
+                coroutine.close()
+            os.write(write, message.encode())
+            os._exit(0)
+        os.close(write)
+        _, status = await anyio.to_thread.run_sync(os.waitpid, pid, 0)
+        message = os.read(read, 4096).decode()
+        os.close(read)
+        await koala.track("A", email="a@b.co")  # the parent carries on
+    assert status == 0
+    assert "opened before os.fork()" in message
+    assert "create a new KoalaClient" in message
+    assert koala.stats().delivered == 1
+
+
+async def test_stats_add_up_while_work_is_in_flight(recorder: Recorder) -> None:
+    release = anyio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return await recorder(request)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(slow)) as http,
+        KoalaClient("pk_test", http_client=http, flush_interval=0.01) as koala,
+    ):
+        for i in range(100):
+            await koala.track("A", email=f"p{i % 7}@acme.com")
+        await anyio.sleep(0.05)
+        middle = koala.stats()
+        release.set()
+    invariant(middle)
+    assert middle.pending == 100
+    invariant(koala.stats())
+    assert koala.stats().delivered == 100
