@@ -703,8 +703,9 @@ class KoalaClient:
         reason, status, error = await self._attempt(target, batch)
         if reason == "too_large" and batch.size > 1:
             for half in batch.halves():
+                size = half.size
                 await self._deliver(target, half)
-                batch.size -= half.size
+                batch.size -= size  # settled by the half; a cancelled half stays with the batch
             self._settle(batch)
         else:
             self._finish(target, batch, reason, status, error)

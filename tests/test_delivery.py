@@ -1,0 +1,362 @@
+"""Delivery over MockTransport: retries, splitting, rejections, fatal keys, backpressure."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from wire_check import check_request
+
+from koala_async import (
+    DeliveryError,
+    DeliveryFailure,
+    KoalaClient,
+    QueueFullError,
+    RetryPolicy,
+    Stats,
+)
+
+pytestmark = pytest.mark.anyio
+FAST = RetryPolicy(backoff=0, max_attempts=5)
+Reply = Callable[[httpx.Request, dict[str, Any]], Awaitable[httpx.Response] | httpx.Response]
+
+
+class Server:
+    """A MockTransport handler that answers with ``reply`` and counts message_ids delivered."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.delivered: Counter[str] = Counter()
+        self.statuses: list[int] = []
+        self.bodies: list[dict[str, Any]] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = check_request(request)
+        response = self.reply(request, body)
+        if not isinstance(response, httpx.Response):
+            response = await response
+        self.statuses.append(response.status_code)
+        if response.is_success:
+            self.bodies.append(body)
+            for kind in ("events", "identifies", "page_views"):
+                for entry in body.get(kind, []):
+                    self.delivered[entry.get("message_id") or json.dumps(entry)] += 1
+        return response
+
+    def client(self, **kwargs: Any) -> KoalaClient:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(self))
+        kwargs.setdefault("retry", FAST)
+        return KoalaClient("pk_test", http_client=http, **kwargs)
+
+
+def ok(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(200, json={"ok": True})
+
+
+def invariant(stats: Stats) -> None:
+    assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
+
+
+async def test_5xx_and_transport_errors_are_retried_with_the_same_message_ids() -> None:
+    seen: Counter[str] = Counter()
+
+    def flaky(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        ids = tuple(e["message_id"] for e in body["events"])
+        seen[ids[0]] += 1
+        if seen[ids[0]] == 1:
+            raise httpx.ReadTimeout("slow", request=request)
+        if seen[ids[0]] == 2:
+            raise httpx.RemoteProtocolError("reset", request=request)
+        if seen[ids[0]] in (3, 4):
+            return httpx.Response(503 if seen[ids[0]] == 3 else 408)
+        return httpx.Response(200)
+
+    server = Server(flaky)
+    async with server.client() as koala:
+        ids = [await koala.track("A", email=f"p{i}@acme.com") for i in range(10)]
+    stats = koala.stats()
+    assert stats.delivered == 10
+    assert stats.retries == 40
+    assert stats.requests == 50
+    assert server.delivered == Counter(dict.fromkeys(ids, 1))
+    invariant(stats)
+
+
+async def test_retries_end_after_max_attempts() -> None:
+    failures: list[DeliveryFailure] = []
+    server = Server(lambda request, body: httpx.Response(500))
+    async with server.client(on_error=failures.append) as koala:
+        mid = await koala.track("A", email="a@b.co")
+    stats = koala.stats()
+    assert stats.dropped["retries_exhausted"] == 1
+    assert stats.requests == FAST.max_attempts
+    assert [(f.reason, f.status, f.kind, f.ids) for f in failures] == [
+        ("retries_exhausted", 500, "profile", {"email": "a@b.co"})
+    ]
+    assert failures[0].entries[0]["message_id"] == mid
+    invariant(stats)
+
+
+async def test_retries_end_when_the_time_budget_is_spent() -> None:
+    server = Server(lambda request, body: httpx.Response(503, headers={"Retry-After": "1"}))
+    policy = RetryPolicy(backoff=0, max_attempts=100, budget=0.5)
+    async with server.client(retry=policy) as koala:
+        await koala.track("A", email="a@b.co")
+    assert koala.stats().dropped["retries_exhausted"] == 1
+    assert server.statuses == [503]
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 422, 501])
+async def test_other_client_errors_drop_only_that_batch(status: int) -> None:
+    def reply(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        return httpx.Response(status if body.get("email") == "bad@acme.com" else 200)
+
+    failures: list[DeliveryFailure] = []
+    server = Server(reply)
+    async with server.client(on_error=failures.append) as koala:
+        await koala.track("A", email="bad@acme.com")
+        for i in range(5):
+            await koala.track("A", email=f"p{i}@acme.com")
+    stats = koala.stats()
+    assert (stats.delivered, stats.dropped["rejected"], stats.retries) == (5, 1, 0)
+    assert [(f.reason, f.status) for f in failures] == [("rejected", status)]
+
+
+async def test_413_splits_the_batch_until_it_fits() -> None:
+    def reply(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        big = any(e.get("properties", {}).get("big") for e in body.get("events", []))
+        return httpx.Response(413 if len(request.content) > 1200 or big else 200)
+
+    failures: list[DeliveryFailure] = []
+    server = Server(reply)
+    async with server.client(on_error=failures.append, flush_interval=60) as koala:
+        ids = [await koala.track("A", email="a@b.co", properties={"i": i}) for i in range(29)]
+        await koala.track("A", email="a@b.co", properties={"big": "x" * 10})
+    stats = koala.stats()
+    assert stats.delivered == 29
+    assert stats.dropped["too_large"] == 1
+    assert [f.reason for f in failures] == ["too_large"]
+    assert failures[0].entries[0]["properties"] == {"big": "x" * 10}
+    assert server.delivered == Counter(dict.fromkeys(ids, 1))
+    assert [e["properties"]["i"] for b in server.bodies for e in b["events"]] == list(range(29))
+    invariant(stats)
+
+
+async def test_429_pauses_all_sending_and_uses_no_attempts() -> None:
+    limited = {"left": 6}
+
+    def reply(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        if limited["left"]:
+            limited["left"] -= 1
+            return httpx.Response(429, headers={"Retry-After": "0.05"})
+        return httpx.Response(200)
+
+    server = Server(reply)
+    policy = RetryPolicy(backoff=0, max_attempts=1)
+    async with server.client(retry=policy) as koala:
+        started = anyio.current_time()
+        for i in range(3):
+            await koala.track("A", email=f"p{i}@acme.com")
+        await koala.flush()
+        elapsed = anyio.current_time() - started
+    stats = koala.stats()
+    assert stats.delivered == 3
+    assert stats.dropped_total == 0
+    assert server.statuses.count(429) == 6
+    assert elapsed >= 0.05, "sending paused for Retry-After"
+
+
+@pytest.mark.parametrize(
+    ("status", "content", "reason", "message"),
+    [
+        (401, b'{"error": "unauthorized"}', "unauthorized", "does not know this public API key"),
+        (400, b'{"error": "Koala ingest suspended"}', "suspended", "ingest is suspended"),
+    ],
+)
+async def test_a_refused_key_is_fatal_reported_once_and_fails_fast(
+    status: int, content: bytes, reason: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server(lambda request, body: httpx.Response(status, content=content))
+    failures: list[DeliveryFailure] = []
+    caplog.set_level(logging.WARNING, "koala_async")
+    async with server.client(on_error=failures.append, flush_interval=60) as koala:
+        for i in range(50):
+            await koala.track("A", email=f"p{i}@acme.com")
+        with pytest.raises(DeliveryError, match=message):
+            await koala.flush()
+        requests = len(server.statuses)
+        for i in range(1000):
+            await koala.track("A", email=f"late{i}@acme.com")
+        assert koala.stats().pending == 0, "nothing piles up once the key is refused"
+    stats = koala.stats()
+    assert stats.dropped[reason] == 1050
+    assert requests <= 8, "in-flight requests at most; then nothing more is sent"
+    assert len(server.statuses) == requests
+    assert sum(len(f.entries) for f in failures) == 1050
+    errors = [r for r in caplog.records if message in r.getMessage()]
+    assert len(errors) == 1
+    assert errors[0].levelno == logging.ERROR
+    invariant(stats)
+
+
+async def test_on_full_drop_counts_and_reports() -> None:
+    failures: list[DeliveryFailure] = []
+    server = Server(ok)
+    async with server.client(max_queue_size=10, flush_interval=60, on_error=failures.append) as k:
+        for i in range(15):
+            await k.track("A", email=f"p{i}@acme.com")
+        assert k.stats().pending == 10
+    stats = k.stats()
+    assert (stats.delivered, stats.dropped["queue_full"]) == (10, 5)
+    assert [f.reason for f in failures] == ["queue_full"] * 5
+    assert {f.ids["email"] for f in failures} == {f"p{i}@acme.com" for i in range(10, 15)}
+    invariant(stats)
+
+
+async def test_on_full_raise() -> None:
+    server = Server(ok)
+    async with server.client(max_queue_size=2, flush_interval=60, on_full="raise") as koala:
+        await koala.track("A", email="a@b.co")
+        await koala.track("A", email="a@b.co")
+        with pytest.raises(QueueFullError, match="on_full='block'"):
+            await koala.track("A", email="a@b.co")
+    assert koala.stats().accepted == koala.stats().delivered == 2
+
+
+async def test_on_full_block_waits_for_room() -> None:
+    gate = anyio.Event()
+
+    async def reply(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await gate.wait()
+        return httpx.Response(200)
+
+    server = Server(reply)
+    done = 0
+    async with server.client(max_queue_size=5, flush_interval=0.01, on_full="block") as koala:
+
+        async def produce() -> None:
+            nonlocal done
+            for i in range(20):
+                await koala.track("A", email=f"p{i}@acme.com")
+                done += 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            await anyio.sleep(0.1)
+            assert done == 5, "the producer waits while the queue is full"
+            gate.set()
+    stats = koala.stats()
+    assert (done, stats.delivered, stats.dropped_total) == (20, 20, 0)
+
+
+async def test_callbacks_may_be_async_may_raise_and_may_flush(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def reply(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        return httpx.Response(400 if body["email"].startswith("bad") else 200)
+
+    seen: list[str] = []
+    holder: list[KoalaClient] = []
+
+    async def on_error(failure: DeliveryFailure) -> None:
+        seen.append(failure.ids["email"])
+        await holder[0].flush()  # must not deadlock, even with one sender
+        if len(seen) == 1:
+            raise RuntimeError("a buggy callback")
+
+    server = Server(reply)
+    async with server.client(on_error=on_error, max_concurrent_requests=1) as koala:
+        holder.append(koala)
+        await koala.track("A", email="bad1@acme.com")
+        await koala.track("A", email="good@acme.com")
+        await koala.flush()
+        await koala.track("A", email="bad2@acme.com")
+    assert sorted(seen) == ["bad1@acme.com", "bad2@acme.com"]
+    assert koala.stats().delivered == 1
+    assert any("on_error callback raised" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_shutdown_deadline_bounds_closing_and_reports_what_is_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def hang(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await anyio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    failures: list[DeliveryFailure] = []
+    server = Server(hang)
+    koala = server.client(on_error=failures.append, shutdown_timeout=0.2)
+    async with koala:
+        for i in range(40):
+            await koala.track("A", email=f"p{i % 4}@acme.com")
+    stats = koala.stats()
+    assert stats.dropped["shutdown_timeout"] == 40
+    assert stats.pending == 0
+    assert sum(len(f.entries) for f in failures) == 40
+    assert any(
+        "not delivered within the shutdown deadline" in r.getMessage() for r in caplog.records
+    )
+    invariant(stats)
+
+
+async def test_cancelling_the_owner_still_flushes() -> None:
+    server = Server(ok)
+    with anyio.move_on_after(0.05):
+        async with server.client(flush_interval=3600) as koala:
+            for i in range(100):
+                await koala.track("A", email=f"p{i % 10}@acme.com")
+            await anyio.sleep(3600)
+    assert koala.stats().delivered == 100
+    assert sum(server.delivered.values()) == 100
+
+
+async def test_flush_and_aclose_take_a_timeout() -> None:
+    async def slow(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await anyio.sleep(0.3)
+        return httpx.Response(200)
+
+    server = Server(slow)
+    async with server.client() as koala:
+        await koala.track("A", email="a@b.co")
+        first = await koala.flush(timeout=0.01)
+        assert (first.delivered, first.pending) == (0, 1)
+        await koala.track("B", email="b@b.co")
+        closed = await koala.aclose(timeout=5)
+    assert (closed.delivered, closed.dropped, closed.pending) == (2, 0, 0)
+
+
+async def test_one_person_at_a_time_and_everyone_takes_turns() -> None:
+    in_flight: Counter[str] = Counter()
+    overlap = []
+    order: list[str] = []
+
+    async def reply(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        who = body["email"]
+        in_flight[who] += 1
+        overlap.append(in_flight[who])
+        order.append(who)
+        await anyio.sleep(0.001)
+        in_flight[who] -= 1
+        return httpx.Response(200)
+
+    server = Server(reply)
+    async with server.client(max_concurrent_requests=4, flush_interval=60) as koala:
+        for i in range(300):
+            await koala.track("A", email="hot@acme.com", properties={"i": i})
+        for i in range(6):
+            await koala.track("A", email=f"p{i}@acme.com")
+    assert max(overlap) == 1, "never two requests in flight for one person"
+    events = [
+        e["properties"]["i"]
+        for b in server.bodies
+        if b["email"] == "hot@acme.com"
+        for e in b["events"]
+    ]
+    assert events == list(range(300)), "a person's entries arrive in order"
+    assert order.index("p5@acme.com") < len(order) - 1, "the others do not wait for the hot person"
