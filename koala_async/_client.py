@@ -72,6 +72,9 @@ _REASONS: dict[Verdict, DropReason] = {
 _LOG_EVERY = 60.0  # seconds between repeated warnings of one kind
 
 
+_ACCOUNT_FIELDS = ("domain", "account_id")
+
+
 class _State(enum.Enum):
     UNOPENED = "unopened"  # built; calls are refused until `async with` enters it
     OPEN = "open"  # taking calls; senders running
@@ -80,6 +83,7 @@ class _State(enum.Enum):
     FORKED = "forked"  # this process is a fork of the one that opened the client
 
 
+_OPEN = _State.OPEN
 _open_clients: weakref.WeakSet[KoalaClient] = weakref.WeakSet()
 
 
@@ -195,8 +199,10 @@ class KoalaClient:
         self._on_error = on_error
 
         self._state = _State.UNOPENED
-        self._people: dict[str, Target] = {}
-        self._accounts: dict[str, Target] = {}
+        # Targets by the field they are keyed by, so ids of different kinds never collide.
+        self._targets: dict[str, dict[str, Target]] = {
+            field: {} for field in ("profile_id", "email", "domain", "account_id")
+        }
         self._waiting: set[Target] = set()  # targets with entries that no sender has yet
         self._fatal: Verdict | None = None
         self._paused_until = 0.0
@@ -322,7 +328,7 @@ class KoalaClient:
         delivered, dropped = self._delivered, self._dropped.total()
         if self._task_group is not None:
             waiter = Waiter()
-            for targets in (self._people, self._accounts):
+            for targets in self._targets.values():
                 for target in targets.values():
                     for batch in target.batches:
                         waiter.add(batch)
@@ -368,20 +374,23 @@ class KoalaClient:
         Returns:
             The entry's ``message_id``, which Koala uses to drop duplicates.
         """
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             self._check_open()
-        profile_id, email = _validate.person(profile_id, email)
-        message_id = _validate.optional_text(message_id, "message_id") or new_message_id()
+        who = _validate.person(profile_id, email)
+        message_id = (
+            new_message_id() if message_id is None else _validate.text(message_id, "message_id")
+        )
         entry = _encode(
             Track(
                 event=_validate.event_name(event),
                 properties=_validate.fields(properties, "properties"),
                 message_id=message_id,
-                sent_at=_validate.sent_at(sent_at) or now_iso(),
+                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
             ),
             "properties",
         )
-        await self._put_person(EVENTS, entry, profile_id, email)
+        while not self._put(EVENTS, entry, *who):
+            await self._wait_for_room()
         return message_id
 
     async def identify(
@@ -401,19 +410,20 @@ class KoalaClient:
         Returns:
             ``message_id`` if you gave one (identifies have none otherwise).
         """
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             self._check_open()
-        profile_id, email = _validate.person(profile_id, email)
-        message_id = _validate.optional_text(message_id, "message_id")
+        who = _validate.person(profile_id, email)
+        message_id = None if message_id is None else _validate.text(message_id, "message_id")
         entry = _encode(
             Identify(
                 traits=_validate.fields(traits, "traits"),
                 message_id=message_id,
-                sent_at=_validate.sent_at(sent_at) or now_iso(),
+                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
             ),
             "traits",
         )
-        await self._put_person(IDENTIFIES, entry, profile_id, email)
+        while not self._put(IDENTIFIES, entry, *who):
+            await self._wait_for_room()
         return message_id
 
     async def page(
@@ -431,20 +441,23 @@ class KoalaClient:
         Returns:
             The entry's ``message_id``.
         """
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             self._check_open()
-        profile_id, email = _validate.person(profile_id, email)
-        message_id = _validate.optional_text(message_id, "message_id") or new_message_id()
+        who = _validate.person(profile_id, email)
+        message_id = (
+            new_message_id() if message_id is None else _validate.text(message_id, "message_id")
+        )
         entry = _encode(
             Page(
                 message_id=message_id,
-                name=_validate.optional_text(name, "name"),
+                name=None if name is None else _validate.text(name, "name"),
                 properties=_validate.fields(properties, "properties"),
-                sent_at=_validate.sent_at(sent_at) or now_iso(),
+                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
             ),
             "properties",
         )
-        await self._put_person(PAGE_VIEWS, entry, profile_id, email)
+        while not self._put(PAGE_VIEWS, entry, *who):
+            await self._wait_for_room()
         return message_id
 
     async def account_identify(
@@ -465,13 +478,13 @@ class KoalaClient:
         Returns:
             ``message_id`` if you gave one.
         """
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             self._check_open()
-        domain, account_id = _validate.account(domain, account_id)
-        message_id = _validate.optional_text(message_id, "message_id")
+        who = _validate.account(domain, account_id)
+        message_id = None if message_id is None else _validate.text(message_id, "message_id")
         fields = _validate.fields(traits, "traits")
         if group_id is not None:
-            group_id = _validate.optional_text(group_id, "group_id")
+            group_id = _validate.text(group_id, "group_id")
             if fields.get("group_id", group_id) != group_id:
                 raise ValidationError(
                     f"group_id is given twice, as {group_id!r} and as traits['group_id'] = "
@@ -482,11 +495,12 @@ class KoalaClient:
             Identify(
                 traits=fields,
                 message_id=message_id,
-                sent_at=_validate.sent_at(sent_at) or now_iso(),
+                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
             ),
             "traits",
         )
-        await self._put_account(IDENTIFIES, entry, domain, account_id)
+        while not self._put(IDENTIFIES, entry, *who):
+            await self._wait_for_room()
         return message_id
 
     async def account_track(
@@ -504,20 +518,23 @@ class KoalaClient:
         Returns:
             The entry's ``message_id``.
         """
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             self._check_open()
-        domain, account_id = _validate.account(domain, account_id)
-        message_id = _validate.optional_text(message_id, "message_id") or new_message_id()
+        who = _validate.account(domain, account_id)
+        message_id = (
+            new_message_id() if message_id is None else _validate.text(message_id, "message_id")
+        )
         entry = _encode(
             Track(
                 event=_validate.event_name(event),
                 properties=_validate.fields(properties, "properties"),
                 message_id=message_id,
-                sent_at=_validate.sent_at(sent_at) or now_iso(),
+                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
             ),
             "properties",
         )
-        await self._put_account(EVENTS, entry, domain, account_id)
+        while not self._put(EVENTS, entry, *who):
+            await self._wait_for_room()
         return message_id
 
     # The queue
@@ -538,83 +555,70 @@ class KoalaClient:
             )
         raise ClientClosedError("the KoalaClient is closed; create a new one to send again")
 
-    async def _put_person(
-        self, kind: int, entry: bytes, profile_id: str | None, email: str | None
-    ) -> None:
-        if profile_id is not None:
-            key, primary, secondary = profile_id, ("profile_id", profile_id), email
-        else:
-            assert email is not None
-            key, primary, secondary = email, ("email", email), None
-        await self._put(self._people, kind, entry, key, primary, "email", secondary)
+    def _put(
+        self, kind: int, entry: bytes, primary: str, key: str, secondary: str, value: str | None
+    ) -> bool:
+        """Queue an encoded entry for the target ``primary=key``.
 
-    async def _put_account(
-        self, kind: int, entry: bytes, domain: str | None, account_id: str | None
-    ) -> None:
-        if domain is not None:
-            key, primary, secondary = domain, ("domain", domain), account_id
-        else:
-            assert account_id is not None
-            key, primary, secondary = f"account_id:{account_id}", ("account_id", account_id), None
-        await self._put(self._accounts, kind, entry, key, primary, "account_id", secondary)
-
-    async def _put(
-        self,
-        targets: dict[str, Target],
-        kind: int,
-        entry: bytes,
-        key: str,
-        primary: tuple[str, str],
-        secondary_name: str,
-        secondary: str | None,
-    ) -> None:
+        Returns False, having done nothing, when the queue is full and ``on_full="block"``:
+        the caller waits for room and tries again.
+        """
         if not self._enabled:
-            return
+            return True
         if self._fatal is not None or self._pending >= self._max_queue_size:
-            reason = _REASONS[self._fatal] if self._fatal else await self._wait_for_room()
-            if reason is not None:
-                self._accepted += 1
-                self._dropped[reason] += 1
-                self._warn(reason, f"the queue is full (max_queue_size={self._max_queue_size})")
-                if self._failures is not None and self._on_error is not None:
-                    ids = dict((primary,))
-                    if secondary is not None:
-                        ids[secondary_name] = secondary
-                    self._failures.send_nowait(
-                        DeliveryFailure(
-                            reason=reason,
-                            kind="account" if targets is self._accounts else "profile",
-                            ids=ids,
-                            entries=[msgspec.json.decode(entry)],
-                        )
-                    )
-                return
+            if self._fatal is None and self._on_full == "block":
+                return False
+            self._refuse(kind, entry, primary, key, secondary, value)
+            return True
         self._accepted += 1
         self._pending += 1
+        targets = self._targets[primary]
         target = targets.get(key)
         if target is None:
-            target = targets[key] = Target(key, targets is self._accounts, primary, secondary_name)
-        if target.add(kind, entry, secondary):
+            target = targets[key] = Target(
+                key, primary in _ACCOUNT_FIELDS, (primary, key), secondary
+            )
+        if target.add(kind, entry, value):
             if not target.scheduled:
                 self._schedule(target)
         elif not target.scheduled:
             self._waiting.add(target)
+        return True
 
-    async def _wait_for_room(self) -> DropReason | None:
-        """Apply ``on_full`` to a full queue: None once there is room, else the drop reason."""
-        if self._on_full == "drop":
-            return "queue_full"
-        if self._on_full == "raise":
+    def _refuse(
+        self, kind: int, entry: bytes, primary: str, key: str, secondary: str, value: str | None
+    ) -> None:
+        """Drop an entry at the call (or raise, with ``on_full="raise"``)."""
+        if self._fatal is not None:
+            reason = _REASONS[self._fatal]
+        elif self._on_full == "raise":
             raise QueueFullError(
                 f"{self._pending} entries are queued, the most max_queue_size allows; raise "
                 "max_queue_size, or use on_full='block' to wait for room"
             )
-        while self._pending >= self._max_queue_size:
+        else:
+            reason = "queue_full"
+            self._warn(reason, f"the queue is full (max_queue_size={self._max_queue_size})")
+        self._accepted += 1
+        self._dropped[reason] += 1
+        if self._failures is not None and self._on_error is not None:
+            ids = {primary: key} if value is None else {primary: key, secondary: value}
+            self._failures.send_nowait(
+                DeliveryFailure(
+                    reason=reason,
+                    kind="account" if primary in _ACCOUNT_FIELDS else "profile",
+                    ids=ids,
+                    entries=[msgspec.json.decode(entry)],
+                )
+            )
+
+    async def _wait_for_room(self) -> None:
+        """With ``on_full="block"``: wait until the queue has room (or the client closes)."""
+        while self._pending >= self._max_queue_size and self._fatal is None:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
             self._check_open()
-        return None
 
     def _schedule(self, target: Target) -> None:
         assert self._ready is not None
@@ -653,7 +657,7 @@ class KoalaClient:
                 self._ready.send_nowait(target)  # type: ignore[union-attr]
             else:
                 target.scheduled = False
-                targets = self._accounts if target.account else self._people
+                targets = self._targets[target.primary[0]]
                 if targets.get(target.key) is target:
                     del targets[target.key]
 
@@ -688,7 +692,7 @@ class KoalaClient:
 
     async def _drop_leftovers(self) -> None:
         """After the deadline: count what is left as dropped, and report it."""
-        for targets in (self._people, self._accounts):
+        for targets in self._targets.values():
             for target in targets.values():
                 for batch in target.batches:
                     self._finish(target, batch, "shutdown_timeout", report=False)

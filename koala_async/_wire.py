@@ -55,19 +55,22 @@ def new_message_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_second = -1
-_second_text = ""
+_second = _millisecond = -1
+_second_text = _millisecond_text = ""
 
 
 def now_iso() -> str:
     """Return the current UTC time as ISO 8601 with milliseconds and ``Z``."""
-    global _second, _second_text
-    now = time.time()
-    second = int(now)
-    if second != _second:
-        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second = second
-    return f"{_second_text}.{int((now - second) * 1000):03d}Z"
+    global _second, _second_text, _millisecond, _millisecond_text
+    millisecond = int(time.time() * 1000)
+    if millisecond != _millisecond:  # many calls share a millisecond: format it once
+        second, fraction = divmod(millisecond, 1000)
+        if second != _second:
+            _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            _second = second
+        _millisecond_text = f"{_second_text}.{fraction:03d}Z"
+        _millisecond = millisecond
+    return _millisecond_text
 
 
 def body(head: bytes, lists: tuple[tuple[bytes, list[bytes]], ...]) -> bytes:
