@@ -170,5 +170,9 @@ def sent_at(value: object) -> str:
         )
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    utc = parsed.astimezone(timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    try:
+        utc = parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValidationError(f"sent_at {value!r} is out of range once moved to UTC") from None
+    # isoformat, unlike strftime("%Y"), pads years before 1000 to four digits.
+    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
