@@ -1,0 +1,20 @@
+"""The public API is exactly what koala_async exports, each name with a docstring."""
+
+from __future__ import annotations
+
+import koala_async
+
+
+def test_all_matches_the_public_names() -> None:
+    public = {name for name in vars(koala_async) if not name.startswith("_")}
+    assert set(koala_async.__all__) - {"__version__"} == public
+    assert koala_async.__all__ == sorted(koala_async.__all__, key=str.lower)
+
+
+def test_every_public_name_lives_in_a_private_module_and_is_documented() -> None:
+    for name in koala_async.__all__:
+        if name == "__version__":
+            continue
+        member = getattr(koala_async, name)
+        assert member.__module__.startswith("koala_async._"), name
+        assert member.__doc__, name
