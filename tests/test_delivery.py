@@ -360,3 +360,17 @@ async def test_one_person_at_a_time_and_everyone_takes_turns() -> None:
     ]
     assert events == list(range(300)), "a person's entries arrive in order"
     assert order.index("p5@acme.com") < len(order) - 1, "the others do not wait for the hot person"
+
+
+async def test_repeated_drops_log_one_warning_not_one_per_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = Server(lambda request, body: httpx.Response(422))
+    caplog.set_level(logging.DEBUG, "koala_async")
+    async with server.client() as koala:
+        for i in range(50):
+            await koala.track("A", email=f"p{i}@acme.com")
+    assert koala.stats().dropped["rejected"] == 50
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "dropping entries (rejected): HTTP 422 from /batch" in warnings[0].getMessage()
