@@ -288,9 +288,9 @@ async def test_a_callers_http_client_is_not_closed(http: httpx.AsyncClient) -> N
 async def test_its_own_http_client_is_closed() -> None:
     koala = KoalaClient("pk_test", base_url="http://127.0.0.1:9")
     async with koala:
-        own = koala._http
-    assert own is not None
-    assert own.is_closed
+        own = list(koala._own_clients)
+    assert len(own) == 8
+    assert all(http.is_closed for http in own)
 
 
 async def test_calls_after_close_raise_and_the_client_cannot_reopen(
