@@ -771,8 +771,10 @@ class KoalaClient:
             if wait is None:
                 wait = next(waits)
             if verdict is Verdict.RATE_LIMITED:
+                # Waiting out a rate limit uses neither an attempt nor the batch's budget.
                 self._paused_until = max(self._paused_until, time.monotonic() + wait)
-            if time.monotonic() + wait - started > policy.budget:
+                started += wait
+            elif time.monotonic() + wait - started > policy.budget:
                 return "retries_exhausted", status, error
             logger.debug(
                 "koala_async: %s; retrying a batch of %d in %.2fs",
@@ -805,7 +807,7 @@ class KoalaClient:
             self._delivered += batch.size
         else:
             self._dropped[reason] += batch.size
-            if reason not in ("unauthorized", "suspended"):
+            if reason not in ("unauthorized", "suspended", "shutdown_timeout"):  # logged once
                 self._warn(reason, self._last_error or reason)
             if report and self._failures is not None and self._on_error is not None:
                 self._failures.send_nowait(self._failure(target, batch, reason, status, error))

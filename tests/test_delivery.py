@@ -374,3 +374,13 @@ async def test_repeated_drops_log_one_warning_not_one_per_batch(
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert "dropping entries (rejected): HTTP 422 from /batch" in warnings[0].getMessage()
+
+
+async def test_a_long_retry_after_on_429_does_not_spend_the_budget() -> None:
+    answers = iter([httpx.Response(429, headers={"Retry-After": "0.3"}), httpx.Response(200)])
+    server = Server(lambda request, body: next(answers))
+    policy = RetryPolicy(backoff=0, max_attempts=1, budget=0.1)
+    async with server.client(retry=policy) as koala:
+        await koala.track("A", email="a@b.co")
+    assert koala.stats().delivered == 1
+    assert server.statuses == [429, 200]
