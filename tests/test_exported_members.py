@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import types
+
 import koala_async
 
 
 def test_all_matches_the_public_names() -> None:
-    public = {name for name in vars(koala_async) if not name.startswith("_")}
+    public = {
+        name
+        for name, value in vars(koala_async).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)  # submodules
+    }
     assert set(koala_async.__all__) - {"__version__"} == public
     names = [name for name in koala_async.__all__ if not name.startswith("_")]
     assert names == sorted(names)

@@ -1,0 +1,334 @@
+"""A fake Koala collector: checks requests against the spec's rules and records what arrived.
+
+The checks mirror Koala's OpenAPI schemas (``ProfileBatchRequest``, ``AccountBatchRequest``),
+its guide (one person per request, a User-Agent on every request) and its 30-per-kind cap,
+as msgspec structs, so checking costs little and needs no JSON Schema library.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, deque
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import anyio
+import httpx
+import msgspec
+
+__all__ = ["Entry", "FakeCollector", "Received", "Reply"]
+
+_Name = Annotated[str, msgspec.Meta(min_length=1)]
+_Entries = Annotated[list[Any], msgspec.Meta(max_length=30)]
+_PATH = re.compile(r"/web/projects/(?P<key>[^/]+)/(?P<accounts>accounts/)?batch\Z")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+
+
+class _Track(msgspec.Struct, tag_field="type", tag="track"):
+    event: _Name
+    message_id: str | None = None
+    properties: dict[str, Any] | None = None
+    sent_at: str | None = None
+
+
+class _Page(msgspec.Struct, tag_field="type", tag="page"):
+    name: str | None = None
+    message_id: str | None = None
+    properties: dict[str, Any] | None = None
+    sent_at: str | None = None
+
+
+class _Identify(msgspec.Struct, tag_field="type", tag="identify"):
+    traits: dict[str, Any] | None = None
+    message_id: str | None = None
+    sent_at: str | None = None
+
+
+class _ProfileBatch(msgspec.Struct):
+    profile_id: str | None = None
+    email: str | None = None
+    events: Annotated[list[_Track], msgspec.Meta(max_length=30)] = []
+    identifies: Annotated[list[_Identify], msgspec.Meta(max_length=30)] = []
+    page_views: Annotated[list[_Page], msgspec.Meta(max_length=30)] = []
+
+
+class _AccountBatch(msgspec.Struct):
+    domain: str | None = None
+    account_id: str | None = None
+    events: Annotated[list[_Track], msgspec.Meta(max_length=30)] = []
+    identifies: Annotated[list[_Identify], msgspec.Meta(max_length=30)] = []
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How the collector answers one request (the default: ``200 {"ok": true}``).
+
+    Attributes:
+        status: The HTTP status.
+        retry_after: Seconds to put in a ``Retry-After`` header, if any.
+        delay: Seconds to wait before answering (the request is processed at once).
+        reset: Drop the connection instead of answering (on the real server, with a TCP
+            reset; through ``transport()``, as an ``httpx.ReadError``).
+        body: The response body.
+    """
+
+    status: int = 200
+    retry_after: float | None = None
+    delay: float = 0.0
+    reset: bool = False
+    body: bytes = b'{"ok":true}'
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the collector saw it.
+
+    Attributes:
+        kind: ``"profile"`` (``/batch``) or ``"account"`` (``/accounts/batch``), or
+            ``"unknown"`` for any other path.
+        key: The public API key from the path.
+        headers: The request headers, names in lower case.
+        raw: The body as sent.
+        body: The body parsed as JSON (empty if it was not JSON).
+        status: The status it was answered with (0 for a reset).
+        violations: Where it broke the spec's rules; empty if it is valid.
+    """
+
+    kind: Literal["profile", "account", "unknown"]
+    key: str
+    headers: dict[str, str]
+    raw: bytes
+    body: dict[str, Any]
+    status: int
+    violations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One event, identify or page view that was accepted, with who it belongs to."""
+
+    type: Literal["track", "identify", "page"]
+    data: dict[str, Any]
+    profile_id: str | None = None
+    email: str | None = None
+    domain: str | None = None
+    account_id: str | None = None
+
+    @property
+    def message_id(self) -> str | None:
+        """The entry's message_id, if it has one."""
+        value = self.data.get("message_id")
+        return value if isinstance(value, str) else None
+
+
+Responder = Callable[[Received], "Reply | None"]
+
+
+@dataclass
+class FakeCollector:
+    """A stand-in for Koala's ingestion API, for tests and local development.
+
+    Plug it into a client with :meth:`transport` (no sockets) or run it on a port with
+    :meth:`serve`. Valid requests are answered ``200 {"ok": true}``; invalid ones ``400``
+    with the violations, which are also kept in :attr:`violations`. Faults come from
+    :meth:`fail_next` or from :attr:`responder`, a function that may return a
+    :class:`Reply` for any request (None: answer normally).
+    """
+
+    responder: Responder | None = None
+    requests: list[Received] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    _entries: list[Entry] = field(default_factory=list, repr=False)
+    _faults: deque[Reply] = field(default_factory=deque, repr=False)
+
+    # What arrived
+
+    @property
+    def events(self) -> list[Entry]:
+        """Accepted track entries of profiles, in arrival order."""
+        return [e for e in self._entries if e.type == "track" and e.domain is e.account_id is None]
+
+    @property
+    def identifies(self) -> list[Entry]:
+        """Accepted identify entries of profiles."""
+        return [
+            e for e in self._entries if e.type == "identify" and e.domain is e.account_id is None
+        ]
+
+    @property
+    def page_views(self) -> list[Entry]:
+        """Accepted page views."""
+        return [e for e in self._entries if e.type == "page"]
+
+    @property
+    def accounts(self) -> list[Entry]:
+        """Accepted account entries (identifies and events)."""
+        return [e for e in self._entries if e.domain is not None or e.account_id is not None]
+
+    def by_person(self) -> dict[str, list[Entry]]:
+        """Accepted profile entries grouped by profile_id (or email, when there is none)."""
+        people: dict[str, list[Entry]] = {}
+        for entry in self._entries:
+            who = entry.profile_id or entry.email
+            if who is not None:
+                people.setdefault(who, []).append(entry)
+        return people
+
+    def message_ids(self) -> Counter[str]:
+        """How many times each message_id arrived in an accepted request."""
+        return Counter(e.message_id for e in self._entries if e.message_id is not None)
+
+    def reset(self) -> None:
+        """Forget everything received, and any faults still to come."""
+        self.requests.clear()
+        self.violations.clear()
+        self._entries.clear()
+        self._faults.clear()
+
+    # Faults
+
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 500,
+        *,
+        retry_after: float | None = None,
+        reset: bool = False,
+        delay: float = 0.0,
+    ) -> None:
+        """Answer the next ``n`` requests with ``status`` (or a reset), whatever they hold.
+
+        With a 2xx ``status`` and a ``delay``, the request is accepted but answered late:
+        that is how to make a client time out on a request that did arrive.
+        """
+        self._faults.extend([Reply(status, retry_after, delay, reset)] * n)
+
+    # Plugs
+
+    def transport(self) -> httpx.MockTransport:
+        """An httpx transport that delivers to this collector in memory, with no sockets.
+
+        Use it as ``KoalaClient(..., http_client=httpx.AsyncClient(transport=fake.transport()))``.
+        """
+        return _transport(self)
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> AbstractAsyncContextManager[str]:
+        """Serve this collector over HTTP while the ``async with`` block runs; yields its URL.
+
+        It runs in the current event loop (asyncio or trio); ``port=0`` picks a free port.
+        """
+        from ._http_server import serve_http
+
+        return serve_http(self.handle, host, port)
+
+    # The work
+
+    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply:
+        """Check and record one request; return how to answer it."""
+        kind: Literal["profile", "account", "unknown"] = "unknown"
+        key = ""
+        body: dict[str, Any] = {}
+        problems: list[str] = []
+        match = _PATH.match(path)
+        if method != "POST" or match is None:
+            problems.append(
+                f"{method} {path}: Koala takes POST /web/projects/<key>/[accounts/]batch"
+            )
+        else:
+            key = match["key"]
+            kind = "account" if match["accounts"] else "profile"
+        if not headers.get("user-agent", "").strip():
+            problems.append("no User-Agent: Koala may drop the request as a bot")
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            problems.append("Content-Type is not application/json")
+        try:
+            parsed = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            problems.append(f"body is not JSON: {exc}")
+        else:
+            if isinstance(parsed, dict):
+                body = parsed
+            else:
+                problems.append("body is not a JSON object")
+        entries: list[Entry] = []
+        if body and kind != "unknown":
+            entries = self._check(kind, body, problems)
+
+        reply = self._faults.popleft() if self._faults else None
+        if reply is None and problems:
+            reply = Reply(
+                400, body=msgspec.json.encode({"error": "; ".join(problems), "code": "invalid"})
+            )
+        received = Received(kind, key, headers, raw, body, 0, tuple(problems))
+        if reply is None and self.responder is not None:
+            reply = self.responder(received)
+        reply = reply or Reply()
+        status = 0 if reply.reset else reply.status
+        self.requests.append(Received(kind, key, headers, raw, body, status, tuple(problems)))
+        self.violations.extend(problems)
+        if 200 <= status < 300 and not problems:
+            self._entries.extend(entries)
+        return reply
+
+    def _check(
+        self, kind: Literal["profile", "account"], body: dict[str, Any], problems: list[str]
+    ) -> list[Entry]:
+        """Check a body against the spec; return its entries (to keep if it is accepted)."""
+        try:
+            if kind == "profile":
+                batch = msgspec.convert(body, _ProfileBatch)
+                ids: dict[str, str | None] = {"profile_id": batch.profile_id, "email": batch.email}
+                if batch.profile_id is None and batch.email is None:
+                    problems.append("neither profile_id nor email: Koala needs one of them")
+                if batch.profile_id is not None and not _UUID.match(batch.profile_id):
+                    problems.append(f"profile_id {batch.profile_id!r} is not a UUID")
+                if batch.email is not None and not _EMAIL.match(batch.email):
+                    problems.append(f"email {batch.email!r} is not an address")
+                lists: tuple[list[Any], ...] = (batch.events, batch.identifies, batch.page_views)
+            else:
+                account = msgspec.convert(body, _AccountBatch)
+                ids = {"domain": account.domain, "account_id": account.account_id}
+                if account.domain is None and account.account_id is None:
+                    problems.append("neither domain nor account_id: Koala needs one of them")
+                lists = (account.events, account.identifies)
+        except msgspec.ValidationError as exc:
+            problems.append(f"body does not match the spec: {exc}")
+            return []
+        entries = []
+        raw_lists = [body.get(name, []) for name in ("events", "identifies", "page_views")]
+        for parsed, raw in zip(lists, raw_lists, strict=False):
+            for item, data in zip(parsed, raw, strict=True):
+                if item.sent_at is not None and not _is_date_time(item.sent_at):
+                    problems.append(f"sent_at {item.sent_at!r} is not an ISO 8601 date-time")
+                entries.append(Entry(data["type"], data, **ids))
+        return entries
+
+
+def _is_date_time(value: str) -> bool:
+    try:
+        datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        return False
+    return "T" in value
+
+
+def _transport(collector: FakeCollector) -> httpx.MockTransport:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        reply = collector.handle(request.method, request.url.path, headers, await request.aread())
+        if reply.delay:
+            await anyio.sleep(reply.delay)
+        if reply.reset:
+            raise httpx.ReadError("the fake collector reset the connection", request=request)
+        extra = {} if reply.retry_after is None else {"Retry-After": f"{reply.retry_after:g}"}
+        return httpx.Response(
+            reply.status,
+            headers={"Content-Type": "application/json", **extra},
+            content=reply.body,
+        )
+
+    return httpx.MockTransport(handler)

@@ -1,0 +1,181 @@
+"""koala_async.testing.FakeCollector: its checks, its records and its faults, through both plugs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from koala_async import KoalaClient
+from koala_async.testing import FakeCollector, Reply
+
+pytestmark = pytest.mark.anyio
+PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
+UA = {"User-Agent": "tests/1.0", "Content-Type": "application/json"}
+
+
+@asynccontextmanager
+async def plugged(fake: FakeCollector, how: str) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """An httpx client reaching ``fake`` in memory or over a real socket, and its base URL."""
+    if how == "memory":
+        async with httpx.AsyncClient(transport=fake.transport()) as http:
+            yield http, "http://collector.test"
+    else:
+        async with fake.serve() as base_url, httpx.AsyncClient() as http:
+            yield http, base_url
+
+
+@pytest.fixture(params=["memory", "socket"])
+def how(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def post(
+    http: httpx.AsyncClient, url: str, body: Any, headers: dict[str, str] = UA
+) -> httpx.Response:
+    return await http.post(url, content=json.dumps(body).encode(), headers=headers)
+
+
+async def test_records_entries_by_kind_and_person(how: str) -> None:
+    fake = FakeCollector()
+    async with (
+        plugged(fake, how) as (http, base),
+        KoalaClient("pk_test", base_url=base, http_client=http) as koala,
+    ):
+        await koala.identify(profile_id=PID, email="ada@acme.com", traits={"plan": "pro"})
+        await koala.track("Signed Up", profile_id=PID)
+        await koala.page(email="grace@acme.com", name="Home")
+        await koala.account_identify(domain="acme.com", traits={"seats": 3}, group_id="dev")
+    assert fake.violations == []
+    assert [e.data["event"] for e in fake.events] == ["Signed Up"]
+    assert [(e.profile_id, e.email, e.data["traits"]) for e in fake.identifies] == [
+        (PID, "ada@acme.com", {"plan": "pro"})
+    ]
+    assert [(e.email, e.data["name"]) for e in fake.page_views] == [("grace@acme.com", "Home")]
+    assert [(e.domain, e.data["traits"]["group_id"]) for e in fake.accounts] == [
+        ("acme.com", "dev")
+    ]
+    assert set(fake.by_person()) == {PID, "grace@acme.com"}
+    assert {r.kind for r in fake.requests} == {"profile", "account"}
+    assert {r.key for r in fake.requests} == {"pk_test"}
+
+
+BAD: list[tuple[str, Any, dict[str, str], str]] = [
+    ("/web/projects/k/batch", {"events": []}, UA, "neither profile_id nor email"),
+    ("/web/projects/k/batch", {"profile_id": "nope"}, UA, "is not a UUID"),
+    ("/web/projects/k/batch", {"email": "nope"}, UA, "is not an address"),
+    (
+        "/web/projects/k/batch",
+        {"email": "a@b.co", "events": [{"type": "track", "event": "E"}] * 31},
+        UA,
+        "does not match the spec",
+    ),
+    (
+        "/web/projects/k/batch",
+        {"email": "a@b.co", "events": [{"type": "track"}]},
+        UA,
+        "does not match",
+    ),
+    (
+        "/web/projects/k/batch",
+        {"email": "a@b.co", "events": [{"type": "page"}]},
+        UA,
+        "does not match",
+    ),
+    (
+        "/web/projects/k/batch",
+        {"email": "a@b.co", "identifies": [{"type": "identify", "sent_at": "noon"}]},
+        UA,
+        "not an ISO 8601 date-time",
+    ),
+    ("/web/projects/k/accounts/batch", {"identifies": []}, UA, "neither domain nor account_id"),
+    (
+        "/web/projects/k/accounts/batch",
+        {"domain": "a.co", "events": [{"type": "track", "event": "E"}] * 31},
+        UA,
+        "does not match the spec",
+    ),
+    (
+        "/web/projects/k/batch",
+        {"email": "a@b.co"},
+        {"Content-Type": "application/json"},
+        "no User-Agent",
+    ),
+    ("/web/projects/k/batch", {"email": "a@b.co"}, {"User-Agent": "x"}, "not application/json"),
+    ("/elsewhere", {"email": "a@b.co"}, UA, "Koala takes POST"),
+    ("/web/projects/k/batch", [1, 2], UA, "not a JSON object"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "headers", "problem"), BAD)
+async def test_rejects_what_the_spec_forbids(
+    how: str, path: str, body: Any, headers: dict[str, str], problem: str
+) -> None:
+    fake = FakeCollector()
+    async with plugged(fake, how) as (http, base):
+        if headers.get("User-Agent") is None:
+            headers = {**headers, "User-Agent": ""}
+        response = await post(http, base + path, body, headers)
+    assert response.status_code == 400
+    assert problem in response.json()["error"]
+    assert any(problem in v for v in fake.violations)
+    assert fake.events == fake.identifies == fake.accounts == []
+
+
+async def test_fail_next_then_recover(how: str) -> None:
+    fake = FakeCollector()
+    fake.fail_next(2, status=429, retry_after=1.5)
+    async with plugged(fake, how) as (http, base):
+        url = base + "/web/projects/k/batch"
+        body = {"email": "a@b.co", "events": [{"type": "track", "event": "E", "message_id": "m1"}]}
+        first = await post(http, url, body)
+        second = await post(http, url, body)
+        third = await post(http, url, body)
+    assert [first.status_code, second.status_code, third.status_code] == [429, 429, 200]
+    assert first.headers["retry-after"] == "1.5"
+    assert third.json() == {"ok": True}
+    assert fake.message_ids() == {"m1": 1}, "faulted requests do not count as received"
+    assert [r.status for r in fake.requests] == [429, 429, 200]
+    fake.reset()
+    assert fake.requests == []
+    assert fake.message_ids() == {}
+
+
+async def test_reset_drops_the_connection(how: str) -> None:
+    fake = FakeCollector()
+    fake.fail_next(reset=True)
+    async with plugged(fake, how) as (http, base):
+        with pytest.raises(httpx.TransportError):
+            await post(http, base + "/web/projects/k/batch", {"email": "a@b.co"})
+        after = await post(http, base + "/web/projects/k/batch", {"email": "a@b.co"})
+    assert after.status_code == 200
+    assert [r.status for r in fake.requests] == [0, 200]
+
+
+async def test_delay_answers_late_but_accepts_at_once(how: str) -> None:
+    fake = FakeCollector(responder=lambda received: Reply(delay=0.2))
+    async with plugged(fake, how) as (http, base):
+        url = base + "/web/projects/k/batch"
+        body = {"email": "a@b.co", "events": [{"type": "track", "event": "E", "message_id": "m"}]}
+        with anyio.move_on_after(0.05) as waited:
+            await post(http, url, body)
+    assert waited.cancelled_caught, "the answer came late"
+    assert fake.message_ids() == {"m": 1}, "but the entries were taken at once"
+
+
+async def test_the_server_outlives_clients_that_vanish() -> None:
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+        host, port = base_url.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            await stream.send(
+                b"POST /web/projects/k/batch HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"
+            )
+        async with httpx.AsyncClient() as http:
+            response = await post(http, base_url + "/web/projects/k/batch", {"email": "a@b.co"})
+    assert response.status_code == 200
