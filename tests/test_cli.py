@@ -1,0 +1,270 @@
+"""The koala-async command line, run as a user runs it: ``python -m koala_async …`` in a subprocess,
+against a collector on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from koala_async.testing import FakeCollector, Reply
+
+pytestmark = pytest.mark.anyio
+PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
+
+
+# Runs the real entry point and reports the process's own peak RSS on stderr as it exits.
+# VmHWM, not ru_maxrss: the latter survives exec, so it would count the forked pytest process.
+_MAIN = (
+    "import atexit, re, runpy, sys; "
+    "atexit.register(lambda: print('peak-rss-kb', re.search(r'VmHWM:\\s+(\\d+)', "
+    "open('/proc/self/status').read())[1], file=sys.stderr)); "
+    "sys.argv[0] = 'koala-async'; runpy.run_module('koala_async', run_name='__main__')"
+)
+
+
+async def cli(*args: str, base_url: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "KOALA_PUBLIC_API_KEY": "pk_cli", "NO_COLOR": "1"}
+    if base_url:
+        env["KOALA_BASE_URL"] = base_url
+    return await anyio.run_process([sys.executable, "-c", _MAIN, *args], env=env, check=False)
+
+
+def peak_rss_mb(result: subprocess.CompletedProcess[bytes]) -> float:
+    line = result.stderr.decode().rsplit("peak-rss-kb ", 1)[1]
+    return int(line.split()[0]) / 1024
+
+
+async def test_demo_exits_zero_and_its_summary_matches() -> None:
+    result = await cli("demo", "--people", "30")
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    assert "MISMATCH" not in out
+    for kind in ("page_views", "identifies", "events", "account identifies", "account events"):
+        assert f"  {kind}" in out
+    assert "spec violations          0" in out
+
+
+async def test_send_track_reaches_the_collector() -> None:
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+        result = await cli(
+            "send",
+            "track",
+            "Signed Up",
+            "--email",
+            "ada@acme.com",
+            "--prop",
+            "plan=pro",
+            "--prop",
+            "seats=12",
+            base_url=base_url,
+        )
+        account = await cli(
+            "send",
+            "account-identify",
+            "--domain",
+            "https://www.acme.com",
+            "--group-id",
+            "dev",
+            "--trait",
+            "vip=true",
+            base_url=base_url,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("delivered: track (message_id ")
+    assert [(e.email, e.data["event"], e.data["properties"]) for e in fake.events] == [
+        ("ada@acme.com", "Signed Up", {"plan": "pro", "seats": 12})
+    ]
+    assert account.returncode == 0, account.stderr
+    assert fake.accounts[0].domain == "acme.com"
+    assert fake.accounts[0].data["traits"] == {"vip": True, "group_id": "dev"}
+    assert fake.requests[0].headers["user-agent"].startswith("koala-async-cli koala-async/")
+
+
+async def test_send_says_what_went_wrong() -> None:
+    bad = await cli("send", "track", "Signed Up", "--email", "not-an-email")
+    assert bad.returncode == 2
+    assert "email must be an address" in bad.stderr.decode()
+    fake = FakeCollector(responder=lambda received: Reply(401))
+    async with fake.serve() as base_url:
+        refused = await cli("send", "identify", "--email", "a@b.co", base_url=base_url)
+    assert refused.returncode == 1
+    assert "does not know this public API key" in refused.stderr.decode()
+    assert "pk_cli" not in refused.stderr.decode()
+
+
+def _write_lines(path: Path, lines: int, people: int) -> list[str]:
+    ids = []
+    with path.open("w") as file:
+        for i in range(lines):
+            message_id = f"m-{i}"
+            ids.append(message_id)
+            call = {
+                "kind": "track",
+                "event": "Imported",
+                "email": f"p{i % people}@acme.com",
+                "properties": {"i": i},
+                "message_id": message_id,
+            }
+            file.write(json.dumps(call) + "\n")
+    return ids
+
+
+async def test_a_100k_line_import_delivers_every_line_once_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "events.jsonl"
+    ids = _write_lines(source, 100_000, people=2_000)
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+        result = await cli("import", str(source), base_url=base_url)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert fake.message_ids() == Counter(dict.fromkeys(ids, 1))
+    assert fake.violations == []
+    assert "read 100,000, delivered 100,000, rejected 0, failed 0" in result.stdout.decode()
+    assert "import: " in result.stderr.decode(), "progress lines when not on a terminal"
+    # The whole file as Python dicts would take well over 100 MB; the queue holds 20k at most.
+    peak_mb = peak_rss_mb(result)
+    assert peak_mb < 120, f"peak RSS of the import was {peak_mb:.0f} MB"
+    assert not (tmp_path / "events.jsonl.dead.jsonl").exists()
+
+
+async def test_bad_lines_go_to_a_dead_letter_file_that_finishes_the_job(tmp_path: Path) -> None:
+    source = tmp_path / "mixed.jsonl"
+    source.write_text(
+        "\n".join(
+            [
+                json.dumps({"kind": "track", "event": "Ok", "email": "a@acme.com"}),
+                json.dumps({"kind": "track", "event": "Bad email", "email": "nope"}),
+                "{not json",
+                json.dumps({"kind": "page", "profile_id": PID, "name": "Home"}),
+                json.dumps({"kind": "teleport", "email": "a@acme.com"}),
+                json.dumps({"kind": "identify", "email": "b@acme.com", "traits": {"x": 1}}),
+                json.dumps({"kind": "track", "event": "Rejected", "email": "reject@acme.com"}),
+            ]
+        )
+        + "\n"
+    )
+    fake = FakeCollector()
+    fake.responder = lambda r: Reply(422) if r.body.get("email") == "reject@acme.com" else None
+    async with fake.serve() as base_url:
+        first = await cli("import", str(source), base_url=base_url)
+        dead = tmp_path / "mixed.jsonl.dead.jsonl"
+        assert first.returncode == 1
+        assert "read 7, delivered 3, rejected 3, failed 1" in first.stdout.decode()
+        letters = [json.loads(line) for line in dead.read_text().splitlines()]
+        assert [letter["_error"][:22] for letter in letters] == [
+            "email must be an addre",
+            "not JSON: Expecting pr",
+            "kind must be one of tr",
+            "rejected",
+        ]
+        # fix them: correct the email, drop the junk, and let the server take the rest
+        fixed = []
+        for letter in letters:
+            if letter.get("email") == "nope":
+                letter["email"] = "fixed@acme.com"
+            if letter.get("kind") in ("track", "page", "identify"):
+                fixed.append(json.dumps(letter))
+        retry = tmp_path / "retry.jsonl"
+        retry.write_text("\n".join(fixed) + "\n")
+        fake.responder = None
+        second = await cli("import", str(retry), base_url=base_url)
+    assert second.returncode == 0, second.stdout.decode() + second.stderr.decode()
+    events = sorted(e.data["event"] for e in fake.events)
+    assert events == ["Bad email", "Ok", "Rejected"]
+    assert len(fake.page_views) == len(fake.identifies) == 1
+    assert max(fake.message_ids().values()) == 1
+
+
+async def test_dry_run_sends_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "events.jsonl"
+    _write_lines(source, 50, people=5)
+    with source.open("a") as file:
+        file.write(json.dumps({"kind": "track", "event": "", "email": "a@b.co"}) + "\n")
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+        result = await cli("import", str(source), "--dry-run", base_url=base_url)
+    assert result.returncode == 1
+    assert "read 51, checked 50, rejected 1, failed 0" in result.stdout.decode()
+    assert fake.requests == []
+
+
+async def test_csv_import_with_a_column_mapping(tmp_path: Path) -> None:
+    source = tmp_path / "accounts.csv"
+    source.write_text("company,team,plan\nacme.com,dev,pro\nglobex.com,,free\n")
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+        result = await cli(
+            "import",
+            str(source),
+            "--kind",
+            "account_identify",
+            "--map",
+            "domain=company",
+            "--map",
+            "group_id=team",
+            "--map",
+            "traits.plan=plan",
+            base_url=base_url,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    traits = sorted((e.domain, json.dumps(e.data["traits"], sort_keys=True)) for e in fake.accounts)
+    assert traits == [
+        ("acme.com", '{"group_id": "dev", "plan": "pro"}'),
+        ("globex.com", '{"plan": "free"}'),
+    ]
+
+
+async def test_the_collector_command_prints_batches_and_writes_jsonl(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "received.jsonl"
+    env = {**os.environ, "NO_COLOR": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "koala_async",
+        "collector",
+        "--port",
+        str(port),
+        "--jsonl",
+        str(log),
+    ]
+    async with await anyio.open_process(command, env=env) as process:
+        assert process.stdout is not None
+        banner = b""
+        with anyio.fail_after(20):
+            while b"listening" not in banner:
+                banner += await process.stdout.receive()
+        base_url = f"http://127.0.0.1:{port}"
+        sent = await cli("send", "track", "Hello", "--email", "ada@acme.com", base_url=base_url)
+        async with httpx.AsyncClient() as http:
+            bad = await http.post(
+                f"{base_url}/web/projects/pk/batch",
+                json={"email": "x"},
+                headers={"User-Agent": "test"},
+            )
+        output = b""
+        with anyio.move_on_after(2):
+            while output.count(b"\n") < 3:
+                output += await process.stdout.receive()
+        process.terminate()
+    assert sent.returncode == 0
+    text = output.decode()
+    assert "200 profile email=ada@acme.com events=1" in text
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0]["body"]["events"][0]["event"] == "Hello"
+    assert bad.status_code == 400
+    assert "spec violation: email 'x' is not an address" in text
+    assert records[1]["status"] == 400
