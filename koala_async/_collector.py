@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +26,8 @@ _Entries = Annotated[list[Any], msgspec.Meta(max_length=30)]
 _PATH = re.compile(r"/web/projects/(?P<key>[^/]+)/(?P<accounts>accounts/)?batch\Z")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+# The form of every sent_at in Koala's docs, and the one KoalaClient always sends.
+_SENT_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 
 
 class _Track(msgspec.Struct, tag_field="type", tag="track"):
@@ -74,6 +76,7 @@ class Reply:
         reset: Drop the connection instead of answering (on the real server, with a TCP
             reset; through ``transport()``, as an ``httpx.ReadError``).
         body: The response body.
+        headers: More response headers (``Content-Type`` is always ``application/json``).
     """
 
     status: int = 200
@@ -81,6 +84,12 @@ class Reply:
     delay: float = 0.0
     reset: bool = False
     body: bytes = b'{"ok":true}'
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def all_headers(self) -> dict[str, str]:
+        """The response headers to send: Content-Type, Retry-After and :attr:`headers`."""
+        extra = {} if self.retry_after is None else {"Retry-After": f"{self.retry_after:g}"}
+        return {"Content-Type": "application/json", **extra, **self.headers}
 
 
 @dataclass(frozen=True)
@@ -121,8 +130,35 @@ class Entry:
     @property
     def message_id(self) -> str | None:
         """The entry's message_id, if it has one."""
-        value = self.data.get("message_id")
+        return self._text("message_id")
+
+    @property
+    def event(self) -> str | None:
+        """A track entry's event name."""
+        return self._text("event")
+
+    @property
+    def name(self) -> str | None:
+        """A page view's name, if it has one."""
+        return self._text("name")
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """A track or page entry's properties ({} if none)."""
+        return self._dict("properties")
+
+    @property
+    def traits(self) -> dict[str, Any]:
+        """An identify entry's traits ({} if none)."""
+        return self._dict("traits")
+
+    def _text(self, name: str) -> str | None:
+        value = self.data.get(name)
         return value if isinstance(value, str) else None
+
+    def _dict(self, name: str) -> dict[str, Any]:
+        value = self.data.get(name)
+        return value if isinstance(value, dict) else {}
 
 
 Responder = Callable[[Received], "Reply | None"]
@@ -302,18 +338,23 @@ class FakeCollector:
         raw_lists = [body.get(name, []) for name in ("events", "identifies", "page_views")]
         for parsed, raw in zip(lists, raw_lists, strict=False):
             for item, data in zip(parsed, raw, strict=True):
-                if item.sent_at is not None and not _is_date_time(item.sent_at):
-                    problems.append(f"sent_at {item.sent_at!r} is not an ISO 8601 date-time")
+                if item.sent_at is not None and not _is_sent_at(item.sent_at):
+                    problems.append(
+                        f"sent_at {item.sent_at!r} is not an ISO 8601 UTC time with "
+                        "milliseconds, like '2022-11-09T23:57:14.776Z'"
+                    )
                 entries.append(Entry(data["type"], data, **ids))
         return entries
 
 
-def _is_date_time(value: str) -> bool:
+def _is_sent_at(value: str) -> bool:
+    if not _SENT_AT.match(value):
+        return False
     try:
-        datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+        datetime.fromisoformat(value[:-1])  # a real date and time, not 2024-02-30
     except ValueError:
         return False
-    return "T" in value
+    return True
 
 
 def _transport(collector: FakeCollector) -> httpx.MockTransport:
@@ -324,11 +365,6 @@ def _transport(collector: FakeCollector) -> httpx.MockTransport:
             await anyio.sleep(reply.delay)
         if reply.reset:
             raise httpx.ReadError("the fake collector reset the connection", request=request)
-        extra = {} if reply.retry_after is None else {"Retry-After": f"{reply.retry_after:g}"}
-        return httpx.Response(
-            reply.status,
-            headers={"Content-Type": "application/json", **extra},
-            content=reply.body,
-        )
+        return httpx.Response(reply.status, headers=reply.all_headers(), content=reply.body)
 
     return httpx.MockTransport(handler)

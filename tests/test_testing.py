@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from koala_async import KoalaClient
-from koala_async.testing import FakeCollector, Reply
+from koala_async.testing import FakeCollector, Received, Reply
 
 pytestmark = pytest.mark.anyio
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
@@ -87,11 +87,38 @@ BAD: list[tuple[str, Any, dict[str, str], str]] = [
         UA,
         "does not match",
     ),
+    *[
+        (
+            "/web/projects/k/batch",
+            {"email": "a@b.co", "identifies": [{"type": "identify", "sent_at": sent_at}]},
+            UA,
+            "is not an ISO 8601 UTC time with milliseconds",
+        )
+        for sent_at in (
+            "noon",
+            "2022-11-09T23:57:14Z",
+            "2022-11-09T23:57:14.776+00:00",
+            "2022-11-09 23:57:14.776Z",
+            "2024-02-30T00:00:00.000Z",
+        )
+    ],
     (
         "/web/projects/k/batch",
-        {"email": "a@b.co", "identifies": [{"type": "identify", "sent_at": "noon"}]},
+        {"email": "a@b.co", "page_views": [{"type": "page"}] * 31},
         UA,
-        "not an ISO 8601 date-time",
+        "does not match the spec",
+    ),
+    (
+        "/web/projects/k/batch",
+        {"email": "a@b.co", "identifies": [{"type": "track", "event": "E"}]},
+        UA,
+        "does not match",
+    ),
+    (
+        "/web/projects/k/accounts/batch",
+        {"domain": "a.co", "identifies": [{"type": "identify"}] * 31},
+        UA,
+        "does not match the spec",
     ),
     ("/web/projects/k/accounts/batch", {"identifies": []}, UA, "neither domain nor account_id"),
     (
@@ -179,3 +206,82 @@ async def test_the_server_outlives_clients_that_vanish() -> None:
         async with httpx.AsyncClient() as http:
             response = await post(http, base_url + "/web/projects/k/batch", {"email": "a@b.co"})
     assert response.status_code == 200
+
+
+async def test_reply_headers_and_entry_accessors(how: str) -> None:
+    def answer(received: Received) -> Reply | None:
+        return Reply(headers={"X-Seen": received.key}) if received.kind == "profile" else None
+
+    fake = FakeCollector(responder=answer)
+    async with plugged(fake, how) as (http, base):
+        body = {
+            "profile_id": PID,
+            "events": [{"type": "track", "event": "E", "properties": {"n": 1}}],
+            "page_views": [{"type": "page", "name": "Home"}],
+            "identifies": [{"type": "identify", "traits": {"plan": "pro"}}],
+        }
+        response = await post(http, base + "/web/projects/pk_x/batch", body)
+    assert response.headers["x-seen"] == "pk_x"
+    assert response.headers["content-type"] == "application/json"
+    assert [(e.event, e.properties) for e in fake.events] == [("E", {"n": 1})]
+    assert [(e.name, e.properties) for e in fake.page_views] == [("Home", {})]
+    assert [e.traits for e in fake.identifies] == [{"plan": "pro"}]
+    assert fake.by_person() == {PID: fake.events + fake.identifies + fake.page_views}
+
+
+async def raw_exchange(base_url: str, request: bytes) -> bytes:
+    """Send ``request`` as it is over one connection; return all the server wrote back."""
+    host, port = base_url.removeprefix("http://").split(":")
+    answer = b""
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(request)
+        with anyio.fail_after(5):
+            try:
+                while True:
+                    answer += await stream.receive()
+            except anyio.EndOfStream:
+                pass
+    return answer
+
+
+async def test_the_server_reads_chunked_bodies_expect_continue_and_closes_on_request() -> None:
+    fake = FakeCollector()
+    body = b'{"email": "a@b.co", "events": [{"type": "track", "event": "Chunked"}]}'
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:]))
+    async with fake.serve() as base_url:
+        answer = await raw_exchange(
+            base_url,
+            b"POST /web/projects/k/batch HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            b"Expect: 100-continue\r\n\r\n" + chunked + b"0\r\n\r\n"
+            # a second request on the same connection, asking to close after it
+            b"POST /web/projects/k/batch HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+        )
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+    assert answer.endswith(b'Connection: close\r\n\r\n{"ok":true}')
+    assert [e.event for e in fake.events] == ["Chunked", "Chunked"]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST /web/projects/k/batch HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
+        b"POST /web/projects/k/batch HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"POST /web/projects/k/batch HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+async def test_malformed_http_is_answered_400_and_the_server_carries_on(
+    request_bytes: bytes,
+) -> None:
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+        answer = await raw_exchange(base_url, request_bytes)
+        async with httpx.AsyncClient() as http:
+            after = await post(http, base_url + "/web/projects/k/batch", {"email": "a@b.co"})
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert after.status_code == 200
+    assert len(fake.requests) == 1, "unreadable HTTP never reaches the collector's checks"
