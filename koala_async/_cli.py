@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 import anyio
 
 from ._client import KoalaClient
-from ._collector import FakeCollector, Received
+from ._collector import FakeCollector, Received, Reply
 from ._exceptions import DeliveryError, KoalaError
 from ._http_server import serve_http
 from ._importer import KINDS, Call, calls_from_csv, calls_from_jsonl, dead_letters
+from ._redact import redact
+from ._retry import RetryPolicy
 from ._stats import DeliveryFailure
 
 __all__ = ["main"]
@@ -31,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 success, 1 not all delivered, 2 misuse)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(format="%(message)s", level=logging.INFO if args.verbose else None)
     try:
         return int(anyio.run(args.run, args))
     except KoalaError as exc:
@@ -44,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="koala-async", description="Send to Koala, backfill files, or run a local collector."
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="send sample traffic to an in-process collector")
@@ -64,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--sent-at", dest="sent_at", help="ISO 8601 time (default: now)")
     send.add_argument("--prop", action="append", default=[], metavar="KEY=VALUE")
     send.add_argument("--trait", action="append", default=[], metavar="KEY=VALUE")
+    send.add_argument(
+        "--timeout", type=float, default=15.0, help="give up after SECONDS (default 15)"
+    )
     _connection_options(send)
     send.set_defaults(run=_send)
 
@@ -78,7 +90,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FIELD=COLUMN",
         help="CSV: fill a call argument (or properties.X / traits.X) from a column",
     )
-    load.add_argument("--dead-letter", type=Path, help="default: FILE.dead.jsonl")
+    load.add_argument(
+        "--dead-letter", type=Path, help="append failures here (default: FILE.dead.jsonl)"
+    )
+    load.add_argument(
+        "--start-line",
+        type=int,
+        default=1,
+        metavar="N",
+        help="skip the lines (CSV: rows) before N, to resume an interrupted import",
+    )
     load.add_argument("--dry-run", action="store_true", help="check every line, send nothing")
     load.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     _connection_options(load)
@@ -116,13 +137,21 @@ async def _send(args: argparse.Namespace) -> int:
         kwargs["properties"] = _pairs(args.prop, "--prop")
     if "traits" in KINDS[kind]:
         kwargs["traits"] = _pairs(args.trait, "--trait")
+    if not args.verbose:
+        logging.getLogger("koala_async").setLevel(logging.ERROR)  # we say what happened
     failures: list[DeliveryFailure] = []
     async with KoalaClient(
-        args.key, base_url=args.base_url, user_agent=args.user_agent, on_error=failures.append
+        args.key,
+        base_url=args.base_url,
+        user_agent=args.user_agent,
+        timeout=min(args.timeout, 10.0),
+        retry=RetryPolicy(budget=args.timeout),
+        shutdown_timeout=1.0,
+        on_error=failures.append,
     ) as koala:
         message_id = await getattr(koala, kind)(**kwargs)
         try:
-            await koala.flush(timeout=30)
+            await koala.flush(timeout=args.timeout)
         except DeliveryError as exc:
             print(f"koala-async: not delivered: {exc}", file=sys.stderr)
             return 1
@@ -132,7 +161,10 @@ async def _send(args: argparse.Namespace) -> int:
         print(f"delivered: {args.kind}{suffix}")
         return 0
     reason = failures[0].reason if failures else "not delivered in time"
-    print(f"koala-async: not delivered ({reason}): {stats.last_error or ''}", file=sys.stderr)
+    detail = f": {stats.last_error}" if stats.last_error else ""
+    print(
+        f"koala-async: not delivered within {args.timeout:g}s ({reason}){detail}", file=sys.stderr
+    )
     return 1
 
 
@@ -157,13 +189,20 @@ async def _collector(args: argparse.Namespace) -> int:
     fake = FakeCollector()
     out = args.jsonl.open("a", encoding="utf-8") if args.jsonl else None
 
-    def handle(method: str, path: str, headers: dict[str, str], raw: bytes) -> Any:
+    def handle(method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply:
         reply = fake.handle(method, path, headers, raw)
         received = fake.requests[-1]
         print(_describe(received), flush=True)
         if out is not None:
-            record = {"time": time.time(), "path": path, "status": received.status}
-            record.update(body=received.body, violations=list(received.violations))
+            record = {
+                "time": time.time(),
+                "kind": received.kind,
+                "key": redact(received.key),
+                "user_agent": headers.get("user-agent"),
+                "status": received.status,
+                "body": received.body,
+                "violations": list(received.violations),
+            }
             out.write(json.dumps(record) + "\n")
             out.flush()
         fake.reset()  # keep nothing: a collector may run for days
@@ -231,74 +270,118 @@ class _Progress:
         self.stream.flush()
 
 
-def _read(args: argparse.Namespace, file: Iterable[str]) -> Iterator[Call]:
+def _read(args: argparse.Namespace, file: TextIO) -> Iterator[Call]:
     kind = args.format or ("csv" if args.file.suffix.lower() == ".csv" else "jsonl")
     if kind == "jsonl":
-        return calls_from_jsonl(file)
+        return calls_from_jsonl(file, args.start_line)
     mapping = dict(pair.split("=", 1) for pair in args.map if "=" in pair)
     if len(mapping) != len(args.map):
         raise KoalaError("--map takes FIELD=COLUMN, e.g. --map email=user_email")
-    return calls_from_csv(file, args.kind, mapping)
+    return calls_from_csv(file, args.kind, mapping, args.start_line)
+
+
+class _DeadLetters:
+    """The dead-letter file: created at the first letter, only ever appended to, so that a
+    resumed or repeated import never loses the letters of an earlier run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._file: TextIO | None = None
+
+    def write(self, letter: dict[str, Any]) -> None:
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(json.dumps(letter, default=str) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+@contextmanager
+def _first_interrupt() -> Iterator[Callable[[], bool]]:
+    """While the block runs, a first Ctrl-C only raises a flag (the import polls it, stops
+    reading and delivers what it queued); a second one interrupts at once."""
+    hit = False
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal hit
+        if hit:
+            raise KeyboardInterrupt
+        hit = True
+        print("\ninterrupted: delivering what is queued; Ctrl-C again to give up", file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False  # signals reach the main thread only
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: hit
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 async def _import(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise KoalaError(f"no such file: {args.file}")
-    dead_path: Path = args.dead_letter or args.file.with_name(args.file.name + ".dead.jsonl")
-    dead = dead_path.open("w", encoding="utf-8")
+    dead = _DeadLetters(args.dead_letter or args.file.with_name(args.file.name + ".dead.jsonl"))
+    if dead.path.resolve() == args.file.resolve():
+        raise KoalaError("--dead-letter must not be the file being imported")
+    if dead.path.is_file() and dead.path.stat().st_size:
+        print(
+            f"note: {dead.path} holds earlier dead letters; new ones are appended", file=sys.stderr
+        )
     counts: Counter[str] = Counter()
 
-    def bury(line: dict[str, Any]) -> None:
-        dead.write(json.dumps(line, default=str) + "\n")
-
     def on_error(failure: DeliveryFailure) -> None:
-        for line in dead_letters(failure):
+        for letter in dead_letters(failure):
             counts["failed"] += 1
-            bury(line)
+            dead.write(letter)
 
     progress = _Progress(args.file.stat().st_size)
+    resume_at: int | None = None
     try:
-        async with KoalaClient(
-            args.key if not args.dry_run else args.key or "pk_dry_run",
-            base_url=args.base_url,
-            user_agent=args.user_agent,
-            enabled=not args.dry_run,
-            on_full="block",
-            max_queue_size=20_000,
-            max_concurrent_requests=args.concurrency,
-            shutdown_timeout=600,
-            on_error=on_error,
-        ) as koala:
-            with args.file.open(encoding="utf-8", newline="") as file:
-                consumed = 0
-
-                def lines() -> Iterator[str]:
-                    nonlocal consumed
-                    for line in file:
-                        consumed += len(line)
-                        yield line
-
-                for call in _read(args, lines()):
-                    counts["read"] += 1
-                    error = call.error
-                    if error is None:
-                        try:
-                            await getattr(koala, call.kind)(**call.kwargs)
-                        except KoalaError as exc:
-                            error = str(exc)
-                    if error is not None:
-                        counts["rejected"] += 1
-                        bury(
-                            {"kind": call.kind, **call.kwargs, "_error": error, "_line": call.line}
-                        )
-                    progress.update(counts["read"], consumed)
-            progress.update(counts["read"], progress.total, final=True)
-        counts["delivered"] = koala.stats().delivered
+        with _first_interrupt() as interrupted:
+            async with KoalaClient(
+                args.key if not args.dry_run else args.key or "pk_dry_run",
+                base_url=args.base_url,
+                user_agent=args.user_agent,
+                enabled=not args.dry_run,
+                on_full="block",  # backpressure: read no faster than Koala takes it
+                max_queue_size=20_000,
+                max_concurrent_requests=args.concurrency,
+                shutdown_timeout=600,
+                on_error=on_error,
+            ) as koala:
+                with args.file.open(encoding="utf-8", newline="") as file:
+                    for call in _read(args, file):
+                        if interrupted():
+                            resume_at = call.line
+                            break
+                        counts["read"] += 1
+                        error = call.error
+                        if error is None:
+                            try:
+                                await getattr(koala, call.kind)(**call.kwargs)
+                            except KoalaError as exc:
+                                error = str(exc)
+                        if error is not None:
+                            counts["rejected"] += 1
+                            dead.write(
+                                {
+                                    "kind": call.kind,
+                                    **call.kwargs,
+                                    "_error": error,
+                                    "_line": call.line,
+                                }
+                            )
+                        progress.update(counts["read"], file.buffer.tell())
+                    progress.update(counts["read"], file.buffer.tell(), final=True)
+            counts["delivered"] = koala.stats().delivered
     finally:
         dead.close()
-    complete = not counts["rejected"] and not counts["failed"]
-    if complete:
-        await anyio.Path(dead_path).unlink()
     if args.dry_run:
         done = f"checked {counts['read'] - counts['rejected']:,}"
     else:
@@ -307,10 +390,14 @@ async def _import(args: argparse.Namespace) -> int:
         f"read {counts['read']:,}, {done}, "
         f"rejected {counts['rejected']:,}, failed {counts['failed']:,}"
     )
-    if not complete:
-        summary += f"; dead letters in {dead_path} (fix them and import that file)"
+    if dead.count:
+        summary += f"; {dead.count:,} dead letters in {dead.path} (fix them, then import that file)"
+    if resume_at is not None:
+        summary += f"; interrupted: finish with --start-line {resume_at}"
     print(summary)
-    return 0 if complete else 1
+    if resume_at is not None:
+        return 130
+    return 1 if dead.count else 0
 
 
 # demo

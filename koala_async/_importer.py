@@ -62,10 +62,11 @@ def parse(record: object, line: int) -> Call:
     return Call(line, kind, fields)
 
 
-def calls_from_jsonl(file: Iterable[str]) -> Iterator[Call]:
-    """Read calls from JSONL, one line at a time; blank lines are skipped."""
+def calls_from_jsonl(file: Iterable[str], start: int = 1) -> Iterator[Call]:
+    """Read calls from JSONL, one line at a time, from line ``start`` on; blank lines are
+    skipped."""
     for number, text in enumerate(file, 1):
-        if not text.strip():
+        if number < start or not text.strip():
             continue
         try:
             record = json.loads(text)
@@ -76,13 +77,16 @@ def calls_from_jsonl(file: Iterable[str]) -> Iterator[Call]:
 
 
 def calls_from_csv(
-    file: Iterable[str], kind: str | None, mapping: dict[str, str]
+    file: Iterable[str], kind: str | None, mapping: dict[str, str], start: int = 1
 ) -> Iterator[Call]:
-    """Read calls from CSV. ``mapping`` maps a call's argument to a column name;
-    ``properties.X`` and ``traits.X`` fill one key of those dicts. Empty cells are skipped."""
+    """Read calls from CSV, from row ``start`` on (the header is row 1). ``mapping`` maps a
+    call's argument to a column name; ``properties.X`` and ``traits.X`` fill one key of
+    those dicts. Empty cells are skipped."""
     if kind is not None and kind not in KINDS:
         raise ValidationError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}")
     for number, row in enumerate(csv.DictReader(file), 2):
+        if number < start:
+            continue
         record: dict[str, Any] = {"kind": kind or row.get("kind")}
         for field, column in mapping.items():
             value = row.get(column)
@@ -98,10 +102,15 @@ def calls_from_csv(
 
 def dead_letters(failure: DeliveryFailure) -> Iterator[dict[str, Any]]:
     """Turn a batch the client gave up on back into importable lines, with the reason."""
+    error: str = failure.reason
+    if failure.status is not None:
+        error += f" (HTTP {failure.status})"
+    elif failure.exception is not None:
+        error += f" ({type(failure.exception).__name__}: {failure.exception})"
     for entry in failure.entries:
-        kind = {"track": "track", "identify": "identify", "page": "page"}[entry["type"]]
+        kind = entry["type"]
         if failure.kind == "account":
             kind = "account_identify" if kind == "identify" else "account_track"
         line = {"kind": kind, **failure.ids}
         line.update((k, v) for k, v in entry.items() if k != "type")
-        yield {**line, "_error": failure.reason}
+        yield {**line, "_error": error}

@@ -3,8 +3,10 @@ against a collector on 127.0.0.1."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +17,8 @@ import anyio
 import httpx
 import pytest
 
-from koala_async.testing import FakeCollector, Reply
+from koala_async._cli import _Progress
+from koala_async.testing import FakeCollector, Received, Reply
 
 pytestmark = pytest.mark.anyio
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
@@ -166,7 +169,7 @@ async def test_bad_lines_go_to_a_dead_letter_file_that_finishes_the_job(tmp_path
             "email must be an addre",
             "not JSON: Expecting pr",
             "kind must be one of tr",
-            "rejected",
+            "rejected (HTTP 422)",
         ]
         # fix them: correct the email, drop the junk, and let the server take the rest
         fixed = []
@@ -265,6 +268,91 @@ async def test_the_collector_command_prints_batches_and_writes_jsonl(tmp_path: P
     assert "200 profile email=ada@acme.com events=1" in text
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert records[0]["body"]["events"][0]["event"] == "Hello"
+    assert (records[0]["kind"], records[0]["key"]) == ("profile", "…")
+    assert "pk_cli" not in log.read_text(), "the key is redacted"
     assert bad.status_code == 400
     assert "spec violation: email 'x' is not an address" in text
     assert records[1]["status"] == 400
+
+
+async def test_ctrl_c_stops_reading_delivers_what_was_read_and_says_where_to_resume(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "events.jsonl"
+    ids = _write_lines(source, 60_000, people=100)  # more than the import's queue holds
+    interrupted, sending = False, anyio.Event()
+
+    def slow_until_interrupted(received: Received) -> Reply | None:
+        sending.set()
+        return None if interrupted else Reply(delay=0.5)
+
+    fake = FakeCollector(responder=slow_until_interrupted)
+    env = {**os.environ, "KOALA_PUBLIC_API_KEY": "pk_cli"}
+    async with fake.serve() as base_url:
+        env["KOALA_BASE_URL"] = base_url
+        command = [sys.executable, "-m", "koala_async", "import", str(source)]
+        async with await anyio.open_process(command, env=env) as process:
+            with anyio.fail_after(30):
+                await sending.wait()  # by now its Ctrl-C handler is in place
+                process.send_signal(signal.SIGINT)
+                interrupted = True
+                stdout = b""
+                assert process.stdout is not None
+                async for chunk in process.stdout:
+                    stdout += chunk
+                await process.wait()
+        out = stdout.decode()
+        assert process.returncode == 130, out
+        resume_at = int(out.rsplit("--start-line ", 1)[1].split()[0])
+        assert 1 < resume_at <= len(ids)
+        assert f"delivered {resume_at - 1:,}, rejected 0, failed 0" in out
+        assert Counter(fake.message_ids()) == Counter(dict.fromkeys(ids[: resume_at - 1], 1))
+        rest = await cli("import", str(source), "--start-line", str(resume_at), base_url=base_url)
+    assert rest.returncode == 0, rest.stderr.decode()[-2000:]
+    assert fake.message_ids() == Counter(dict.fromkeys(ids, 1)), "every line exactly once"
+
+
+async def test_dead_letters_accumulate_and_never_overwrite_the_input(tmp_path: Path) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_text(json.dumps({"kind": "track", "event": "", "email": "a@b.co"}) + "\n")
+    first = await cli("import", str(source), "--dry-run")
+    second = await cli("import", str(source), "--dry-run")
+    dead = tmp_path / "bad.jsonl.dead.jsonl"
+    assert first.returncode == second.returncode == 1
+    assert "holds earlier dead letters; new ones are appended" in second.stderr.decode()
+    assert len(dead.read_text().splitlines()) == 2
+    same = await cli("import", str(source), "--dead-letter", str(source))
+    assert same.returncode == 2
+    assert "--dead-letter must not be the file being imported" in same.stderr.decode()
+    assert len(source.read_text().splitlines()) == 1
+
+
+async def test_send_gives_up_when_nothing_listens() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    result = await cli(
+        "send", "page", "--email", "a@b.co", "--timeout", "1", base_url=f"http://127.0.0.1:{port}"
+    )
+    assert result.returncode == 1
+    assert "not delivered within 1s" in result.stderr.decode()
+    assert "ConnectError" in result.stderr.decode()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal_and_plain_lines_elsewhere() -> None:
+    terminal, pipe = _Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        progress = _Progress(1000, stream)
+        progress.shown -= 10  # as if the last line were old: show the next one
+        progress.update(100, 250)
+        progress.update(400, 1000, final=True)
+    assert terminal.getvalue().startswith("\r[#######                       ]  25.0% 100 lines")
+    assert "lines/s, ETA " in terminal.getvalue()
+    assert terminal.getvalue().endswith("\n")
+    assert pipe.getvalue().splitlines()[0].startswith("import: 100 lines (25%), ")
+    assert "\r" not in pipe.getvalue()
