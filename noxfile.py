@@ -14,6 +14,7 @@ TEST_DEPS = [
     "jsonschema>=4.21",
     "trio>=0.25",
     "uvicorn>=0.29",
+    "trustme>=1.1",
 ]
 EXTRAS = ".[starlette,fastapi,aiohttp]"
 

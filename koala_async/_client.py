@@ -23,7 +23,9 @@ import inspect
 import logging
 import math
 import os
+import ssl
 import time
+import urllib.request
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -44,6 +46,7 @@ from ._exceptions import ClientClosedError, DeliveryError, QueueFullError, Valid
 from ._redact import protect, redact
 from ._retry import RetryPolicy, Verdict, classify, retry_after
 from ._stats import DROP_REASONS, DeliveryFailure, DropReason, FlushResult, Stats
+from ._transport import Http11Transport
 from ._version import __version__
 from ._wire import Identify, Page, Track, encode, new_message_id, now_iso
 
@@ -192,6 +195,7 @@ class KoalaClient:
         self._concurrency = int(max_concurrent_requests)
         self._http = http_client
         self._own_clients: list[httpx.AsyncClient] = []
+        self._ssl_context: ssl.SSLContext | None = None
         self._enabled = enabled
         self._timeout = float(timeout)
         self._shutdown_timeout = float(shutdown_timeout)
@@ -239,17 +243,7 @@ class KoalaClient:
             )
         if self._enabled:
             if self._http is None:
-                # One single-connection client per sender: httpcore's pool scans all its
-                # connections on every request, which costs 4x the CPU at 32 connections.
-                verify = httpx.create_ssl_context()
-                self._own_clients = [
-                    httpx.AsyncClient(
-                        timeout=self._timeout,
-                        verify=verify,
-                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                    )
-                    for _ in range(self._concurrency)
-                ]
+                self._own_clients = [self._new_http_client() for _ in range(self._concurrency)]
             ready_send, ready_receive = anyio.create_memory_object_stream[Target](math.inf)
             failure_send, failure_receive = anyio.create_memory_object_stream[DeliveryFailure](
                 math.inf
@@ -269,6 +263,26 @@ class KoalaClient:
             _open_clients.add(self)
         self._state = _State.OPEN
         return self
+
+    def _new_http_client(self) -> httpx.AsyncClient:
+        """An HTTP client for one sender: one connection, one request at a time.
+
+        httpcore's pool scans all its connections on every request (4x the CPU at 32
+        connections), and most of the rest of its cost is bookkeeping a single sender does
+        not need, so senders use :class:`Http11Transport`, unless proxies are configured in
+        the environment: then httpx's own transport, which honours them.
+        """
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        if urllib.request.getproxies():
+            return httpx.AsyncClient(
+                timeout=self._timeout,
+                verify=self._ssl_context,
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+        return httpx.AsyncClient(
+            timeout=self._timeout, transport=Http11Transport(self._ssl_context)
+        )
 
     async def __aexit__(
         self,
