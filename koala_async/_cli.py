@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -13,12 +14,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 import anyio
+import anyio.lowlevel
+from anyio.abc import TaskStatus
 
 from ._client import KoalaClient
 from ._collector import FakeCollector, Received, Reply
@@ -104,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     _connection_options(load)
     load.set_defaults(run=_import)
+    for command in (demo, collector, send, load):  # -v after the command too
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
@@ -111,6 +115,13 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", help="public API key (default: $KOALA_PUBLIC_API_KEY)")
     parser.add_argument("--base-url", help="default: $KOALA_BASE_URL, else Koala's API")
     parser.add_argument("--user-agent", default="koala-async-cli")
+
+
+def _key(args: argparse.Namespace) -> str:
+    key: str | None = args.key or os.environ.get("KOALA_PUBLIC_API_KEY")
+    if not key:
+        raise KoalaError("pass --key or set KOALA_PUBLIC_API_KEY to your workspace's public key")
+    return key
 
 
 def _color(text: str, code: str, stream: TextIO) -> str:
@@ -141,7 +152,7 @@ async def _send(args: argparse.Namespace) -> int:
         logging.getLogger("koala_async").setLevel(logging.ERROR)  # we say what happened
     failures: list[DeliveryFailure] = []
     async with KoalaClient(
-        args.key,
+        _key(args),
         base_url=args.base_url,
         user_agent=args.user_agent,
         timeout=min(args.timeout, 10.0),
@@ -250,13 +261,14 @@ class _Progress:
         self.tty = stream.isatty()
         self.started = self.shown = time.monotonic()
 
-    def update(self, lines: int, done_bytes: int, final: bool = False) -> None:
+    def update(self, lines: int, position: Callable[[], int], final: bool = False) -> None:
+        """Show ``lines`` done, if a line is due; ``position()`` (bytes read) is asked then."""
         now = time.monotonic()
         if not final and now - self.shown < (0.2 if self.tty else 5.0):
             return
         self.shown = now
         elapsed = max(now - self.started, 1e-9)
-        fraction = min(done_bytes / self.total, 1.0)
+        fraction = min(position() / self.total, 1.0)
         eta = elapsed / fraction - elapsed if fraction > 0 else math.inf
         rate = f"{lines / elapsed:,.0f} lines/s"
         eta_text = "" if final or math.isinf(eta) else f", ETA {eta:.0f}s"
@@ -300,27 +312,47 @@ class _DeadLetters:
             self._file.close()
 
 
-@contextmanager
-def _first_interrupt() -> Iterator[Callable[[], bool]]:
-    """While the block runs, a first Ctrl-C only raises a flag (the import polls it, stops
-    reading and delivers what it queued); a second one interrupts at once."""
-    hit = False
+@dataclass
+class _Tally:
+    """Where an import stands: what it did with the lines, and the first line not taken."""
 
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
-        nonlocal hit
-        if hit:
-            raise KeyboardInterrupt
-        hit = True
+    next_line: int
+    read: int = 0
+    rejected: int = 0
+    failed: int = 0
+    delivered: int = 0
+    interrupted: bool = False
+
+    def summary(self, dry_run: bool, dead: _DeadLetters) -> str:
+        done = (
+            f"checked {self.read - self.rejected:,}" if dry_run else f"delivered {self.delivered:,}"
+        )
+        text = f"read {self.read:,}, {done}, rejected {self.rejected:,}, failed {self.failed:,}"
+        if dead.count:
+            text += (
+                f"; {dead.count:,} dead letters in {dead.path} (fix them, then import that file)"
+            )
+        if self.interrupted:
+            text += f"; interrupted: finish with --start-line {self.next_line}"
+        return text
+
+
+async def _cancel_on_ctrl_c(
+    reading: anyio.CancelScope,
+    draining: anyio.CancelScope,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Cancel ``reading`` at the first Ctrl-C, ``draining`` at the second; a third one
+    interrupts as usual."""
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        task_status.started()
+        await anext(signals)
+        reading.cancel()
         print("\ninterrupted: delivering what is queued; Ctrl-C again to give up", file=sys.stderr)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False  # signals reach the main thread only
-        return
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield lambda: hit
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        await anext(signals)
+        draining.cancel()
+        print("giving up: what is queued goes to the dead letters", file=sys.stderr)
 
 
 async def _import(args: argparse.Namespace) -> int:
@@ -333,71 +365,69 @@ async def _import(args: argparse.Namespace) -> int:
         print(
             f"note: {dead.path} holds earlier dead letters; new ones are appended", file=sys.stderr
         )
-    counts: Counter[str] = Counter()
+    tally = _Tally(next_line=args.start_line)
 
     def on_error(failure: DeliveryFailure) -> None:
         for letter in dead_letters(failure):
-            counts["failed"] += 1
+            tally.failed += 1
             dead.write(letter)
 
-    progress = _Progress(args.file.stat().st_size)
-    resume_at: int | None = None
+    koala = KoalaClient(
+        "pk_dry_run" if args.dry_run else _key(args),
+        base_url=args.base_url,
+        user_agent=args.user_agent,
+        enabled=not args.dry_run,
+        on_full="block",  # backpressure: read no faster than Koala takes it
+        max_queue_size=20_000,
+        max_concurrent_requests=args.concurrency,
+        shutdown_timeout=600,
+        on_error=on_error,
+    )
+    reading, draining = anyio.CancelScope(), anyio.CancelScope()  # cancelled by Ctrl-C
     try:
-        with _first_interrupt() as interrupted:
-            async with KoalaClient(
-                args.key if not args.dry_run else args.key or "pk_dry_run",
-                base_url=args.base_url,
-                user_agent=args.user_agent,
-                enabled=not args.dry_run,
-                on_full="block",  # backpressure: read no faster than Koala takes it
-                max_queue_size=20_000,
-                max_concurrent_requests=args.concurrency,
-                shutdown_timeout=600,
-                on_error=on_error,
-            ) as koala:
-                with args.file.open(encoding="utf-8", newline="") as file:
-                    for call in _read(args, file):
-                        if interrupted():
-                            resume_at = call.line
-                            break
-                        counts["read"] += 1
-                        error = call.error
-                        if error is None:
-                            try:
-                                await getattr(koala, call.kind)(**call.kwargs)
-                            except KoalaError as exc:
-                                error = str(exc)
-                        if error is not None:
-                            counts["rejected"] += 1
-                            dead.write(
-                                {
-                                    "kind": call.kind,
-                                    **call.kwargs,
-                                    "_error": error,
-                                    "_line": call.line,
-                                }
-                            )
-                        progress.update(counts["read"], file.buffer.tell())
-                    progress.update(counts["read"], file.buffer.tell(), final=True)
-            counts["delivered"] = koala.stats().delivered
+        async with anyio.create_task_group() as watcher:
+            if threading.current_thread() is threading.main_thread():  # where signals arrive
+                await watcher.start(_cancel_on_ctrl_c, reading, draining)
+            async with koala:
+                with reading:
+                    await _feed(args, koala, tally, dead)
+                tally.interrupted = reading.cancel_called
+                with draining, contextlib.suppress(DeliveryError):  # on_error has its entries
+                    await koala.flush(timeout=math.inf)
+                if draining.cancel_called:
+                    await koala.aclose(timeout=0)  # undelivered entries go to on_error
+            tally.delivered = koala.stats().delivered
+            watcher.cancel_scope.cancel()
     finally:
         dead.close()
-    if args.dry_run:
-        done = f"checked {counts['read'] - counts['rejected']:,}"
-    else:
-        done = f"delivered {counts['delivered']:,}"
-    summary = (
-        f"read {counts['read']:,}, {done}, "
-        f"rejected {counts['rejected']:,}, failed {counts['failed']:,}"
-    )
-    if dead.count:
-        summary += f"; {dead.count:,} dead letters in {dead.path} (fix them, then import that file)"
-    if resume_at is not None:
-        summary += f"; interrupted: finish with --start-line {resume_at}"
-    print(summary)
-    if resume_at is not None:
+    print(tally.summary(args.dry_run, dead))
+    if tally.interrupted:
         return 130
     return 1 if dead.count else 0
+
+
+async def _feed(
+    args: argparse.Namespace, koala: KoalaClient, tally: _Tally, dead: _DeadLetters
+) -> None:
+    """Hand every call of the file to ``koala``; invalid ones go to ``dead``."""
+    progress = _Progress(args.file.stat().st_size)
+    with args.file.open(encoding="utf-8", newline="") as file:
+        for call in _read(args, file):
+            error = call.error
+            if error is None:
+                try:
+                    await getattr(koala, call.kind)(**call.kwargs)  # waits while the queue is full
+                except KoalaError as exc:
+                    error = str(exc)
+            tally.read += 1
+            tally.next_line = call.line + 1
+            if error is not None:
+                tally.rejected += 1
+                dead.write({"kind": call.kind, **call.kwargs, "_error": error, "_line": call.line})
+            progress.update(tally.read, file.buffer.tell)
+            if tally.read % 1024 == 0:
+                await anyio.lowlevel.checkpoint()  # let a Ctrl-C in even when nothing waits
+        progress.update(tally.read, file.buffer.tell, final=True)
 
 
 # demo
@@ -455,5 +485,9 @@ async def _demo(args: argparse.Namespace) -> int:
         mark = "ok" if got[kind] == count else f"MISMATCH (sent {count})"
         print(f"  {kind:<20} {got[kind]:>5}  {mark}")
     print(f"  spec violations      {len(fake.violations):>5}")
-    print("stats:", koala.stats())
+    stats = koala.stats()
+    print(
+        f"the client: accepted {stats.accepted}, delivered {stats.delivered}, "
+        f"dropped {stats.dropped_total}, in {stats.requests} requests ({stats.retries} retries)"
+    )
     return 0 if got == sent and not fake.violations else 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -275,41 +276,57 @@ async def test_the_collector_command_prints_batches_and_writes_jsonl(tmp_path: P
     assert records[1]["status"] == 400
 
 
-async def test_ctrl_c_stops_reading_delivers_what_was_read_and_says_where_to_resume(
-    tmp_path: Path,
+@pytest.mark.parametrize("presses", [1, 2])
+async def test_ctrl_c_stops_an_import_which_then_says_how_to_finish_the_job(
+    tmp_path: Path, presses: int
 ) -> None:
     source = tmp_path / "events.jsonl"
     ids = _write_lines(source, 60_000, people=100)  # more than the import's queue holds
-    interrupted, sending = False, anyio.Event()
+    slow, sending = True, anyio.Event()
 
-    def slow_until_interrupted(received: Received) -> Reply | None:
+    def answer(received: Received) -> Reply | None:
         sending.set()
-        return None if interrupted else Reply(delay=0.5)
+        return Reply(delay=0.5) if slow else None
 
-    fake = FakeCollector(responder=slow_until_interrupted)
+    fake = FakeCollector(responder=answer)
     env = {**os.environ, "KOALA_PUBLIC_API_KEY": "pk_cli"}
     async with fake.serve() as base_url:
         env["KOALA_BASE_URL"] = base_url
         command = [sys.executable, "-m", "koala_async", "import", str(source)]
         async with await anyio.open_process(command, env=env) as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
             with anyio.fail_after(30):
                 await sending.wait()  # by now its Ctrl-C handler is in place
-                process.send_signal(signal.SIGINT)
-                interrupted = True
-                stdout = b""
-                assert process.stdout is not None
-                async for chunk in process.stdout:
-                    stdout += chunk
+                process.send_signal(signal.SIGINT)  # stop reading, deliver what is queued
+                if presses == 2:
+                    said = b""
+                    while b"Ctrl-C again to give up" not in said:
+                        said += await process.stderr.receive()
+                    process.send_signal(signal.SIGINT)  # give up on what is queued
+                slow = False
+                out = b"".join([chunk async for chunk in process.stdout]).decode()
                 await process.wait()
-        out = stdout.decode()
         assert process.returncode == 130, out
+        numbers = re.search(r"read ([\d,]+), delivered ([\d,]+), rejected 0, failed ([\d,]+)", out)
+        assert numbers is not None, out
+        read, delivered, failed = (int(n.replace(",", "")) for n in numbers.groups())
         resume_at = int(out.rsplit("--start-line ", 1)[1].split()[0])
-        assert 1 < resume_at <= len(ids)
-        assert f"delivered {resume_at - 1:,}, rejected 0, failed 0" in out
-        assert Counter(fake.message_ids()) == Counter(dict.fromkeys(ids[: resume_at - 1], 1))
+        assert resume_at == read + 1
+        assert delivered + failed == read
+        dead = tmp_path / "events.jsonl.dead.jsonl"
+        if presses == 1:
+            assert failed == 0
+            assert not dead.exists()
+        else:
+            assert len(dead.read_text().splitlines()) == failed > 0
+            again = await cli("import", str(dead), base_url=base_url)
+            assert again.returncode == 0, again.stderr.decode()[-2000:]
         rest = await cli("import", str(source), "--start-line", str(resume_at), base_url=base_url)
     assert rest.returncode == 0, rest.stderr.decode()[-2000:]
-    assert fake.message_ids() == Counter(dict.fromkeys(ids, 1)), "every line exactly once"
+    assert set(fake.message_ids()) == set(ids), "nothing lost"
+    if presses == 1:
+        assert fake.message_ids() == Counter(dict.fromkeys(ids, 1)), "every line exactly once"
 
 
 async def test_dead_letters_accumulate_and_never_overwrite_the_input(tmp_path: Path) -> None:
@@ -349,8 +366,8 @@ def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal_and_plain_lines_elsew
     for stream in (terminal, pipe):
         progress = _Progress(1000, stream)
         progress.shown -= 10  # as if the last line were old: show the next one
-        progress.update(100, 250)
-        progress.update(400, 1000, final=True)
+        progress.update(100, lambda: 250)
+        progress.update(400, lambda: 1000, final=True)
     assert terminal.getvalue().startswith("\r[#######                       ]  25.0% 100 lines")
     assert "lines/s, ETA " in terminal.getvalue()
     assert terminal.getvalue().endswith("\n")
