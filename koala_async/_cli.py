@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -321,7 +320,7 @@ class _Tally:
     rejected: int = 0
     failed: int = 0
     delivered: int = 0
-    interrupted: bool = False
+    stopped: str | None = None  # why reading ended before the end of the file
 
     def summary(self, dry_run: bool, dead: _DeadLetters) -> str:
         done = (
@@ -329,11 +328,9 @@ class _Tally:
         )
         text = f"read {self.read:,}, {done}, rejected {self.rejected:,}, failed {self.failed:,}"
         if dead.count:
-            text += (
-                f"; {dead.count:,} dead letters in {dead.path} (fix them, then import that file)"
-            )
-        if self.interrupted:
-            text += f"; interrupted: finish with --start-line {self.next_line}"
+            text += f"\n{dead.count:,} dead letters in {dead.path}: fix them, then import that file"
+        if self.stopped:
+            text += f"\n{self.stopped} Finish the file with --start-line {self.next_line}"
         return text
 
 
@@ -390,10 +387,15 @@ async def _import(args: argparse.Namespace) -> int:
                 await watcher.start(_cancel_on_ctrl_c, reading, draining)
             async with koala:
                 with reading:
-                    await _feed(args, koala, tally, dead)
-                tally.interrupted = reading.cancel_called
-                with draining, contextlib.suppress(DeliveryError):  # on_error has its entries
-                    await koala.flush(timeout=math.inf)
+                    read_all = await _feed(args, koala, tally, dead)
+                if reading.cancel_called:
+                    tally.stopped = "Interrupted."
+                with draining:
+                    try:
+                        await koala.flush(timeout=math.inf)
+                    except DeliveryError as exc:  # on_error has the entries it refused
+                        if not read_all and not tally.stopped:
+                            tally.stopped = str(exc)
                 if draining.cancel_called:
                     await koala.aclose(timeout=0)  # undelivered entries go to on_error
             tally.delivered = koala.stats().delivered
@@ -401,15 +403,17 @@ async def _import(args: argparse.Namespace) -> int:
     finally:
         dead.close()
     print(tally.summary(args.dry_run, dead))
-    if tally.interrupted:
+    if reading.cancel_called:
         return 130
-    return 1 if dead.count else 0
+    return 1 if dead.count or tally.stopped else 0
 
 
 async def _feed(
     args: argparse.Namespace, koala: KoalaClient, tally: _Tally, dead: _DeadLetters
-) -> None:
-    """Hand every call of the file to ``koala``; invalid ones go to ``dead``."""
+) -> bool:
+    """Hand every call of the file to ``koala``; invalid ones go to ``dead``. Return whether
+    it read to the end: it stops early once Koala refuses the key for good, rather than copy
+    the rest of the file into dead letters."""
     progress = _Progress(args.file.stat().st_size)
     with args.file.open(encoding="utf-8", newline="") as file:
         for call in _read(args, file):
@@ -427,7 +431,11 @@ async def _feed(
             progress.update(tally.read, file.buffer.tell)
             if tally.read % 1024 == 0:
                 await anyio.lowlevel.checkpoint()  # let a Ctrl-C in even when nothing waits
+                dropped = koala.stats().dropped
+                if dropped["unauthorized"] or dropped["suspended"]:
+                    return False
         progress.update(tally.read, file.buffer.tell, final=True)
+    return True
 
 
 # demo

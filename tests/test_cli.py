@@ -309,6 +309,7 @@ async def test_ctrl_c_stops_an_import_which_then_says_how_to_finish_the_job(
                 await process.wait()
         assert process.returncode == 130, out
         numbers = re.search(r"read ([\d,]+), delivered ([\d,]+), rejected 0, failed ([\d,]+)", out)
+        assert "Interrupted. Finish the file with --start-line" in out
         assert numbers is not None, out
         read, delivered, failed = (int(n.replace(",", "")) for n in numbers.groups())
         resume_at = int(out.rsplit("--start-line ", 1)[1].split()[0])
@@ -373,3 +374,23 @@ def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal_and_plain_lines_elsew
     assert terminal.getvalue().endswith("\n")
     assert pipe.getvalue().splitlines()[0].startswith("import: 100 lines (25%), ")
     assert "\r" not in pipe.getvalue()
+
+
+async def test_an_import_stops_reading_when_koala_refuses_the_key_for_good(tmp_path: Path) -> None:
+    source = tmp_path / "events.jsonl"
+    ids = _write_lines(source, 30_000, people=1_000)
+    fake = FakeCollector(
+        responder=lambda received: Reply(400, body=b'{"error": "Koala ingest suspended"}')
+    )
+    async with fake.serve() as base_url:
+        result = await cli("import", str(source), base_url=base_url)
+    out = result.stdout.decode()
+    assert result.returncode == 1, out
+    assert "ingest is suspended" in out
+    resume_at = int(out.rsplit("--start-line ", 1)[1].split()[0])
+    assert resume_at < len(ids), "it stopped reading early"
+    letters = (tmp_path / "events.jsonl.dead.jsonl").read_text().splitlines()
+    assert f"read {resume_at - 1:,}, delivered 0, rejected 0, failed {len(letters):,}" in out
+    assert Counter(json.loads(line)["message_id"] for line in letters) == Counter(
+        ids[: resume_at - 1]
+    ), "each line read is a dead letter, once"
