@@ -36,7 +36,7 @@ from typing import Any
 
 PROPS = {"plan": "pro", "seats": 12, "trial": False}
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
-KOALA_LATENCY_CONCURRENCY = 128
+KOALA_LATENCY_CONCURRENCY = 256
 SDKS = ["koala_async", "segment", "posthog", "posthog_async"]
 
 
