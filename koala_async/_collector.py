@@ -172,7 +172,8 @@ class FakeCollector:
     :meth:`serve`. Valid requests are answered ``200 {"ok": true}``; invalid ones ``400``
     with the violations, which are also kept in :attr:`violations`. Faults come from
     :meth:`fail_next` or from :attr:`responder`, a function that may return a
-    :class:`Reply` for any request (None: answer normally).
+    :class:`Reply` for any valid request (None: answer normally); it sees the request as a
+    :class:`Received` whose ``status`` is still 0.
     """
 
     responder: Responder | None = None

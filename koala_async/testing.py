@@ -10,7 +10,7 @@
         async with fake.serve() as base_url:  # or: fake.transport(), with no sockets
             async with KoalaClient("pk_test", base_url=base_url) as koala:
                 await koala.track("Signed Up", email="ada@acme.com")
-        assert [e.data["event"] for e in fake.events] == ["Signed Up"]
+        assert [e.event for e in fake.events] == ["Signed Up"]
         assert fake.violations == []
 """
 
