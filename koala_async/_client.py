@@ -852,7 +852,7 @@ class KoalaClient:
             reason=reason,
             kind="account" if target.account else "profile",
             ids=target.ids(batch),
-            entries=[msgspec.json.decode(entry) for entry in batch.entries()],
+            entries=[msgspec.json.decode(entry) for _, entry in batch.entries()],
             status=status,
             exception=error,
         )

@@ -73,16 +73,17 @@ def now_iso() -> str:
     return _millisecond_text
 
 
-def body(head: bytes, lists: tuple[tuple[bytes, list[bytes]], ...]) -> bytes:
-    """Stitch a request body from its encoded head fields and its named lists of entries.
+def body(head: bytes, arrays: tuple[tuple[bytes, bytes | bytearray], ...]) -> bytes:
+    """Stitch a request body from its encoded head fields and its named arrays of entries.
 
     ``head`` is the inside of the top-level object without braces, e.g.
-    ``b'"profile_id":"…","email":"…"'``; each list is written only if it has entries.
+    ``b'"profile_id":"…","email":"…"'``; each array's inside is comma-joined encoded entries,
+    written only if it is not empty.
     """
-    parts = [b"{", head]
-    for name, entries in lists:
+    parts: list[bytes | bytearray] = [b"{", head]
+    for name, entries in arrays:
         if entries:
-            parts += (b',"', name, b'":[', b",".join(entries), b"]")
+            parts += (b',"', name, b'":[', entries, b"]")
     parts.append(b"}")
     return b"".join(parts)
 

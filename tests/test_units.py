@@ -57,7 +57,7 @@ def test_a_batch_holds_at_most_30_of_each_kind() -> None:
     assert full[59]
     for _ in range(3):
         target.add(IDENTIFIES, b'{"type":"identify"}', None)
-    sizes = [[len(x) for x in batch.lists] for batch in target.batches]
+    sizes = [batch.counts for batch in target.batches]
     assert sizes == [[30, 0, 0], [30, 0, 0], [5, 3, 0]]
 
 
@@ -101,7 +101,7 @@ def test_halves_split_by_count_and_keep_order() -> None:
         target.add(EVENTS, str(i).encode(), "a@x.io")
     target.add(IDENTIFIES, b"9", None)
     first, second = target.batches[0].halves()
-    assert (first.lists, second.lists) == (([b"0", b"1"], [], []), ([b"2"], [b"9"], []))
+    assert (first.entries(), second.entries()) == ([(0, b"0"), (0, b"1")], [(0, b"2"), (1, b"9")])
     assert first.secondary == second.secondary == "a@x.io"
     assert first.size + second.size == 4
 
