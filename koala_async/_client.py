@@ -72,6 +72,7 @@ _REASONS: dict[Verdict, DropReason] = {
     Verdict.REJECTED: "rejected",
     Verdict.TOO_LARGE: "too_large",
 }
+_CALLBACK_GRACE = 1.0  # seconds on_error may take, past the deadline, to hear of the last drops
 _LOG_EVERY = 60.0  # seconds between repeated warnings of one kind
 
 
@@ -213,6 +214,9 @@ class KoalaClient:
         self._room: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._scopes: list[anyio.CancelScope] = []
+        self._running = 0  # senders and ticker still running
+        self._stopped: anyio.Event | None = None
+        self._callback_scope: anyio.CancelScope | None = None
         self._streams: tuple[Any, ...] = ()
         self._task_group: TaskGroup | None = None
         self._ready: MemoryObjectSendStream[Target] | None = None
@@ -250,7 +254,7 @@ class KoalaClient:
             )
             self._ready, self._failures = ready_send, failure_send
             self._streams = (ready_send, ready_receive, failure_send, failure_receive)
-            self._callbacks_done = anyio.Event()
+            self._callbacks_done, self._stopped = anyio.Event(), anyio.Event()
             task_group = anyio.create_task_group()
             await task_group.__aenter__()
             self._task_group = task_group
@@ -259,7 +263,7 @@ class KoalaClient:
             for http in senders:
                 task_group.start_soon(self._shielded, self._send_forever, ready_receive, http)
             task_group.start_soon(self._shielded, self._tick_forever)
-            task_group.start_soon(self._shielded, self._call_back_forever, failure_receive)
+            task_group.start_soon(self._call_back_forever, failure_receive)
             _open_clients.add(self)
         self._state = _State.OPEN
         return self
@@ -312,13 +316,12 @@ class KoalaClient:
                 with anyio.CancelScope(shield=True):
                     with anyio.move_on_after(deadline):
                         await self._drain()
-                    for scope in self._scopes:
-                        scope.cancel()
+                    await self._stop_senders()
+                    await self._report_leftovers()
                 # Outside the shield: a task group's scope must be exited after its children's.
                 await self._task_group.__aexit__(None, None, None)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._drop_leftovers()
                 for stream in self._streams:
                     stream.close()
                 for http in self._own_clients:
@@ -657,9 +660,17 @@ class KoalaClient:
     # The background tasks
 
     async def _shielded(self, run: Callable[..., Awaitable[None]], *args: Any) -> None:
-        with anyio.CancelScope(shield=True) as scope:
-            self._scopes.append(scope)
-            await run(*args)
+        """Run a sender or the ticker, out of reach of the owner's cancellation."""
+        self._running += 1
+        try:
+            with anyio.CancelScope(shield=True) as scope:
+                self._scopes.append(scope)
+                await run(*args)
+        finally:
+            self._running -= 1
+            if not self._running:
+                assert self._stopped is not None
+                self._stopped.set()
 
     async def _tick_forever(self) -> None:
         while True:
@@ -689,8 +700,11 @@ class KoalaClient:
     async def _call_back_forever(
         self, failures: MemoryObjectReceiveStream[DeliveryFailure]
     ) -> None:
-        async for failure in failures:
-            await self._call_back(failure)
+        # Shielded like the senders, but stopped last: after the deadline it still tells
+        # on_error of every drop, within _CALLBACK_GRACE.
+        with anyio.CancelScope(shield=True) as self._callback_scope:
+            async for failure in failures:
+                await self._call_back(failure)
         assert self._callbacks_done is not None
         self._callbacks_done.set()
 
@@ -715,16 +729,31 @@ class KoalaClient:
         self._failures.close()
         await self._callbacks_done.wait()
 
-    async def _drop_leftovers(self) -> None:
-        """After the deadline: count what is left as dropped, and report it."""
+    async def _stop_senders(self) -> None:
+        """Cancel the senders and the ticker, and wait until they are gone: after this,
+        nothing else settles a batch."""
+        for scope in self._scopes:
+            scope.cancel()
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def _report_leftovers(self) -> None:
+        """After the deadline: count what is left as dropped, and let the callback task tell
+        ``on_error`` of it and of every earlier drop, within a short grace period."""
         for targets in self._targets.values():
             for target in targets.values():
                 for batch in target.batches:
-                    self._finish(target, batch, "shutdown_timeout", report=False)
-                    if self._on_error is not None:
-                        with anyio.move_on_after(1.0):
-                            await self._call_back(self._failure(target, batch, "shutdown_timeout"))
+                    self._finish(target, batch, "shutdown_timeout")
             targets.clear()
+        assert self._failures is not None
+        assert self._callbacks_done is not None
+        self._failures.close()
+        with anyio.move_on_after(_CALLBACK_GRACE):
+            await self._callbacks_done.wait()
+        if not self._callbacks_done.is_set():
+            assert self._callback_scope is not None
+            self._callback_scope.cancel()
+            logger.warning("koala_async: on_error was too slow to hear of every drop at shutdown")
 
     # Delivery
 
@@ -813,8 +842,6 @@ class KoalaClient:
         reason: DropReason | None,
         status: int | None = None,
         error: BaseException | None = None,
-        *,
-        report: bool = True,
     ) -> None:
         """Count a batch's outcome, then wake whoever waits on it."""
         if reason is None:
@@ -823,7 +850,7 @@ class KoalaClient:
             self._dropped[reason] += batch.size
             if reason not in ("unauthorized", "suspended", "shutdown_timeout"):  # logged once
                 self._warn(reason, self._last_error or reason)
-            if report and self._failures is not None and self._on_error is not None:
+            if self._failures is not None and self._on_error is not None:
                 self._failures.send_nowait(self._failure(target, batch, reason, status, error))
         self._settle(batch)
 

@@ -384,3 +384,18 @@ async def test_a_long_retry_after_on_429_does_not_spend_the_budget() -> None:
         await koala.track("A", email="a@b.co")
     assert koala.stats().delivered == 1
     assert server.statuses == [429, 200]
+
+
+async def test_reports_still_queued_at_the_deadline_reach_on_error() -> None:
+    server = Server(lambda request, body: httpx.Response(422))
+    reported: list[str] = []
+
+    async def slow_on_error(failure: DeliveryFailure) -> None:
+        await anyio.sleep(0.02)
+        reported.append(failure.ids["email"])
+
+    async with server.client(on_error=slow_on_error, shutdown_timeout=0.05) as koala:
+        for i in range(20):
+            await koala.track("A", email=f"p{i}@acme.com")
+    assert koala.stats().dropped["rejected"] == 20
+    assert sorted(reported) == sorted(f"p{i}@acme.com" for i in range(20))
