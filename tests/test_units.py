@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import time
@@ -169,3 +170,19 @@ def test_retry_policy_rejects_nonsense() -> None:
 )
 def test_domains_are_normalized(given: str, domain: str) -> None:
     assert normalize_domain(given) == domain
+
+
+def test_a_forked_child_never_reuses_the_parents_message_ids() -> None:
+    new_message_id()  # the parent now holds a block of pre-drawn ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, ",".join(new_message_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = set(os.read(read, 100_000).decode().split(","))
+    os.close(read)
+    parent = {new_message_id() for _ in range(100)}
+    assert len(child) == 100
+    assert not child & parent
