@@ -30,13 +30,12 @@ class Batch:
     than its JSON.
     """
 
-    __slots__ = ("buffers", "counts", "sealed", "secondary", "size", "waiters")
+    __slots__ = ("buffers", "counts", "secondary", "size", "waiters")
 
     def __init__(self) -> None:
         self.buffers = (bytearray(), bytearray(), bytearray())
         self.counts = [0, 0, 0]
         self.secondary: str | None = None
-        self.sealed = False
         self.size = 0
         self.waiters: list[Waiter] | None = None
 
@@ -68,7 +67,6 @@ class Batch:
             halves[i >= middle].append(kind, entry)
         for half in halves:
             half.secondary = self.secondary
-            half.sealed = True
         return halves
 
 
@@ -99,7 +97,16 @@ class Target:
     account_id); ``secondary`` is the other id field, which may differ from batch to batch.
     """
 
-    __slots__ = ("account", "batches", "head", "key", "primary", "scheduled", "secondary_name")
+    __slots__ = (
+        "account",
+        "batches",
+        "head",
+        "key",
+        "open",
+        "primary",
+        "scheduled",
+        "secondary_name",
+    )
 
     def __init__(
         self, key: str, account: bool, primary: tuple[str, str], secondary_name: str
@@ -110,23 +117,36 @@ class Target:
         self.head = _wire.head((primary,))
         self.secondary_name = secondary_name
         self.batches: deque[Batch] = deque()
+        self.open: Batch | None = None  # the batch new entries join; None once it is sealed
         self.scheduled = False  # waiting in the ready queue, or being sent
 
     def add(self, kind: int, entry: bytes, secondary: str | None) -> bool:
         """Queue an encoded entry; return True when its batch just became full."""
-        batches = self.batches
-        batch = batches[-1] if batches else None
+        batch = self.open
         if (
             batch is None
-            or batch.sealed
             or batch.counts[kind] >= MAX_PER_KIND
             or (secondary is not None and batch.secondary not in (None, secondary))
         ):
-            batch = Batch()
-            batches.append(batch)
+            batch = self.open = Batch()
+            self.batches.append(batch)
         if secondary is not None:
             batch.secondary = secondary
-        return batch.append(kind, entry) == MAX_PER_KIND
+        buffer = batch.buffers[kind]  # Batch.append, inlined: this is the hot path
+        if buffer:
+            buffer.append(44)  # b","
+        buffer += entry
+        batch.size += 1
+        counts = batch.counts
+        count = counts[kind] = counts[kind] + 1
+        return count == MAX_PER_KIND
+
+    def seal(self) -> Batch:
+        """Take the first batch for sending; no entry joins it after this."""
+        batch = self.batches[0]
+        if self.open is batch:
+            self.open = None
+        return batch
 
     def body(self, batch: Batch) -> bytes:
         """The JSON request body for one of this target's batches."""

@@ -681,8 +681,7 @@ class KoalaClient:
         self, ready: MemoryObjectReceiveStream[Target], http: httpx.AsyncClient
     ) -> None:
         async for target in ready:
-            batch = target.batches[0]
-            batch.sealed = True
+            batch = target.seal()
             try:
                 await self._deliver(http, target, batch)
             except Exception:  # pragma: no cover - a bug; the flusher must outlive it

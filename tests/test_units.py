@@ -65,7 +65,7 @@ def test_a_batch_holds_at_most_30_of_each_kind() -> None:
 def test_a_sealed_batch_takes_no_more_entries() -> None:
     target = _target()
     target.add(PAGE_VIEWS, b"{}", None)
-    target.batches[0].sealed = True
+    assert target.seal() is target.batches[0]
     target.add(PAGE_VIEWS, b"{}", None)
     assert [b.size for b in target.batches] == [1, 1]
 
