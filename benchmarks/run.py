@@ -345,26 +345,18 @@ def table(results: dict[str, Any]) -> str:
         base = get(f"segment/{key}", field)
         cells = [f"{get(f'{sdk}/{key}', field) / base:.2f}" for sdk in SDKS if sdk != "segment"]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    seg = {
-        k: get(f"segment/{s}", f)
-        for k, s, f in [
+
+    def figures(sdk: str) -> dict[str, float]:
+        wanted = [
             ("hot", "one", "hot_us"),
             ("one", "one", "eps"),
             ("many", "many", "eps"),
             ("cpu", "one", "cpu_us"),
             ("lat", "latency", "eps"),
         ]
-    }
-    ko = {
-        k: get(f"koala_async/{s}", f)
-        for k, s, f in [
-            ("hot", "one", "hot_us"),
-            ("one", "one", "eps"),
-            ("many", "many", "eps"),
-            ("cpu", "one", "cpu_us"),
-            ("lat", "latency", "eps"),
-        ]
-    }
+        return {name: get(f"{sdk}/{run}", field) for name, run, field in wanted}
+
+    seg, ko = figures("segment"), figures("koala_async")
     checks = [
         (
             "hot path ≤ 1/15 of Segment",
