@@ -16,6 +16,7 @@ the client.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ from aiohttp import web  # noqa: E402 - after the check that names the extra
 from aiohttp.typedefs import Middleware  # noqa: E402
 
 from ._client import KoalaClient  # noqa: E402
-from ._cookie import TWO_YEARS, CookiePolicy  # noqa: E402
+from ._cookie import COOKIE, TWO_YEARS, CookiePolicy, sets_ko_id  # noqa: E402
 
 __all__ = ["KOALA", "PROFILE_ID", "koala_context", "koala_middleware"]
 
@@ -40,6 +41,7 @@ PROFILE_ID: Any = (
 """Where :func:`koala_middleware` puts the visitor's profile id: ``request[PROFILE_ID]``
 (a typed key on aiohttp 3.13+, the string ``"koala_profile_id"`` before)."""
 
+logger = logging.getLogger("koala_async.aiohttp")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -55,22 +57,46 @@ def koala_middleware(
     """A middleware giving each request a Koala profile id, as ``request[PROFILE_ID]``.
 
     It comes from the ``ko_id`` cookie, or is a new UUID v4 set on the response (also on
-    responses raised as ``web.HTTPException``). Keywords are those of ``CookiePolicy``.
+    responses raised as ``web.HTTPException``; a ``ko_id`` the handler sets itself wins).
+    A response whose headers the handler sent itself (``await response.prepare(request)``)
+    cannot take the cookie; that is logged once (websockets quietly get none, as in ASGI).
+    Keywords are those of ``CookiePolicy``; a bad one raises ``ValidationError`` here.
     """
     policy = CookiePolicy(domain, path, max_age, same_site, secure, http_only)
+    warned = False
+
+    def add_cookie(request: web.Request, response: web.StreamResponse, set_cookie: str) -> None:
+        nonlocal warned
+        if response.prepared:
+            # Too late for headers. Websockets are expected (as in ASGI, they get no cookie).
+            if not warned and not isinstance(response, web.WebSocketResponse):
+                warned = True
+                logger.warning(
+                    "a new visitor's ko_id cookie was not set on %s %s: the handler sent the "
+                    "headers itself (a streamed response); later cases are not logged",
+                    request.method,
+                    request.path,
+                )
+            return
+        if COOKIE in response.cookies or any(
+            sets_ko_id(value) for value in response.headers.getall("Set-Cookie", ())
+        ):
+            return
+        response.headers.add("Set-Cookie", set_cookie)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        profile_id, set_cookie = policy.resolve(request.headers.get("Cookie"), request.secure)
+        cookies = "; ".join(request.headers.getall("Cookie", ()))
+        profile_id, set_cookie = policy.resolve(cookies, request.secure)
         request[PROFILE_ID] = profile_id
+        if set_cookie is None:
+            return await handler(request)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            if set_cookie is not None:
-                exc.headers.add("Set-Cookie", set_cookie)
+            add_cookie(request, exc, set_cookie)
             raise
-        if set_cookie is not None:
-            response.headers.add("Set-Cookie", set_cookie)
+        add_cookie(request, response, set_cookie)
         return response
 
     return middleware

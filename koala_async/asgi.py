@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
-from ._cookie import TWO_YEARS, CookiePolicy
+from ._cookie import TWO_YEARS, CookiePolicy, sets_ko_id
 
 __all__ = ["KoalaMiddleware"]
 
@@ -29,8 +29,9 @@ class KoalaMiddleware:
 
     The id is put in ``scope["state"]["koala_profile_id"]`` (so ``request.state
     .koala_profile_id`` in Starlette and FastAPI); a new or invalid cookie is replaced with a
-    ``Set-Cookie`` on the response, next to the app's own headers. Websocket and lifespan
-    scopes pass through untouched. Keywords are those of :class:`CookiePolicy`.
+    ``Set-Cookie`` on the response, next to the app's own headers (a ``ko_id`` the app sets
+    itself wins). Websocket and lifespan scopes pass through untouched. Keywords are those of
+    ``CookiePolicy``; a bad one raises ``ValidationError`` when the middleware is built.
     """
 
     def __init__(
@@ -62,7 +63,12 @@ class KoalaMiddleware:
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), header]}
+                headers = message.get("headers", ())
+                if not any(
+                    name.lower() == b"set-cookie" and sets_ko_id(value.decode("latin-1"))
+                    for name, value in headers
+                ):
+                    message = {**message, "headers": [*headers, header]}
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)

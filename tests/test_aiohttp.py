@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from koala_async import ValidationError
 from koala_async.aiohttp import KOALA, PROFILE_ID, koala_context, koala_middleware
 from koala_async.testing import FakeCollector
 
@@ -99,3 +100,58 @@ async def test_cleanup_ctx_opens_the_client_and_flushes_it() -> None:
             assert fake.requests == [], "still queued while the app runs"
     assert len(fake.events) == 1
     assert fake.events[0].profile_id is not None
+
+
+async def adopt(request: web.Request) -> web.Response:
+    response = web.Response(text=request[PROFILE_ID])
+    response.set_cookie("ko_id", KNOWN)
+    return response
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(request[PROFILE_ID].encode())
+    return response
+
+
+async def socket(request: web.Request) -> web.WebSocketResponse:
+    websocket = web.WebSocketResponse()
+    await websocket.prepare(request)
+    await websocket.send_str(request[PROFILE_ID])
+    await websocket.close()
+    return websocket
+
+
+async def test_a_ko_id_the_handler_sets_itself_wins() -> None:
+    app = web.Application(middlewares=[koala_middleware()])
+    app.router.add_get("/adopt", adopt)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/adopt")
+        assert response.headers.getall("Set-Cookie") == [f"ko_id={KNOWN}; Path=/"]
+
+
+async def test_streamed_responses_cannot_take_the_cookie_and_say_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = web.Application(middlewares=[koala_middleware()])
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/socket", socket)
+    async with TestClient(TestServer(app)) as client:
+        async with client.ws_connect("/socket") as websocket:
+            assert uuid.UUID(await websocket.receive_str())
+        assert caplog.records == [], "websockets get no cookie, quietly"
+        for _ in range(3):
+            response = await client.get("/stream")
+            assert uuid.UUID(await response.text())
+            assert ko_id_cookie(response) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "a new visitor's ko_id cookie was not set on GET /stream: the handler sent the headers "
+        "itself (a streamed response); later cases are not logged"
+    ]
+    assert caplog.records[0].name == "koala_async.aiohttp"
+
+
+def test_bad_cookie_options_fail_at_once() -> None:
+    with pytest.raises(ValidationError, match="max_age must be a whole number"):
+        koala_middleware(max_age=0)
