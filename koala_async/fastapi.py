@@ -23,14 +23,26 @@ from ._optional import require
 require("fastapi", "fastapi")
 
 from fastapi import Depends  # noqa: E402 - after the check that names the extra
+from starlette.requests import HTTPConnection  # noqa: E402
 
 from ._client import KoalaClient  # noqa: E402
 from .starlette import KoalaMiddleware, get_koala, get_profile_id, koala_lifespan  # noqa: E402
 
 __all__ = ["Koala", "KoalaMiddleware", "ProfileId", "koala_lifespan"]
 
-Koala = Annotated[KoalaClient, Depends(get_koala)]
+
+# Coroutines on purpose: FastAPI runs a plain ``def`` dependency in its thread pool; taking
+# both parameters then cost ~245 us per request instead of ~16 us (httpx ASGI transport).
+async def _koala(connection: HTTPConnection) -> KoalaClient:
+    return get_koala(connection)
+
+
+async def _profile_id(connection: HTTPConnection) -> str:
+    return get_profile_id(connection)
+
+
+Koala = Annotated[KoalaClient, Depends(_koala)]
 """A handler parameter that receives the app's :class:`KoalaClient`."""
 
-ProfileId = Annotated[str, Depends(get_profile_id)]
+ProfileId = Annotated[str, Depends(_profile_id)]
 """A handler parameter that receives the visitor's Koala profile id (the ``ko_id`` cookie)."""

@@ -66,5 +66,10 @@ def get_profile_id(request: HTTPConnection) -> str:
     """The visitor's Koala profile id, set by :class:`KoalaMiddleware`."""
     profile_id = request.scope.get("state", {}).get("koala_profile_id")
     if profile_id is None:
+        if request.scope["type"] != "http":
+            raise RuntimeError(
+                "KoalaMiddleware gives profile ids to HTTP requests only; in a websocket, "
+                "read the ko_id cookie from websocket.cookies"
+            )
         raise RuntimeError("no koala_profile_id on the request: add KoalaMiddleware to the app")
     return str(profile_id)
