@@ -1,14 +1,16 @@
 """A FastAPI signup flow that reports to Koala.
 
-Run it against a local collector (``koala-async collector`` in another terminal)::
+By default it sends to a local collector, so it runs as it is::
 
-    KOALA_BASE_URL=http://127.0.0.1:8787 KOALA_PUBLIC_API_KEY=pk_test \
-        uvicorn examples.fastapi_app:app --port 8000
+    koala-async collector                       # terminal 1: prints what arrives
+    uvicorn examples.fastapi_app:app --port 8000  # terminal 2
     curl -c jar -b jar localhost:8000/
     curl -c jar -b jar -H 'Content-Type: application/json' \
-        -d '{"email": "ada@acme.com"}' localhost:8000/signup
+        -d '{"email": "ada@acme.com", "workspace": "marketing"}' localhost:8000/signup
 
-SIGTERM or Ctrl-C flushes everything still queued before the process exits.
+For Koala itself: ``KOALA_BASE_URL=https://api2.getkoala.com KOALA_PUBLIC_API_KEY=pk_...``.
+``COOKIE_DOMAIN=.example.com`` shares the visitor's ``ko_id`` with Koala's pixel on the
+other subdomains. SIGTERM or Ctrl-C flushes everything still queued before the process exits.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from __future__ import annotations
 import os
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from koala_async import ValidationError
 from koala_async.fastapi import Koala, KoalaMiddleware, ProfileId, koala_lifespan
 
 app = FastAPI(
+    # Opens the client at startup; at shutdown (SIGTERM too) flushes what is queued, then closes.
     lifespan=koala_lifespan(
         public_api_key=os.environ.get("KOALA_PUBLIC_API_KEY", "pk_example"),
+        base_url=os.environ.get("KOALA_BASE_URL", "http://127.0.0.1:8787"),
         user_agent="acme-fastapi-example/1.0",
         flush_interval=float(os.environ.get("KOALA_FLUSH_INTERVAL", "1")),
     )
@@ -30,9 +36,20 @@ app = FastAPI(
 app.add_middleware(KoalaMiddleware, domain=os.environ.get("COOKIE_DOMAIN"))
 
 
-class Person(BaseModel):
+@app.exception_handler(ValidationError)
+async def bad_input(request: Request, exc: ValidationError) -> JSONResponse:
+    # koala_async checks input at the call, e.g. an email Koala would not take.
+    return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+class Login(BaseModel):
+    email: str
+
+
+class Signup(BaseModel):
     email: str
     plan: str = "free"
+    workspace: str = "default"
 
 
 @app.get("/")
@@ -44,19 +61,22 @@ async def page(request: Request, koala: Koala, profile_id: ProfileId) -> dict[st
 
 
 @app.post("/login")
-async def login(person: Person, koala: Koala, profile_id: ProfileId) -> dict[str, str]:
+async def login(person: Login, koala: Koala, profile_id: ProfileId) -> dict[str, str]:
+    # Ties the anonymous visitor (ko_id) to the person, across browsers and devices.
     await koala.identify(profile_id=profile_id, email=person.email)
     await koala.track("Logged In", profile_id=profile_id, email=person.email)
     return {"profile_id": profile_id}
 
 
 @app.post("/signup")
-async def signup(person: Person, koala: Koala, profile_id: ProfileId) -> dict[str, str]:
-    domain = person.email.rsplit("@", 1)[1]
-    await koala.identify(profile_id=profile_id, email=person.email, traits={"plan": person.plan})
-    await koala.track("Signed Up", profile_id=profile_id, properties={"plan": person.plan})
-    await koala.account_identify(domain=domain, group_id="default", traits={"plan": person.plan})
-    await koala.account_track("Workspace Created", domain=domain, properties={"plan": person.plan})
+async def signup(person: Signup, koala: Koala, profile_id: ProfileId) -> dict[str, str]:
+    domain = person.email.rpartition("@")[2]
+    plan = {"plan": person.plan}
+    await koala.identify(profile_id=profile_id, email=person.email, traits=plan)
+    await koala.track("Signed Up", profile_id=profile_id, properties=plan)
+    # group_id tells apart several workspaces of one company (one Koala account per domain).
+    await koala.account_identify(domain=domain, group_id=person.workspace, traits=plan)
+    await koala.account_track("Workspace Created", domain=domain, properties=plan)
     return {"profile_id": profile_id}
 
 
