@@ -51,7 +51,7 @@ async def bad_input(request: web.Request, handler: Handler) -> web.StreamRespons
 async def page(request: web.Request) -> web.Response:
     profile_id = request[PROFILE_ID]
     name = "Pricing" if request.path == "/pricing" else "Home"
-    await request.app[KOALA].page(
+    await request.config_dict[KOALA].page(
         profile_id=profile_id, name=name, properties={"url": str(request.url)}
     )
     return web.json_response({"profile_id": profile_id})
@@ -59,7 +59,7 @@ async def page(request: web.Request) -> web.Response:
 
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
-    koala, profile_id = request.app[KOALA], request[PROFILE_ID]
+    koala, profile_id = request.config_dict[KOALA], request[PROFILE_ID]
     email = (await read_person(request))["email"]
     # Ties the anonymous visitor (ko_id) to the person, across browsers and devices.
     await koala.identify(profile_id=profile_id, email=email)
@@ -69,7 +69,7 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.post("/signup")
 async def signup(request: web.Request) -> web.Response:
-    koala, profile_id = request.app[KOALA], request[PROFILE_ID]
+    koala, profile_id = request.config_dict[KOALA], request[PROFILE_ID]
     person = await read_person(request)
     email, domain = person["email"], person["email"].rpartition("@")[2]
     plan = {"plan": str(person.get("plan", "free"))}

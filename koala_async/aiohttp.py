@@ -10,8 +10,11 @@ the client.
     app.cleanup_ctx.append(koala_context(user_agent="acme-app/2.3.0"))
 
     async def signup(request: web.Request) -> web.Response:
-        await request.app[KOALA].track("Signed Up", profile_id=request[PROFILE_ID])
+        await request.config_dict[KOALA].track("Signed Up", profile_id=request[PROFILE_ID])
         return web.Response(text="ok")
+
+``request.config_dict[KOALA]`` also finds the client from handlers of sub-apps
+(``app.add_subapp``), where ``request.app`` is the sub-app.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ._cookie import COOKIE, TWO_YEARS, CookiePolicy, sets_ko_id  # noqa: E402
 __all__ = ["KOALA", "PROFILE_ID", "koala_context", "koala_middleware"]
 
 KOALA = web.AppKey("koala", KoalaClient)
-"""Where :func:`koala_context` keeps the client: ``request.app[KOALA]``."""
+"""Where :func:`koala_context` keeps the client: ``request.config_dict[KOALA]``."""
 
 PROFILE_ID: Any = (
     web.RequestKey("koala_profile_id", str) if hasattr(web, "RequestKey") else "koala_profile_id"

@@ -52,12 +52,16 @@ def koala_lifespan(**client_options: Any) -> Callable[[Any], AbstractAsyncContex
 
 
 def get_koala(request: HTTPConnection) -> KoalaClient:
-    """The app's client, opened by :func:`koala_lifespan`."""
+    """The app's client: ``app.state.koala`` (set by :func:`koala_lifespan`), else ``koala``
+    in the lifespan state, which also reaches apps mounted inside the one that opened it."""
     koala: KoalaClient | None = getattr(request.app.state, "koala", None)
+    if koala is None:
+        koala = request.scope.get("state", {}).get("koala")
     if koala is None:
         raise RuntimeError(
             "no KoalaClient on app.state.koala: pass lifespan=koala_lifespan(...) to the app, "
-            "or set app.state.koala in your own lifespan"
+            "or set app.state.koala in your own lifespan (in an app mounted inside another, "
+            'yield {"koala": koala} from the outer lifespan instead)'
         )
     return koala
 

@@ -155,3 +155,24 @@ async def test_streamed_responses_cannot_take_the_cookie_and_say_so_once(
 def test_bad_cookie_options_fail_at_once() -> None:
     with pytest.raises(ValidationError, match="max_age must be a whole number"):
         koala_middleware(max_age=0)
+
+
+async def test_a_sub_app_finds_the_client_and_gets_the_cookie() -> None:
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+
+        async def signup(request: web.Request) -> web.Response:
+            await request.config_dict[KOALA].track("Signed Up", profile_id=request[PROFILE_ID])
+            return web.Response(text=request[PROFILE_ID])
+
+        v1 = web.Application()
+        v1.router.add_post("/signup", signup)
+        app = web.Application(middlewares=[koala_middleware()])
+        app.add_subapp("/v1/", v1)
+        app.cleanup_ctx.append(koala_context(public_api_key="pk_test", base_url=base_url))
+        async with TestClient(TestServer(app)) as client:
+            response = await client.post("/v1/signup")
+            assert response.status == 200
+            profile_id = await response.text()
+            assert ko_id_cookie(response) is not None
+    assert [(e.event, e.profile_id) for e in fake.events] == [("Signed Up", profile_id)]

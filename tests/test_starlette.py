@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
@@ -20,9 +21,10 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from koala_async import ValidationError
-from koala_async.asgi import KoalaMiddleware, Message
+from koala_async import KoalaClient, ValidationError
+from koala_async.asgi import KoalaMiddleware, Message, Receive, Scope, Send
 from koala_async.fastapi import Koala, ProfileId
+from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
 KNOWN = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
@@ -198,3 +200,51 @@ def test_the_core_and_the_asgi_middleware_import_without_any_framework() -> None
     assert result.stdout.strip() == (
         "koala_async.starlette needs starlette: pip install 'koala-async[starlette]'"
     )
+
+
+async def test_a_mounted_app_finds_the_client_in_the_lifespan_state() -> None:
+    fake = FakeCollector()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, KoalaClient]]:
+        http = httpx.AsyncClient(transport=fake.transport())
+        async with http, KoalaClient("pk_test", http_client=http) as koala:
+            yield {"koala": koala}
+
+    root = FastAPI(lifespan=lifespan)
+    root.add_middleware(KoalaMiddleware)
+    v1 = FastAPI()  # a mounted app's own lifespan never runs, and its app.state is its own
+
+    @v1.post("/signup")
+    async def signup(koala: Koala, profile_id: ProfileId) -> dict[str, str]:
+        await koala.track("Signed Up", profile_id=profile_id)
+        return {"profile_id": profile_id}
+
+    root.mount("/v1", v1)
+    async with root.router.lifespan_context(root) as state:
+        assert state is not None
+
+        async def server(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["state"] = dict(state)  # what uvicorn and hypercorn do with lifespan state
+            await root(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=server)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            response = await http.post("/v1/signup")
+        assert response.status_code == 200
+    assert [(e.event, e.profile_id) for e in fake.events] == [
+        ("Signed Up", response.json()["profile_id"])
+    ]
+
+
+async def test_without_a_client_the_error_says_where_to_put_it() -> None:
+    api = FastAPI()
+
+    @api.get("/")
+    async def handler(koala: Koala) -> None:
+        raise AssertionError("not reached")
+
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        with pytest.raises(RuntimeError, match=r"koala_lifespan\(\.\.\.\).*yield \{\"koala\""):
+            await http.get("/")
