@@ -7,13 +7,14 @@ import os
 import random
 import re
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
 from wire_check import PROFILE, is_uuid4
 
-from koala_async import RetryPolicy
+from koala_async import RetryPolicy, _wire
 from koala_async._batch import EVENTS, IDENTIFIES, PAGE_VIEWS, Target
 from koala_async._retry import Verdict, classify, retry_after
 from koala_async._validate import normalize_domain
@@ -26,11 +27,24 @@ def test_message_ids_are_uuid4_and_unique() -> None:
     ids = [new_message_id() for _ in range(20_000)]
     assert all(is_uuid4(i) for i in ids)
     assert len(set(ids)) == len(ids)
+    for at in range(36):  # every random digit takes every value it may: none is left fixed
+        seen = {i[at] for i in ids}
+        if at in (8, 13, 18, 23):
+            assert seen == {"-"}
+        elif at == 14:
+            assert seen == {"4"}
+        elif at == 19:
+            assert seen == set("89ab")
+        else:
+            assert seen == set("0123456789abcdef"), at
+    assert str(uuid.UUID(ids[0])) == ids[0]
 
 
 def test_message_ids_ignore_the_callers_random_seed() -> None:
+    _wire._ids.clear()  # so each call below draws a fresh block
     random.seed(42)
     first = new_message_id()
+    _wire._ids.clear()
     random.seed(42)
     assert new_message_id() != first
 
