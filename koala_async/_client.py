@@ -47,6 +47,7 @@ from ._redact import protect, redact
 from ._retry import RetryPolicy, Verdict, classify, retry_after
 from ._stats import DROP_REASONS, DeliveryFailure, DropReason, FlushResult, Stats
 from ._transport import Http11Transport
+from ._validate import Who
 from ._version import __version__
 from ._wire import Identify, Page, Track, encode, new_message_id, now_iso
 
@@ -198,6 +199,8 @@ class KoalaClient:
         self._own_clients: list[httpx.AsyncClient] = []
         self._ssl_context: ssl.SSLContext | None = None
         self._enabled = enabled
+        # What _put compares the queue's length with: 0 refuses everything (disabled, fatal).
+        self._limit = self._max_queue_size if enabled else 0
         self._timeout = float(timeout)
         self._shutdown_timeout = float(shutdown_timeout)
         self._retry = retry or RetryPolicy()
@@ -415,7 +418,7 @@ class KoalaClient:
             ),
             "properties",
         )
-        while not self._put(EVENTS, entry, *who):
+        while not self._put(EVENTS, entry, who):
             await self._wait_for_room()
         return message_id
 
@@ -448,7 +451,7 @@ class KoalaClient:
             ),
             "traits",
         )
-        while not self._put(IDENTIFIES, entry, *who):
+        while not self._put(IDENTIFIES, entry, who):
             await self._wait_for_room()
         return message_id
 
@@ -482,7 +485,7 @@ class KoalaClient:
             ),
             "properties",
         )
-        while not self._put(PAGE_VIEWS, entry, *who):
+        while not self._put(PAGE_VIEWS, entry, who):
             await self._wait_for_room()
         return message_id
 
@@ -525,7 +528,7 @@ class KoalaClient:
             ),
             "traits",
         )
-        while not self._put(IDENTIFIES, entry, *who):
+        while not self._put(IDENTIFIES, entry, who):
             await self._wait_for_room()
         return message_id
 
@@ -559,7 +562,7 @@ class KoalaClient:
             ),
             "properties",
         )
-        while not self._put(EVENTS, entry, *who):
+        while not self._put(EVENTS, entry, who):
             await self._wait_for_room()
         return message_id
 
@@ -581,23 +584,17 @@ class KoalaClient:
             )
         raise ClientClosedError("the KoalaClient is closed; create a new one to send again")
 
-    def _put(
-        self, kind: int, entry: bytes, primary: str, key: str, secondary: str, value: str | None
-    ) -> bool:
-        """Queue an encoded entry for the target ``primary=key``.
+    def _put(self, kind: int, entry: bytes, who: Who) -> bool:
+        """Queue an encoded entry for the target ``who`` names.
 
         Returns False, having done nothing, when the queue is full and ``on_full="block"``:
         the caller waits for room and tries again.
         """
-        if not self._enabled:
-            return True
-        if self._fatal is not None or self._pending >= self._max_queue_size:
-            if self._fatal is None and self._on_full == "block":
-                return False
-            self._refuse(kind, entry, primary, key, secondary, value)
-            return True
+        if self._pending >= self._limit:  # full, disabled or fatal: rare, so one compare
+            return self._refuse(kind, entry, who)
         self._accepted += 1
         self._pending += 1
+        primary, key, secondary, value = who
         targets = self._targets[primary]
         target = targets.get(key)
         if target is None:
@@ -611,10 +608,12 @@ class KoalaClient:
             self._waiting.add(target)
         return True
 
-    def _refuse(
-        self, kind: int, entry: bytes, primary: str, key: str, secondary: str, value: str | None
-    ) -> None:
-        """Drop an entry at the call (or raise, with ``on_full="raise"``)."""
+    def _refuse(self, kind: int, entry: bytes, who: Who) -> bool:
+        """Drop an entry at the call (or raise, with ``on_full="raise"``); see :meth:`_put`."""
+        if not self._enabled:
+            return True
+        if self._fatal is None and self._on_full == "block":
+            return False
         if self._fatal is not None:
             reason = _REASONS[self._fatal]
         elif self._on_full == "raise":
@@ -628,6 +627,7 @@ class KoalaClient:
         self._accepted += 1
         self._dropped[reason] += 1
         if self._failures is not None and self._on_error is not None:
+            primary, key, secondary, value = who
             ids = {primary: key} if value is None else {primary: key, secondary: value}
             self._failures.send_nowait(
                 DeliveryFailure(
@@ -637,6 +637,7 @@ class KoalaClient:
                     entries=[msgspec.json.decode(entry)],
                 )
             )
+        return True
 
     async def _wait_for_room(self) -> None:
         """With ``on_full="block"``: wait until the queue has room (or the client closes)."""
@@ -830,6 +831,7 @@ class KoalaClient:
     def _go_fatal(self, verdict: Verdict) -> None:
         if self._fatal is None:
             self._fatal = verdict
+            self._limit = 0
             self._last_error = _FATAL[verdict]
             logger.error("koala_async: %s", _FATAL[verdict])
             self._schedule_waiting()  # drop what is queued now rather than at the next tick
