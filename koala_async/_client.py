@@ -49,7 +49,7 @@ from ._stats import DROP_REASONS, DeliveryFailure, DropReason, FlushResult, Stat
 from ._transport import Http11Transport
 from ._validate import Who
 from ._version import __version__
-from ._wire import Identify, Page, Track, encode, new_message_id, now_iso
+from ._wire import Entry, Identify, Page, Track, encode, new_message_id, now_iso
 
 __all__ = ["KoalaClient"]
 
@@ -409,14 +409,11 @@ class KoalaClient:
         message_id = (
             new_message_id() if message_id is None else _validate.text(message_id, "message_id")
         )
-        entry = _encode(
-            Track(
-                event=_validate.event_name(event),
-                properties=_validate.fields(properties, "properties"),
-                message_id=message_id,
-                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-            ),
-            "properties",
+        entry = Track(
+            event=_validate.event_name(event),
+            properties=_validate.fields(properties, "properties"),
+            message_id=message_id,
+            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
         )
         while not self._put(EVENTS, entry, who):
             await self._wait_for_room()
@@ -443,13 +440,10 @@ class KoalaClient:
             self._check_open()
         who = _validate.person(profile_id, email)
         message_id = None if message_id is None else _validate.text(message_id, "message_id")
-        entry = _encode(
-            Identify(
-                traits=_validate.fields(traits, "traits"),
-                message_id=message_id,
-                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-            ),
-            "traits",
+        entry = Identify(
+            traits=_validate.fields(traits, "traits"),
+            message_id=message_id,
+            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
         )
         while not self._put(IDENTIFIES, entry, who):
             await self._wait_for_room()
@@ -476,14 +470,11 @@ class KoalaClient:
         message_id = (
             new_message_id() if message_id is None else _validate.text(message_id, "message_id")
         )
-        entry = _encode(
-            Page(
-                message_id=message_id,
-                name=None if name is None else _validate.text(name, "name"),
-                properties=_validate.fields(properties, "properties"),
-                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-            ),
-            "properties",
+        entry = Page(
+            message_id=message_id,
+            name=None if name is None else _validate.text(name, "name"),
+            properties=_validate.fields(properties, "properties"),
+            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
         )
         while not self._put(PAGE_VIEWS, entry, who):
             await self._wait_for_room()
@@ -520,13 +511,10 @@ class KoalaClient:
                     f"{fields['group_id']!r}: pass one"
                 )
             fields = {**fields, "group_id": group_id}
-        entry = _encode(
-            Identify(
-                traits=fields,
-                message_id=message_id,
-                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-            ),
-            "traits",
+        entry = Identify(
+            traits=fields,
+            message_id=message_id,
+            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
         )
         while not self._put(IDENTIFIES, entry, who):
             await self._wait_for_room()
@@ -553,14 +541,11 @@ class KoalaClient:
         message_id = (
             new_message_id() if message_id is None else _validate.text(message_id, "message_id")
         )
-        entry = _encode(
-            Track(
-                event=_validate.event_name(event),
-                properties=_validate.fields(properties, "properties"),
-                message_id=message_id,
-                sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-            ),
-            "properties",
+        entry = Track(
+            event=_validate.event_name(event),
+            properties=_validate.fields(properties, "properties"),
+            message_id=message_id,
+            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
         )
         while not self._put(EVENTS, entry, who):
             await self._wait_for_room()
@@ -584,14 +569,22 @@ class KoalaClient:
             )
         raise ClientClosedError("the KoalaClient is closed; create a new one to send again")
 
-    def _put(self, kind: int, entry: bytes, who: Who) -> bool:
-        """Queue an encoded entry for the target ``who`` names.
+    def _put(self, kind: int, entry: Entry, who: Who) -> bool:
+        """Encode an entry and queue it for the target ``who`` names.
 
         Returns False, having done nothing, when the queue is full and ``on_full="block"``:
         the caller waits for room and tries again.
         """
+        try:
+            raw = encode(entry)
+        except (TypeError, ValueError, OverflowError) as exc:
+            what = "traits" if type(entry) is Identify else "properties"
+            raise ValidationError(
+                f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, "
+                "None, lists and dicts of them"
+            ) from None
         if self._pending >= self._limit:  # full, disabled or fatal: rare, so one compare
-            return self._refuse(kind, entry, who)
+            return self._refuse(kind, raw, who)
         self._accepted += 1
         self._pending += 1
         primary, key, secondary, value = who
@@ -601,7 +594,7 @@ class KoalaClient:
             target = targets[key] = Target(
                 key, primary in _ACCOUNT_FIELDS, (primary, key), secondary
             )
-        if target.add(kind, entry, value):
+        if target.add(kind, raw, value):
             if not target.scheduled:
                 self._schedule(target)
         elif not target.scheduled:
@@ -895,16 +888,6 @@ class KoalaClient:
         self._logged[reason] = (now, 0)
         more = f" ({suppressed} more since the last warning)" if suppressed else ""
         logger.warning("koala_async: dropping entries (%s): %s%s", reason, detail, more)
-
-
-def _encode(entry: Track | Page | Identify, what: str) -> bytes:
-    try:
-        return encode(entry)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValidationError(
-            f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, None, "
-            "lists and dicts of them"
-        ) from None
 
 
 def redact_text(text: str, key: str) -> str:

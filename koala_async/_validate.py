@@ -115,20 +115,23 @@ def text(value: object, what: str) -> str:
 
 
 def fields(value: object, what: str) -> dict[str, Any]:
-    """Check ``properties``/``traits``: a dict with string keys whose values JSON can carry."""
-    if value is None:
-        return {}
+    """Check ``properties``/``traits``: a dict (any mapping is copied to one), or None.
+
+    Number keys become strings, as ``json.dumps`` writes them; a key or value JSON cannot
+    carry at all is refused when the entry is encoded.
+    """
     if type(value) is not dict:
+        if value is None:
+            return {}
         if not isinstance(value, Mapping):
             raise ValidationError(
                 f"{what} must be a dict with string keys, got {type(value).__name__}"
             )
         value = dict(value)
-    for key, item in value.items():
-        if type(key) is not str:
-            raise ValidationError(f"{what} keys must be strings, got {key!r}")
+    for item in value.values():
         if type(item) not in _SCALARS:
-            _check_value(item, f"{what}[{key!r}]")
+            _check_value(value, what)  # walks it all and names the bad value, if any
+            break
     return value
 
 

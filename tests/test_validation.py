@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from types import MappingProxyType
 from typing import Any
 
 import httpx
 import pytest
 
 from koala_async import ClientClosedError, KoalaClient, KoalaError, ValidationError
+from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
@@ -48,7 +50,16 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("account_identify", {"domain": 42}, "domain must be a string"),
     ("account_identify", {"account_id": ""}, "account_id must be a non-empty string"),
     ("track", {"event": "E", "email": "a@b.co", "properties": [1]}, "properties must be a dict"),
-    ("track", {"event": "E", "email": "a@b.co", "properties": {1: "x"}}, "keys must be strings"),
+    (
+        "track",
+        {"event": "E", "email": "a@b.co", "properties": {None: "x"}},
+        "properties hold a value JSON cannot carry .*str-like or number-like keys",
+    ),
+    (
+        "page",
+        {"email": "a@b.co", "properties": {"name": "ok", "ratio": [1, math.nan]}},
+        r"properties\['ratio'\]\[1\] is nan, which JSON cannot carry",
+    ),
     (
         "track",
         {"event": "E", "email": "a@b.co", "properties": {"x": object()}},
@@ -139,3 +150,16 @@ async def test_calls_before_opening_say_how_to_open() -> None:
     client = KoalaClient("pk_test")
     with pytest.raises(ClientClosedError, match="async with KoalaClient"):
         await client.track("E", email="a@b.co")
+
+
+async def test_number_keys_become_strings_and_none_stays_null() -> None:
+    fake = FakeCollector()
+    async with (
+        httpx.AsyncClient(transport=fake.transport()) as http,
+        KoalaClient("pk_test", http_client=http) as koala,
+    ):
+        await koala.track("E", email="a@b.co", properties={"coupon": None, 7: [None, 1.5]})
+        await koala.identify(email="a@b.co", traits=MappingProxyType({"plan": "pro"}))
+    assert [e.properties for e in fake.events] == [{"coupon": None, "7": [None, 1.5]}]
+    assert [e.traits for e in fake.identifies] == [{"plan": "pro"}]
+    assert fake.violations == []
