@@ -406,18 +406,10 @@ class KoalaClient:
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.person(profile_id, email)
-        message_id = (
-            new_message_id() if message_id is None else _validate.text(message_id, "message_id")
-        )
-        entry = Track(
-            event=_validate.event_name(event),
-            properties=_validate.fields(properties, "properties"),
-            message_id=message_id,
-            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-        )
+        entry = _track(event, properties, message_id, sent_at)
         while not self._put(EVENTS, entry, who):
             await self._wait_for_room()
-        return message_id
+        return entry.message_id
 
     async def identify(
         self,
@@ -538,18 +530,10 @@ class KoalaClient:
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.account(domain, account_id)
-        message_id = (
-            new_message_id() if message_id is None else _validate.text(message_id, "message_id")
-        )
-        entry = Track(
-            event=_validate.event_name(event),
-            properties=_validate.fields(properties, "properties"),
-            message_id=message_id,
-            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-        )
+        entry = _track(event, properties, message_id, sent_at)
         while not self._put(EVENTS, entry, who):
             await self._wait_for_room()
-        return message_id
+        return entry.message_id
 
     # The queue
 
@@ -888,6 +872,23 @@ class KoalaClient:
         self._logged[reason] = (now, 0)
         more = f" ({suppressed} more since the last warning)" if suppressed else ""
         logger.warning("koala_async: dropping entries (%s): %s%s", reason, detail, more)
+
+
+def _track(
+    event: str,
+    properties: dict[str, Any] | None,
+    message_id: str | None,
+    sent_at: datetime | str | None,
+) -> Track:
+    """Check a track call's arguments (a person's or an account's) and build its entry."""
+    return Track(
+        event=_validate.event_name(event),
+        properties=_validate.fields(properties, "properties"),
+        message_id=new_message_id()
+        if message_id is None
+        else _validate.text(message_id, "message_id"),
+        sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
+    )
 
 
 def redact_text(text: str, key: str) -> str:
