@@ -431,15 +431,10 @@ class KoalaClient:
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.person(profile_id, email)
-        message_id = None if message_id is None else _validate.text(message_id, "message_id")
-        entry = Identify(
-            traits=_validate.fields(traits, "traits"),
-            message_id=message_id,
-            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-        )
+        entry = _identify(_validate.fields(traits, "traits"), message_id, sent_at)
         while not self._put(IDENTIFIES, entry, who):
             await self._wait_for_room()
-        return message_id
+        return entry.message_id
 
     async def page(
         self,
@@ -493,7 +488,6 @@ class KoalaClient:
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.account(domain, account_id)
-        message_id = None if message_id is None else _validate.text(message_id, "message_id")
         fields = _validate.fields(traits, "traits")
         if group_id is not None:
             group_id = _validate.text(group_id, "group_id")
@@ -503,14 +497,10 @@ class KoalaClient:
                     f"{fields['group_id']!r}: pass one"
                 )
             fields = {**fields, "group_id": group_id}
-        entry = Identify(
-            traits=fields,
-            message_id=message_id,
-            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-        )
+        entry = _identify(fields, message_id, sent_at)
         while not self._put(IDENTIFIES, entry, who):
             await self._wait_for_room()
-        return message_id
+        return entry.message_id
 
     async def account_track(
         self,
@@ -887,6 +877,17 @@ def _track(
         message_id=new_message_id()
         if message_id is None
         else _validate.text(message_id, "message_id"),
+        sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
+    )
+
+
+def _identify(
+    traits: dict[str, Any], message_id: str | None, sent_at: datetime | str | None
+) -> Identify:
+    """Check an identify call's other arguments (a person's or an account's); build its entry."""
+    return Identify(
+        traits=traits,
+        message_id=None if message_id is None else _validate.text(message_id, "message_id"),
         sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
     )
 
