@@ -28,7 +28,7 @@ import time
 import urllib.request
 import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
@@ -394,7 +394,7 @@ class KoalaClient:
         *,
         profile_id: str | None = None,
         email: str | None = None,
-        properties: dict[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
     ) -> str:
@@ -416,7 +416,7 @@ class KoalaClient:
         *,
         profile_id: str | None = None,
         email: str | None = None,
-        traits: dict[str, Any] | None = None,
+        traits: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
     ) -> str | None:
@@ -442,7 +442,7 @@ class KoalaClient:
         profile_id: str | None = None,
         email: str | None = None,
         name: str | None = None,
-        properties: dict[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
     ) -> str:
@@ -472,7 +472,7 @@ class KoalaClient:
         *,
         domain: str | None = None,
         account_id: str | None = None,
-        traits: dict[str, Any] | None = None,
+        traits: Mapping[str, Any] | None = None,
         group_id: str | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
@@ -508,7 +508,7 @@ class KoalaClient:
         *,
         domain: str | None = None,
         account_id: str | None = None,
-        properties: dict[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
     ) -> str:
@@ -866,7 +866,7 @@ class KoalaClient:
 
 def _track(
     event: str,
-    properties: dict[str, Any] | None,
+    properties: Mapping[str, Any] | None,
     message_id: str | None,
     sent_at: datetime | str | None,
 ) -> Track:

@@ -158,7 +158,8 @@ async def test_number_keys_become_strings_and_none_stays_null() -> None:
         httpx.AsyncClient(transport=fake.transport()) as http,
         KoalaClient("pk_test", http_client=http) as koala,
     ):
-        await koala.track("E", email="a@b.co", properties={"coupon": None, 7: [None, 1.5]})
+        numbered: dict[Any, Any] = {"coupon": None, 7: [None, 1.5]}
+        await koala.track("E", email="a@b.co", properties=numbered)
         await koala.identify(email="a@b.co", traits=MappingProxyType({"plan": "pro"}))
     assert [e.properties for e in fake.events] == [{"coupon": None, "7": [None, 1.5]}]
     assert [e.traits for e in fake.identifies] == [{"plan": "pro"}]
