@@ -100,7 +100,6 @@ class Target:
     __slots__ = (
         "account",
         "batches",
-        "head",
         "key",
         "open",
         "primary",
@@ -114,7 +113,6 @@ class Target:
         self.key = key
         self.account = account
         self.primary = primary
-        self.head = _wire.head((primary,))
         self.secondary_name = secondary_name
         self.batches: deque[Batch] = deque()
         self.open: Batch | None = None  # the batch new entries join; None once it is sealed
@@ -150,9 +148,7 @@ class Target:
 
     def body(self, batch: Batch) -> bytes:
         """The JSON request body for one of this target's batches."""
-        head = self.head
-        if batch.secondary is not None:
-            head += b"," + _wire.head(((self.secondary_name, batch.secondary),))
+        head = _wire.head((self.primary, (self.secondary_name, batch.secondary)))
         return _wire.body(head, tuple(zip(_NAMES, batch.buffers, strict=True)))
 
     def ids(self, batch: Batch) -> dict[str, str]:
