@@ -43,7 +43,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from . import _validate
 from ._batch import EVENTS, IDENTIFIES, PAGE_VIEWS, Batch, Target, Waiter
 from ._exceptions import ClientClosedError, DeliveryError, QueueFullError, ValidationError
-from ._redact import protect, redact
+from ._redact import protect, redact, redact_text
 from ._retry import RetryPolicy, Verdict, classify, retry_after
 from ._stats import DROP_REASONS, DeliveryFailure, DropReason, FlushResult, Stats
 from ._transport import Http11Transport
@@ -890,8 +890,3 @@ def _identify(
         message_id=None if message_id is None else _validate.text(message_id, "message_id"),
         sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
     )
-
-
-def redact_text(text: str, key: str) -> str:
-    """``text`` with ``key`` replaced by its redacted form."""
-    return text.replace(key, redact(key))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["protect", "redact"]
+__all__ = ["protect", "redact", "redact_text"]
 
 _keys: set[str] = set()
 
@@ -14,12 +14,17 @@ def redact(key: str) -> str:
     return f"{key[:4]}…" if len(key) > 8 else "…"
 
 
+def redact_text(text: str, key: str) -> str:
+    """``text`` with ``key`` replaced by its redacted form."""
+    return text.replace(key, redact(key))
+
+
 class _RedactKeys(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         hidden = message
         for key in _keys:
-            hidden = hidden.replace(key, redact(key))
+            hidden = redact_text(hidden, key)
         if hidden is not message:
             record.msg, record.args = hidden, None
         return True
