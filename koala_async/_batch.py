@@ -46,7 +46,8 @@ class Batch:
             buffer.append(44)  # b","
         buffer += entry
         self.size += 1
-        count = self.counts[kind] = self.counts[kind] + 1
+        counts = self.counts
+        count = counts[kind] = counts[kind] + 1
         return count
 
     def entries(self) -> list[tuple[int, bytes]]:
@@ -107,10 +108,8 @@ class Target:
         "secondary_name",
     )
 
-    def __init__(
-        self, key: str, account: bool, primary: tuple[str, str], secondary_name: str
-    ) -> None:
-        self.key = key
+    def __init__(self, primary: tuple[str, str], secondary_name: str, account: bool) -> None:
+        self.key = primary[1]
         self.account = account
         self.primary = primary
         self.secondary_name = secondary_name
@@ -130,14 +129,7 @@ class Target:
             self.batches.append(batch)
         if secondary is not None:
             batch.secondary = secondary
-        buffer = batch.buffers[kind]  # Batch.append, inlined: this is the hot path
-        if buffer:
-            buffer.append(44)  # b","
-        buffer += entry
-        batch.size += 1
-        counts = batch.counts
-        count = counts[kind] = counts[kind] + 1
-        return count == MAX_PER_KIND
+        return batch.append(kind, entry) == MAX_PER_KIND
 
     def seal(self) -> Batch:
         """Take the first batch for sending; no entry joins it after this."""

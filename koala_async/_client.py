@@ -565,9 +565,7 @@ class KoalaClient:
         targets = self._targets[primary]
         target = targets.get(key)
         if target is None:
-            target = targets[key] = Target(
-                key, primary in _ACCOUNT_FIELDS, (primary, key), secondary
-            )
+            target = targets[key] = Target((primary, key), secondary, primary in _ACCOUNT_FIELDS)
         if target.add(kind, raw, value):
             if not target.scheduled:
                 self._schedule(target)

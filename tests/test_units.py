@@ -58,7 +58,7 @@ def test_now_iso_is_utc_with_milliseconds() -> None:
 
 
 def _target() -> Target:
-    return Target(PID, False, ("profile_id", PID), "email")
+    return Target(("profile_id", PID), "email", account=False)
 
 
 def test_a_batch_holds_at_most_30_of_each_kind() -> None:
