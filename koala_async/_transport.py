@@ -44,7 +44,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         head.append(b"\r\n\r\n")
         body = request.content
         message = b"".join(head) + body
-        reused = self._stream is not None and self._origin == origin
+        reused = self._origin == origin  # None whenever there is no open connection
         try:
             if not reused:
                 await self._connect(origin)
@@ -89,12 +89,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
         address = host.decode("ascii")
         stream: ByteStream
         if scheme == b"https":
+            if self._ssl_context is None:  # made once: loading the CA store is not cheap
+                self._ssl_context = ssl.create_default_context()
             # Koala answers and closes; not waiting for its close_notify saves a round trip.
             stream = await anyio.connect_tcp(
-                address,
-                port,
-                ssl_context=self._ssl_context or ssl.create_default_context(),
-                tls_standard_compatible=False,
+                address, port, ssl_context=self._ssl_context, tls_standard_compatible=False
             )
         else:
             stream = await anyio.connect_tcp(address, port)
@@ -117,18 +116,19 @@ class Http11Transport(httpx.AsyncBaseTransport):
         if not version.startswith(b"HTTP/1."):
             raise ValueError(f"not HTTP/1.x: {status_line[:40]!r}")
         status = int(status_text)
-        headers = []
+        headers: list[tuple[bytes, bytes]] = []
         length = -1
         chunked, close = False, version == b"HTTP/1.0"
         for line in lines:
             name, _, value = line.partition(b":")
             name, value = name.strip(), value.strip()
-            headers.append((name, value))
             lower = name.lower()
+            if lower == b"transfer-encoding":  # not passed on: the body is handed over whole
+                chunked = b"chunked" in value.lower()
+                continue
+            headers.append((name, value))
             if lower == b"content-length":
                 length = int(value)
-            elif lower == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
             elif lower == b"connection":
                 close = value.lower() == b"close"
         if chunked:
@@ -148,7 +148,6 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 pass
             content = bytes(buffer)
             buffer.clear()
-        headers = [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]
         return status, headers, content, close
 
     async def _read_chunked(self) -> bytes:
