@@ -13,6 +13,7 @@ from functools import partial
 from http import HTTPStatus
 
 import anyio
+import msgspec
 from anyio.abc import SocketAttribute, SocketStream
 
 from ._collector import Reply
@@ -29,7 +30,7 @@ class _BadRequest(Exception):
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.reply = Reply(status, body=f'{{"error":"{message}","code":"bad_http"}}'.encode())
+        self.reply = Reply(status, body=msgspec.json.encode({"error": message, "code": "bad_http"}))
 
 
 @asynccontextmanager
@@ -76,7 +77,9 @@ async def _read_request(
     stream: SocketStream, buffer: bytearray
 ) -> tuple[str, str, dict[str, str], bytes]:
     """Read one request from ``stream`` (bytes already received wait in ``buffer``)."""
-    end = await _receive_until(stream, buffer, b"\r\n\r\n", _MAX_HEAD)
+    end = await _receive_until(
+        stream, buffer, b"\r\n\r\n", _MAX_HEAD, 431, "request head too large"
+    )
     request_line, *lines = buffer[:end].decode("latin-1").split("\r\n")
     del buffer[: end + 4]
     parts = request_line.split(" ")
@@ -104,7 +107,7 @@ async def _read_request(
 async def _read_chunked(stream: SocketStream, buffer: bytearray) -> bytes:
     body = bytearray()
     while True:
-        end = await _receive_until(stream, buffer, b"\r\n", 1024)
+        end = await _receive_until(stream, buffer, b"\r\n", 1024, 400, "chunk size line too long")
         size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
         del buffer[: end + 2]
         try:
@@ -116,17 +119,23 @@ async def _read_chunked(stream: SocketStream, buffer: bytearray) -> bytes:
         if len(body) + size > _MAX_BODY:
             raise _BadRequest(413, "body too large for the fake collector")
         body += (await _receive_exactly(stream, buffer, size + 2))[:size]
-    while await _receive_until(stream, buffer, b"\r\n", _MAX_HEAD):  # trailers, then a blank line
-        del buffer[: buffer.find(b"\r\n") + 2]
+    # Trailers, then a blank line.
+    while end := await _receive_until(stream, buffer, b"\r\n", _MAX_HEAD, 431, "trailer too large"):
+        del buffer[: end + 2]
     del buffer[:2]
     return bytes(body)
 
 
-async def _receive_until(stream: SocketStream, buffer: bytearray, marker: bytes, limit: int) -> int:
-    """Receive until ``marker`` is in ``buffer``; return where it starts."""
+async def _receive_until(
+    stream: SocketStream, buffer: bytearray, marker: bytes, limit: int, status: int, error: str
+) -> int:
+    """Receive until ``marker`` is in ``buffer``; return where it starts.
+
+    Past ``limit`` bytes without it, the request is refused with ``status`` and ``error``.
+    """
     while (end := buffer.find(marker)) < 0:
         if len(buffer) > limit:
-            raise _BadRequest(431 if marker == b"\r\n\r\n" else 400, "request head too large")
+            raise _BadRequest(status, error)
         buffer += await stream.receive()
     return end
 
@@ -140,9 +149,10 @@ async def _receive_exactly(stream: SocketStream, buffer: bytearray, size: int) -
 
 
 def _response(reply: Reply, *, close: bool = False) -> bytes:
-    reason = (
-        HTTPStatus(reply.status).phrase if reply.status in HTTPStatus._value2member_map_ else ""
-    )
+    try:
+        reason = HTTPStatus(reply.status).phrase
+    except ValueError:  # a status of the caller's own
+        reason = ""
     head = [f"HTTP/1.1 {reply.status} {reason}", f"Content-Length: {len(reply.body)}"]
     head += [f"{name}: {value}" for name, value in reply.all_headers().items()]
     if close:

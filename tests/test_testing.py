@@ -253,7 +253,7 @@ async def test_the_server_reads_chunked_bodies_expect_continue_and_closes_on_req
             base_url,
             b"POST /web/projects/k/batch HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n"
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
-            b"Expect: 100-continue\r\n\r\n" + chunked + b"0\r\n\r\n"
+            b"Expect: 100-continue\r\n\r\n" + chunked + b"0\r\nX-Checksum: 1\r\n\r\n"
             # a second request on the same connection, asking to close after it
             b"POST /web/projects/k/batch HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n"
             b"Content-Type: application/json\r\nConnection: close\r\n"
@@ -263,6 +263,27 @@ async def test_the_server_reads_chunked_bodies_expect_continue_and_closes_on_req
     assert answer.count(b"HTTP/1.1 200 OK") == 2
     assert answer.endswith(b'Connection: close\r\n\r\n{"ok":true}')
     assert [e.event for e in fake.events] == ["Chunked", "Chunked"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "error"),
+    [
+        (b"POST / HTTP/1.1\r\nX: " + b"x" * 70_000, b"431", "request head too large"),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 2_000,
+            b"400",
+            "chunk size line too long",
+        ),
+    ],
+)
+async def test_oversized_http_is_refused_with_a_json_reason(
+    request_bytes: bytes, status: bytes, error: str
+) -> None:
+    async with FakeCollector().serve() as base_url:
+        answer = await raw_exchange(base_url, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status + b" ")
+    assert json.loads(body) == {"error": error, "code": "bad_http"}
 
 
 @pytest.mark.parametrize(
