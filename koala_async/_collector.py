@@ -11,7 +11,7 @@ import re
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -19,12 +19,14 @@ import anyio
 import httpx
 import msgspec
 
+from ._validate import UUID
+from ._wire import MAX_PER_KIND
+
 __all__ = ["Entry", "FakeCollector", "Received", "Reply"]
 
 _Name = Annotated[str, msgspec.Meta(min_length=1)]
-_Entries = Annotated[list[Any], msgspec.Meta(max_length=30)]
+_MOST = msgspec.Meta(max_length=MAX_PER_KIND)
 _PATH = re.compile(r"/web/projects/(?P<key>[^/]+)/(?P<accounts>accounts/)?batch\Z")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
 # The form of every sent_at in Koala's docs, and the one KoalaClient always sends.
 _SENT_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
@@ -53,16 +55,16 @@ class _Identify(msgspec.Struct, tag_field="type", tag="identify"):
 class _ProfileBatch(msgspec.Struct):
     profile_id: str | None = None
     email: str | None = None
-    events: Annotated[list[_Track], msgspec.Meta(max_length=30)] = []
-    identifies: Annotated[list[_Identify], msgspec.Meta(max_length=30)] = []
-    page_views: Annotated[list[_Page], msgspec.Meta(max_length=30)] = []
+    events: Annotated[list[_Track], _MOST] = []
+    identifies: Annotated[list[_Identify], _MOST] = []
+    page_views: Annotated[list[_Page], _MOST] = []
 
 
 class _AccountBatch(msgspec.Struct):
     domain: str | None = None
     account_id: str | None = None
-    events: Annotated[list[_Track], msgspec.Meta(max_length=30)] = []
-    identifies: Annotated[list[_Identify], msgspec.Meta(max_length=30)] = []
+    events: Annotated[list[_Track], _MOST] = []
+    identifies: Annotated[list[_Identify], _MOST] = []
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,7 @@ class FakeCollector:
             reply = self.responder(received)
         reply = reply or Reply()
         status = 0 if reply.reset else reply.status
-        self.requests.append(Received(kind, key, headers, raw, body, status, tuple(problems)))
+        self.requests.append(replace(received, status=status))
         self.violations.extend(problems)
         if 200 <= status < 300 and not problems:
             self._entries.extend(entries)
@@ -321,24 +323,27 @@ class FakeCollector:
                 ids: dict[str, str | None] = {"profile_id": batch.profile_id, "email": batch.email}
                 if batch.profile_id is None and batch.email is None:
                     problems.append("neither profile_id nor email: Koala needs one of them")
-                if batch.profile_id is not None and not _UUID.match(batch.profile_id):
+                if batch.profile_id is not None and not UUID.match(batch.profile_id):
                     problems.append(f"profile_id {batch.profile_id!r} is not a UUID")
                 if batch.email is not None and not _EMAIL.match(batch.email):
                     problems.append(f"email {batch.email!r} is not an address")
-                lists: tuple[list[Any], ...] = (batch.events, batch.identifies, batch.page_views)
+                lists: dict[str, list[Any]] = {
+                    "events": batch.events,
+                    "identifies": batch.identifies,
+                    "page_views": batch.page_views,
+                }
             else:
                 account = msgspec.convert(body, _AccountBatch)
                 ids = {"domain": account.domain, "account_id": account.account_id}
                 if account.domain is None and account.account_id is None:
                     problems.append("neither domain nor account_id: Koala needs one of them")
-                lists = (account.events, account.identifies)
+                lists = {"events": account.events, "identifies": account.identifies}
         except msgspec.ValidationError as exc:
             problems.append(f"body does not match the spec: {exc}")
             return []
         entries = []
-        raw_lists = [body.get(name, []) for name in ("events", "identifies", "page_views")]
-        for parsed, raw in zip(lists, raw_lists, strict=False):
-            for item, data in zip(parsed, raw, strict=True):
+        for name, parsed in lists.items():
+            for item, data in zip(parsed, body.get(name, []), strict=True):
                 if item.sent_at is not None and not _is_sent_at(item.sent_at):
                     problems.append(
                         f"sent_at {item.sent_at!r} is not an ISO 8601 UTC time with "

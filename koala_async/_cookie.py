@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._exceptions import ValidationError
+from ._validate import UUID
 
 __all__ = ["COOKIE", "TWO_YEARS", "CookiePolicy", "read", "sets_ko_id"]
 
 COOKIE = "ko_id"
 TWO_YEARS = 2 * 365 * 24 * 3600
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 # Attribute values go into a header verbatim: no separators, spaces or controls (RFC 6265 4.1.1).
 _DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
 _PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*\Z")
@@ -94,7 +94,7 @@ def read(cookie_header: str | None) -> str | None:
         name, _, value = part.partition("=")
         if name.strip() == COOKIE:
             value = value.strip().strip('"')
-            if _UUID.match(value):
+            if UUID.match(value):
                 return value.lower()
     return None
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from ._exceptions import ValidationError
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+"""A UUID in its usual text form, in any case: what a ko_id cookie holds."""
 _EMAIL = re.compile(r"[^@\s\"<>,;]+@[^@\s\"<>,;]+\.[^@\s\"<>,;.]+\Z")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _TLD = re.compile(r"([a-z]{2,63}|xn--[a-z0-9-]{1,59})\Z")
@@ -47,7 +48,7 @@ def person(profile_id: object, email: object) -> Who:
         return "email", email, "email", None
     if type(profile_id) is str:
         checked = _profile_ids.get(profile_id)
-        if checked is None and _UUID.match(profile_id):
+        if checked is None and UUID.match(profile_id):
             if len(_profile_ids) >= _CACHE_SIZE:
                 _profile_ids.clear()
             checked = _profile_ids[profile_id] = profile_id.lower()
