@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from wire_check import is_uuid4
 
 from koala_async.asgi import KoalaMiddleware, Message, Receive, Scope, Send
 from koala_async.fastapi import Koala, ProfileId
@@ -56,7 +56,7 @@ def ko_id_cookie(response: httpx.Response) -> str | None:
 async def test_a_new_visitor_gets_a_cookie_and_the_same_id(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     profile_id = response.json()["profile_id"]
-    assert uuid.UUID(profile_id).version == 4
+    assert is_uuid4(profile_id)
     cookie = ko_id_cookie(response)
     assert cookie == (
         f"ko_id={profile_id}; Path=/; Max-Age=63072000; Domain=.acme.com; SameSite=Lax; Secure"

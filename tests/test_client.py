@@ -12,14 +12,13 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from wire_check import check_request, is_uuid4
+from wire_check import check_request, invariant, is_uuid4
 
 from koala_async import (
     ClientClosedError,
     DeliveryFailure,
     KoalaClient,
     RetryPolicy,
-    Stats,
     __version__,
 )
 
@@ -56,10 +55,6 @@ def recorder() -> Recorder:
 async def http(recorder: Recorder) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
         yield client
-
-
-def invariant(stats: Stats) -> None:
-    assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
 
 
 async def test_quickstart_produces_spec_valid_requests(

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from wire_check import check_request
+from wire_check import check_request, invariant
 
 from koala_async import (
     DeliveryError,
@@ -19,7 +19,6 @@ from koala_async import (
     KoalaClient,
     QueueFullError,
     RetryPolicy,
-    Stats,
 )
 
 pytestmark = pytest.mark.anyio
@@ -57,10 +56,6 @@ class Server:
 
 def ok(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
     return httpx.Response(200, json={"ok": True})
-
-
-def invariant(stats: Stats) -> None:
-    assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
 
 
 async def test_5xx_and_transport_errors_are_retried_with_the_same_message_ids() -> None:

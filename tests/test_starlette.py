@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -178,10 +179,13 @@ async def test_the_fastapi_parameters_stay_off_the_thread_pool(
 
 def test_installing_koala_async_pulls_no_framework() -> None:
     frameworks = {"starlette", "fastapi", "aiohttp", "uvicorn"}
+    found = {}
     for requirement in importlib.metadata.requires("koala-async") or []:
-        name = requirement.split(";")[0].split("[")[0].split(">")[0].split("=")[0].strip()
-        if name.lower() in frameworks:
-            assert "extra ==" in requirement, requirement
+        name = re.split(r"[^A-Za-z0-9._-]", requirement, maxsplit=1)[0].lower()
+        if name in frameworks:
+            found[name] = requirement
+    assert set(found) == {"starlette", "fastapi", "aiohttp"}, found  # each one an extra
+    assert all("extra ==" in requirement for requirement in found.values()), found
 
 
 def test_the_core_and_the_asgi_middleware_import_without_any_framework() -> None:

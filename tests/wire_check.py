@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import jsonschema
 
+from koala_async import Stats
+
 _SPEC = json.loads((Path(__file__).parent / "spec" / "openapi-schemas.json").read_text())
 _ACCOUNT_SCHEMA = json.loads(
     (Path(__file__).parent / "spec" / "account-batch-schema.json").read_text()
@@ -57,12 +59,18 @@ def check_request(request: httpx.Request, key: str = "pk_test") -> dict[str, Any
     assert any(body.get(kind) for kind in kinds), "a request carries at least one entry"
     for kind in kinds:
         entries = body.get(kind, [])
-        assert 0 < len(entries) <= 30 if kind in body else True, (kind, len(entries))
+        if kind in body:
+            assert 0 < len(entries) <= 30, (kind, len(entries))
         for entry in entries:
             assert _SENT_AT.match(entry["sent_at"]), entry
             if entry["type"] in ("track", "page"):
                 assert entry["message_id"], entry
     return dict(body)
+
+
+def invariant(stats: Stats) -> None:
+    """Every accepted entry is delivered, dropped or still pending: none vanish."""
+    assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
 
 
 def is_uuid4(value: str) -> bool:
