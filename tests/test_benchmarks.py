@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import runpy
-import socket
 import subprocess
 import sys
 import threading
@@ -18,20 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wire_check import free_port
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def sink() -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, str(BENCHMARKS / "sink.py"), "--port", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -17,6 +16,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from wire_check import free_port
 
 from koala_async._cli import _Progress
 from koala_async.testing import FakeCollector, Received, Reply
@@ -230,9 +230,7 @@ async def test_csv_import_with_a_column_mapping(tmp_path: Path) -> None:
 
 
 async def test_the_collector_command_prints_batches_and_writes_jsonl(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = tmp_path / "received.jsonl"
     env = {**os.environ, "NO_COLOR": "1"}
     command = [
@@ -346,9 +344,7 @@ async def test_dead_letters_accumulate_and_never_overwrite_the_input(tmp_path: P
 
 
 async def test_send_gives_up_when_nothing_listens() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # nothing listens there
     result = await cli(
         "send", "page", "--email", "a@b.co", "--timeout", "1", base_url=f"http://127.0.0.1:{port}"
     )

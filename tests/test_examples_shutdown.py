@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+from wire_check import free_port
 
 from koala_async.testing import FakeCollector
 
@@ -37,12 +37,6 @@ EXIT_CODES = {
     ("aiohttp", signal.SIGINT): {0},
 }
 VISITORS = 12
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def wait_until_listening(port: int, process: anyio.abc.Process) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,13 @@ def check_request(request: httpx.Request, key: str = "pk_test") -> dict[str, Any
 def invariant(stats: Stats) -> None:
     """Every accepted entry is delivered, dropped or still pending: none vanish."""
     assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on (for the moment)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def is_uuid4(value: str) -> bool:
