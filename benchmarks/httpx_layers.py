@@ -20,22 +20,11 @@ import argparse
 import asyncio
 import importlib.util
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import httpx
-
-PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
-ENTRY = (
-    b'{"type":"track","event":"Created Account","properties":{"plan":"pro","seats":12,'
-    b'"trial":false},"message_id":"3e6a2c18-3b02-40c4-b8d2-1842c193d3ba",'
-    b'"sent_at":"2026-01-01T00:00:00.000Z"}'
-)
-BODY = b'{"profile_id":"' + PID.encode() + b'","events":[' + b",".join([ENTRY] * 30) + b"]}"
-HEADERS = {"Content-Type": "application/json", "User-Agent": "bench"}
+from run import BODY, HEADERS, running_sink  # benchmarks/ is on sys.path as a script
 
 
 async def per_request_cpu(n: int, send: Callable[[], Awaitable[object]]) -> float:
@@ -80,20 +69,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--port", type=int)
     args = parser.parse_args()
-    sink = None
     if args.port is None:
-        from run import free_port  # benchmarks/ is on sys.path when run as a script
-
-        args.port = free_port()
-        command = [sys.executable, str(Path(__file__).with_name("sink.py"))]
-        sink = subprocess.Popen([*command, "--port", str(args.port)], stdout=subprocess.PIPE)
-        assert sink.stdout is not None
-        sink.stdout.readline()
-    try:
+        with running_sink() as port:
+            results = asyncio.run(layers(args.requests, port))
+    else:
         results = asyncio.run(layers(args.requests, args.port))
-    finally:
-        if sink is not None:
-            sink.terminate()
     sniffio = importlib.util.find_spec("sniffio") is not None
     print(f"sniffio importable: {sniffio}; httpx {httpx.__version__}; CPU µs per request:")
     for name, cpu in results.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -30,12 +31,20 @@ import sys
 import time
 import tracemalloc
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 PROPS = {"plan": "pro", "seats": 12, "trial": False}
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
+# The ceilings' request: the workload's entry, 30 times, for one person, pre-encoded.
+ENTRY = (
+    b'{"type":"track","event":"Created Account","properties":{"plan":"pro","seats":12,'
+    b'"trial":false},"message_id":"3e6a2c18-3b02-40c4-b8d2-1842c193d3ba",'
+    b'"sent_at":"2026-01-01T00:00:00.000Z"}'
+)
+BODY = b'{"profile_id":"' + PID.encode() + b'","events":[' + b",".join([ENTRY] * 30) + b"]}"
+HEADERS = {"Content-Type": "application/json", "User-Agent": "bench"}
 KOALA_LATENCY_CONCURRENCY = 256
 SDKS = ["koala_async", "segment", "posthog", "posthog_async"]
 CHUNK = 100  # calls timed together: a timer read per call would add its own cost to each
@@ -124,7 +133,7 @@ def worker_sync(sdk: str, mode: str, scenario: str, n: int, port: int) -> dict[s
     if mode == "memory":
         return memory_sync(n, port, call)
     result = run_sync(n, port, call, client.flush)
-    client.shutdown() if hasattr(client, "shutdown") else None
+    client.shutdown()
     return result
 
 
@@ -197,19 +206,12 @@ async def worker_async(sdk: str, mode: str, scenario: str, n: int, port: int) ->
 def ceiling_httpx(n: int, port: int) -> dict[str, float]:
     import httpx
 
-    entry = (
-        b'{"type":"track","event":"Created Account","properties":{"plan":"pro","seats":12,'
-        b'"trial":false},"message_id":"3e6a2c18-3b02-40c4-b8d2-1842c193d3ba",'
-        b'"sent_at":"2026-01-01T00:00:00.000Z"}'
-    )
-    body = b'{"profile_id":"' + PID.encode() + b'","events":[' + b",".join([entry] * 30) + b"]}"
     url = f"http://127.0.0.1:{port}/web/projects/bench-key/batch"
-    headers = {"Content-Type": "application/json", "User-Agent": "bench"}
 
     async def post_all() -> None:
         async with httpx.AsyncClient() as http:
             for _ in range(n // 30):
-                await http.post(url, content=body, headers=headers)
+                await http.post(url, content=BODY, headers=HEADERS)
 
     sink(port, "/_reset", {})
     cpu, wall = time.process_time(), time.perf_counter()
@@ -262,6 +264,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@contextlib.contextmanager
+def running_sink() -> Iterator[int]:
+    """Run ``sink.py`` in a process of its own while the block runs; yield its port."""
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).with_name("sink.py")), "--port", str(port)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        process.stdout.readline()  # "sink listening …"
+        try:
+            yield port
+        finally:
+            process.terminate()
+
+
 def measure(sdk: str, mode: str, scenario: str, n: int, port: int) -> dict[str, float]:
     command = [sys.executable, __file__, "--worker", sdk, "--mode", mode, "--scenario", scenario]
     command += ["--events", str(n), "--port", str(port)]
@@ -278,16 +294,8 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
     n = 10_000 if args.quick else 50_000
     n_memory = 100_000
     n_latency = 10_000  # even with --quick: at 4,000 the last round trips dominate (9.98x)
-    port = free_port()
-    sink_process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("sink.py")), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert sink_process.stdout is not None
-    sink_process.stdout.readline()  # "sink listening …"
     results: dict[str, Any] = {"events": n, "latency_events": n_latency}
-    try:
+    with running_sink() as port:
         for scenario in ("one", "many"):
             for sdk in SDKS:
                 results[f"{sdk}/{scenario}"] = measure(sdk, "run", scenario, n, port)
@@ -304,8 +312,6 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
         sink(port, "/_config", {"delay": 0.0})
         results["httpx/ceiling"] = measure("httpx", "run", "one", n, port)
         results["msgspec/ceiling"] = measure("msgspec", "run", "one", 200_000, port)
-    finally:
-        sink_process.terminate()
     results["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )

@@ -38,15 +38,15 @@ class Sink:
             return len(data["batch"])
         return sum(len(data.get(k, ())) for k in ("events", "identifies", "page_views"))
 
-    def answer(self, transport: asyncio.Transport, payload: bytes = OK) -> None:
-        if self.stalled is not None and payload is OK:
+    def answer(self, transport: asyncio.Transport) -> None:
+        if self.stalled is not None:
             self.stalled.append(transport)
         elif self.delay:
-            asyncio.get_running_loop().call_later(self.delay, _write, transport, payload)
+            asyncio.get_running_loop().call_later(self.delay, _write, transport, OK)
         else:
-            transport.write(payload)
+            transport.write(OK)
 
-    def control(self, method: bytes, path: bytes, body: bytes) -> bytes:
+    def control(self, path: bytes, body: bytes) -> bytes:
         if path == b"/_reset":
             self.count = self.requests = 0
         elif path == b"/_config":
@@ -94,10 +94,10 @@ class Connection(asyncio.Protocol):
                 return
             body = bytes(self.buffer[end + 4 : end + 4 + length])
             del self.buffer[: end + 4 + length]
-            method, path, _ = lines[0].split(b" ", 2)
+            path = lines[0].split(b" ", 2)[1]
             assert self.transport is not None
             if path.startswith(b"/_"):
-                self.transport.write(self.sink.control(method, path, body))
+                self.transport.write(self.sink.control(path, body))
                 continue
             self.sink.requests += 1
             self.sink.count += self.sink.entries(body, headers)
