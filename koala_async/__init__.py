@@ -8,20 +8,30 @@ from ._exceptions import (
     QueueFullError,
     ValidationError,
 )
+from ._reporter import OnError
 from ._retry import RetryPolicy
-from ._stats import DeliveryFailure, FlushResult, Stats
+from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
 from ._version import __version__
 
 __all__ = [
     "ClientClosedError",
     "DeliveryError",
     "DeliveryFailure",
+    "DropReason",
     "FlushResult",
     "KoalaClient",
     "KoalaError",
+    "OnError",
     "QueueFullError",
     "RetryPolicy",
     "Stats",
     "ValidationError",
     "__version__",
 ]
+
+# Show the supported path in reprs, tracebacks and docs (as httpx does).
+for _name in __all__:
+    _member = globals()[_name]
+    if isinstance(_member, type):
+        _member.__module__ = "koala_async"
+del _name, _member

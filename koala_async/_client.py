@@ -1,83 +1,68 @@
-"""KoalaClient: the calls users make, and the background tasks that deliver them.
+"""KoalaClient: the calls users make, and the lifecycle of the machinery that delivers them.
 
-A call validates its input, encodes its entry once, and appends it to its person's (or
-account's) :class:`~koala_async._batch.Target`. That is all the hot path does: no task, no
-I/O, O(1) whatever the queue holds.
+A call validates its input, encodes its entry once and queues it (:mod:`._queue`); that is
+all the hot path does: no task, no I/O, O(1) whatever the queue holds. Every 64th call
+yields to the event loop once, so a loop that does nothing but ``await koala.track(...)``
+still lets the senders run. Delivery is a pipeline of small parts, each with one job:
 
-A target becomes *ready* when one of its batches fills, when ``flush_interval`` passes, on
-``flush()`` and on close. Ready targets go into one memory stream read by
-``max_concurrent_requests`` sender tasks. A sender seals the target's first batch, delivers
-it (retrying as :class:`RetryPolicy` says), and puts the target back at the end of the
-stream if more is queued. So at most one request per person is in flight, each person's
-entries arrive in the order they were made, and a busy person takes turns with the rest.
-
-The background tasks run in a task group the client owns, each under a shielded cancel
-scope: cancelling the task that holds the client does not kill them, so the final flush
-in :meth:`KoalaClient.aclose` still delivers, within its deadline.
+- :mod:`._config` checks the options; :mod:`._calls` builds entries;
+- :mod:`._queue` keeps per-person batches and the ready order; :mod:`._ledger` the counters;
+- :mod:`._retry`, :mod:`._limiter` and :mod:`._circuit` decide (pure, no I/O): what an
+  answer means and how long to wait; how many requests may be in flight; whether the
+  endpoint is up;
+- :mod:`._sender` performs those decisions for one batch; :mod:`._runtime` runs the workers,
+  the ticker and the drain; :mod:`._reporter` logs and calls ``on_error``.
 """
 
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
-import math
 import os
-import ssl
 import time
-import urllib.request
 import weakref
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import msgspec
-from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _validate
-from ._batch import EVENTS, IDENTIFIES, PAGE_VIEWS, Batch, Target, Waiter
+from ._calls import (
+    EVENTS,
+    IDENTIFIES,
+    PAGE_VIEWS,
+    account_traits,
+    identify_entry,
+    page_entry,
+    track_entry,
+)
+from ._circuit import CLOSED, DEAD, Circuit
+from ._config import Config, OnFull
 from ._exceptions import ClientClosedError, DeliveryError, QueueFullError, ValidationError
-from ._redact import protect, redact, redact_text
-from ._retry import RetryPolicy, Verdict, classify, retry_after
-from ._stats import DROP_REASONS, DeliveryFailure, DropReason, FlushResult, Stats
-from ._transport import Http11Transport
+from ._http import HttpFactory
+from ._ledger import Ledger
+from ._limiter import Limiter
+from ._queue import Queue, Waiter
+from ._redact import redact
+from ._reporter import OnError, Reporter
+from ._retry import RetryPolicy
+from ._runtime import Runtime
+from ._sender import _DROPS, Sender
+from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
 from ._validate import Who
-from ._version import __version__
-from ._wire import Entry, Identify, Page, Track, encode, new_message_id, now_iso
+from ._wire import Entry, Identify, encode
 
 __all__ = ["KoalaClient"]
 
 logger = logging.getLogger("koala_async")
 
-DEFAULT_BASE_URL = "https://api2.getkoala.com"
-OnError = Callable[[DeliveryFailure], "Awaitable[None] | None"]
-_FATAL = {
-    Verdict.UNAUTHORIZED: (
-        "Koala answered HTTP 401: it does not know this public API key. Check public_api_key "
-        "(or KOALA_PUBLIC_API_KEY); nothing more will be sent."
-    ),
-    Verdict.SUSPENDED: (
-        "Koala answered that its ingest is suspended (HTTP 400). Point base_url (or "
-        "KOALA_BASE_URL) at a collector that takes data; nothing more will be sent."
-    ),
-}
-_REASONS: dict[Verdict, DropReason] = {
-    Verdict.UNAUTHORIZED: "unauthorized",
-    Verdict.SUSPENDED: "suspended",
-    Verdict.REJECTED: "rejected",
-    Verdict.TOO_LARGE: "too_large",
-}
-_CALLBACK_GRACE = 1.0  # seconds on_error may take, past the deadline, to hear of the last drops
-_LOG_EVERY = 60.0  # seconds between repeated warnings of one kind
-
-
-_ACCOUNT_FIELDS = ("domain", "account_id")
+_PACE_EVERY = 64  # calls between yields to the event loop (a power of two: a mask test)
+_INITIAL_LIMIT = 8  # requests in flight at first; the limiter grows it as the backlog asks
 
 
 class _State(enum.Enum):
@@ -86,6 +71,7 @@ class _State(enum.Enum):
     CLOSING = "closing"  # aclose() is draining the queue; calls are refused
     CLOSED = "closed"  # done for good; a client cannot be reopened
     FORKED = "forked"  # this process is a fork of the one that opened the client
+    ORPHANED = "orphaned"  # the event loop it was opened in has ended
 
 
 _OPEN = _State.OPEN
@@ -95,9 +81,14 @@ _open_clients: weakref.WeakSet[KoalaClient] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for client in _open_clients:
         client._state = _State.FORKED
+        client._limit = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+async def _checkpoint() -> None:
+    await anyio.lowlevel.checkpoint()
 
 
 class KoalaClient:
@@ -110,8 +101,7 @@ class KoalaClient:
             await koala.track("Signed Up", email="ada@acme.com", properties={"plan": "pro"})
 
     Calls only validate, encode and queue: they cost microseconds and never wait for the
-    network (unless ``on_full="block"`` and the queue is full). Bad input raises
-    :class:`ValidationError` at the call.
+    network. Bad input raises :class:`ValidationError` at the call.
 
     Args:
         public_api_key: The workspace's public API key; defaults to ``KOALA_PUBLIC_API_KEY``.
@@ -119,9 +109,12 @@ class KoalaClient:
         user_agent: Your app, e.g. ``"acme-app/2.3.0"``; sent before ``koala-async/<version>``.
         flush_interval: Seconds an entry may wait before its batch is sent.
         max_queue_size: Entries that may be queued or in flight at once.
-        on_full: When the queue is full: ``"drop"`` the entry (counted and reported),
-            ``"block"`` the call until there is room, or ``"raise"`` :class:`QueueFullError`.
-        max_concurrent_requests: Requests in flight at once (one per person at most).
+        on_full: When the queue is full: ``"pace"`` (default) makes the call wait for room
+            while delivery is progressing, and drops the entry at once while the endpoint is
+            down; ``"block"`` always waits; ``"drop"`` never waits; ``"raise"`` raises
+            :class:`QueueFullError`. Drops are counted as ``queue_full`` and reported.
+        max_concurrent_requests: The most requests in flight at once (one per person at
+            most); the client adapts how many it uses to the round trip and the server.
         http_client: An ``httpx.AsyncClient`` of your own; the client never closes it.
         enabled: False validates every call but sends nothing.
         timeout: Seconds one HTTP request may take, all told.
@@ -130,6 +123,9 @@ class KoalaClient:
         retry: How hard to retry; see :class:`RetryPolicy`.
         on_error: Called (sync or async) with a :class:`DeliveryFailure` for every batch
             given up; what it raises is logged and ignored.
+
+    Raises:
+        ValidationError: An option is wrong; the message says how to fix it.
     """
 
     def __init__(
@@ -140,8 +136,8 @@ class KoalaClient:
         user_agent: str | None = None,
         flush_interval: float = 1.0,
         max_queue_size: int = 100_000,
-        on_full: Literal["drop", "block", "raise"] = "drop",
-        max_concurrent_requests: int = 8,
+        on_full: OnFull = "pace",
+        max_concurrent_requests: int = 256,
         http_client: httpx.AsyncClient | None = None,
         enabled: bool = True,
         timeout: float = 10.0,
@@ -149,96 +145,44 @@ class KoalaClient:
         retry: RetryPolicy | None = None,
         on_error: OnError | None = None,
     ) -> None:
-        key = public_api_key or os.environ.get("KOALA_PUBLIC_API_KEY")
-        if not key or not isinstance(key, str) or any(c in key for c in "/?# \t\r\n"):
+        config = Config.build(
+            public_api_key,
+            base_url=base_url,
+            user_agent=user_agent,
+            flush_interval=flush_interval,
+            max_queue_size=max_queue_size,
+            on_full=on_full,
+            max_concurrent_requests=max_concurrent_requests,
+            enabled=enabled,
+            timeout=timeout,
+            shutdown_timeout=shutdown_timeout,
+            retry=retry,
+        )
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise ValidationError(
-                "pass public_api_key or set KOALA_PUBLIC_API_KEY to your workspace's public "
-                "API key (Koala: Settings → Workspace → Public API key)"
-                if not key
-                else f"public_api_key {redact(str(key))!r} is not a key: it holds a space, "
-                "slash or similar"
+                f"http_client must be an httpx.AsyncClient, got {type(http_client).__name__}"
             )
-        base = (base_url or os.environ.get("KOALA_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValidationError(
-                f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {base!r}"
-            )
-        if user_agent is not None and (
-            not isinstance(user_agent, str) or not user_agent.strip() or "\n" in user_agent
-        ):
-            raise ValidationError(f"user_agent must be one line of text, got {user_agent!r}")
-        if on_full not in ("drop", "block", "raise"):
-            raise ValidationError(f"on_full must be 'drop', 'block' or 'raise', got {on_full!r}")
-        for name, value in (
-            ("flush_interval", flush_interval),
-            ("timeout", timeout),
-            ("max_queue_size", max_queue_size),
-            ("max_concurrent_requests", max_concurrent_requests),
-        ):
-            if not value > 0:
-                raise ValidationError(f"{name} must be greater than 0, got {value!r}")
-        if not shutdown_timeout >= 0:
-            raise ValidationError(f"shutdown_timeout must be 0 or more, got {shutdown_timeout!r}")
-
-        protect(key)
-        self._key = key
-        self._base_url = base
-        path = f"{base}/web/projects/{quote(key, safe='')}"
-        self._urls = (f"{path}/batch", f"{path}/accounts/batch")
-        agent = f"koala-async/{__version__}"
-        self._headers = {
-            "User-Agent": f"{user_agent.strip()} {agent}" if user_agent else agent,
-            "Content-Type": "application/json",
-        }
-        self._flush_interval = float(flush_interval)
-        self._max_queue_size = int(max_queue_size)
-        self._on_full = on_full
-        self._concurrency = int(max_concurrent_requests)
+        if on_error is not None and not callable(on_error):
+            raise ValidationError("on_error must be a function taking a DeliveryFailure")
+        self._config = config
         self._http = http_client
-        self._own_clients: list[httpx.AsyncClient] = []
-        self._ssl_context: ssl.SSLContext | None = None
-        self._enabled = enabled
-        # What _put compares the queue's length with: 0 refuses everything (disabled, fatal).
-        self._limit = self._max_queue_size if enabled else 0
-        self._timeout = float(timeout)
-        self._shutdown_timeout = float(shutdown_timeout)
-        self._retry = retry or RetryPolicy()
-        self._on_error = on_error
-
+        # What _put compares pending with: 0 refuses everything (disabled, dead, forked).
+        self._limit = config.max_queue_size if config.enabled else 0
         self._state = _State.UNOPENED
-        # Targets by the field they are keyed by, so ids of different kinds never collide.
-        self._targets: dict[str, dict[str, Target]] = {
-            field: {} for field in ("profile_id", "email", "domain", "account_id")
-        }
-        self._waiting: set[Target] = set()  # targets with entries that no sender has yet
-        self._fatal: Verdict | None = None
-        self._paused_until = 0.0
-        self._room: anyio.Event | None = None
-        self._idle: anyio.Event | None = None
-        self._scopes: list[anyio.CancelScope] = []
-        self._running = 0  # senders and ticker still running
-        self._stopped: anyio.Event | None = None
-        self._callback_scope: anyio.CancelScope | None = None
-        self._streams: tuple[Any, ...] = ()
-        self._task_group: TaskGroup | None = None
-        self._ready: MemoryObjectSendStream[Target] | None = None
-        self._failures: MemoryObjectSendStream[DeliveryFailure] | None = None
-        self._callbacks_done: anyio.Event | None = None
-        self._logged: dict[str, tuple[float, int]] = {}
-
-        self._accepted = 0
-        self._delivered = 0
-        self._pending = 0
-        self._dropped: Counter[str] = Counter(dict.fromkeys(DROP_REASONS, 0))
-        self._requests = 0
-        self._retries = 0
-        self._last_error: str | None = None
+        self._calls = 0
+        self._token: object = None
+        self._queue = Queue()
+        self._ledger = Ledger()
+        self._reporter = Reporter(on_error)
+        self._limiter = Limiter(config.max_concurrent_requests, initial=_INITIAL_LIMIT)
+        self._circuit = Circuit(config.retry.backoff, config.retry.max_backoff)
+        self._sender: Sender | None = None
+        self._runtime: Runtime | None = None
 
     def __repr__(self) -> str:
         return (
-            f"<KoalaClient {self._state.value} base_url={self._base_url!r} "
-            f"public_api_key={redact(self._key)!r}>"
+            f"<KoalaClient {self._state.value} base_url={self._config.base_url!r} "
+            f"public_api_key={redact(self._config.key)!r}>"
         )
 
     # Lifecycle
@@ -248,48 +192,33 @@ class KoalaClient:
             raise ClientClosedError(
                 "a KoalaClient can be entered once; create a new one to send again"
             )
-        if self._enabled:
-            if self._http is None:
-                self._own_clients = [self._new_http_client() for _ in range(self._concurrency)]
-            ready_send, ready_receive = anyio.create_memory_object_stream[Target](math.inf)
-            failure_send, failure_receive = anyio.create_memory_object_stream[DeliveryFailure](
-                math.inf
+        config = self._config
+        if config.enabled:
+            self._token = anyio.lowlevel.current_token()
+            self._sender = Sender(
+                config,
+                self._ledger,
+                self._reporter,
+                self._limiter,
+                self._circuit,
+                backlog=lambda: bool(self._queue.ready),
+                on_change=self._circuit_changed,
             )
-            self._ready, self._failures = ready_send, failure_send
-            self._streams = (ready_send, ready_receive, failure_send, failure_receive)
-            self._callbacks_done, self._stopped = anyio.Event(), anyio.Event()
-            task_group = anyio.create_task_group()
-            await task_group.__aenter__()
-            self._task_group = task_group
-            http = self._http
-            senders = self._own_clients if http is None else [http] * self._concurrency
-            for http in senders:
-                task_group.start_soon(self._shielded, self._send_forever, ready_receive, http)
-            task_group.start_soon(self._shielded, self._tick_forever)
-            task_group.start_soon(self._call_back_forever, failure_receive)
+            http = self._http or HttpFactory(config.base_url, config.timeout)
+            self._runtime = Runtime(
+                self._queue,
+                self._ledger,
+                self._sender,
+                self._limiter,
+                self._reporter,
+                config.flush_interval,
+                http,
+                on_death=self._orphaned,
+            )
+            await self._runtime.start()
             _open_clients.add(self)
         self._state = _State.OPEN
         return self
-
-    def _new_http_client(self) -> httpx.AsyncClient:
-        """An HTTP client for one sender: one connection, one request at a time.
-
-        httpcore's pool scans all its connections on every request (4x the CPU at 32
-        connections), and most of the rest of its cost is bookkeeping a single sender does
-        not need, so senders use :class:`Http11Transport`, unless proxies are configured in
-        the environment: then httpx's own transport, which honours them.
-        """
-        if self._ssl_context is None:
-            self._ssl_context = httpx.create_ssl_context()
-        if urllib.request.getproxies():
-            return httpx.AsyncClient(
-                timeout=self._timeout,
-                verify=self._ssl_context,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            )
-        return httpx.AsyncClient(
-            timeout=self._timeout, transport=Http11Transport(self._ssl_context)
-        )
 
     async def __aexit__(
         self,
@@ -303,46 +232,86 @@ class KoalaClient:
         """Stop taking calls and deliver everything queued, then release resources.
 
         Runs shielded from cancellation, for at most ``timeout`` seconds (default:
-        ``shutdown_timeout``); what is still undelivered then is dropped with reason
-        ``shutdown_timeout`` and logged. Call it from the task that entered the client,
-        or just leave the ``async with`` block. Closing twice is harmless.
+        ``shutdown_timeout``); backoff waits are cut so every queued batch gets its tries
+        before then. What is still undelivered then is dropped as ``shutdown_timeout`` and
+        logged. Call it from the task that entered the client, or just leave the
+        ``async with`` block. Closing twice is harmless.
+
+        Raises:
+            ClientClosedError: Called from another event loop than the one that opened it.
         """
-        if self._state is not _State.OPEN:
-            if self._state is _State.UNOPENED:
-                self._state = _State.CLOSED
-            return FlushResult(delivered=0, dropped=0, pending=self._pending)
+        if self._state is not _OPEN:
+            if self._state in (_State.UNOPENED, _State.ORPHANED):
+                await self._abandon()
+            return FlushResult(delivered=0, dropped=0, pending=self._ledger.pending)
+        self._check_loop()
         self._state = _State.CLOSING
-        delivered, dropped = self._delivered, self._dropped.total()
-        deadline = self._shutdown_timeout if timeout is None else timeout
+        ledger, runtime, sender = self._ledger, self._runtime, self._sender
+        delivered, dropped = ledger.delivered, ledger.dropped_total
+        deadline = self._config.shutdown_timeout if timeout is None else float(timeout)
+        cancelled: BaseException | None = None
         try:
-            if self._task_group is not None:
+            if runtime is not None and sender is not None:
+                sender.deadline = time.monotonic() + deadline
+                self._queue.eager = True
+                runtime.flush_waiting()
+                cancelled = await _wait_shielded(runtime.settled, deadline)
                 with anyio.CancelScope(shield=True):
-                    with anyio.move_on_after(deadline):
-                        await self._drain()
-                    await self._stop_senders()
-                    await self._report_leftovers()
-                # Outside the shield: a task group's scope must be exited after its children's.
-                await self._task_group.__aexit__(None, None, None)
+                    await runtime.stop()
+                    self._drop_leftovers(sender)
+                    await runtime.release()
+                await runtime.leave()
         finally:
-            with anyio.CancelScope(shield=True):
-                for stream in self._streams:
-                    stream.close()
-                for http in self._own_clients:
-                    await http.aclose()
             self._state = _State.CLOSED
+            self._limit = 0
             _open_clients.discard(self)
-        lost = self._dropped["shutdown_timeout"]
+        lost = ledger.dropped["shutdown_timeout"]
         if lost:
-            logger.warning(
-                "koala_async: %d entries were not delivered within the shutdown deadline of %gs",
-                lost,
-                deadline,
+            circuit = self._circuit
+            why = f": {sender.last_error}" if sender is not None and sender.last_error else ""
+            hint = (
+                f"; {self._config.shown_url} was not answering"
+                if circuit.state is not CLOSED
+                else "; raise shutdown_timeout to give delivery more time"
             )
+            logger.warning(
+                "%d %s not delivered within the shutdown deadline of %gs%s%s",
+                lost,
+                "entry was" if lost == 1 else "entries were",
+                deadline,
+                why,
+                hint,
+            )
+        if cancelled is not None:
+            raise cancelled  # the owner was cancelled while we flushed: tell it, now we are done
         return FlushResult(
-            delivered=self._delivered - delivered,
-            dropped=self._dropped.total() - dropped,
-            pending=self._pending,
+            delivered=ledger.delivered - delivered,
+            dropped=ledger.dropped_total - dropped,
+            pending=ledger.pending,
         )
+
+    def _drop_leftovers(self, sender: Sender) -> None:
+        """After the deadline: count what is left as dropped (and report it)."""
+        for target, batch in list(self._queue.batches()):
+            sender.settle(target, batch, "shutdown_timeout")
+        self._queue.clear()
+
+    async def _abandon(self) -> None:
+        """Close a client that was never opened, or whose event loop has ended."""
+        state, self._state, self._limit = self._state, _State.CLOSED, 0
+        if state is _State.ORPHANED:
+            for _target, batch in list(self._queue.batches()):
+                self._ledger.settle(batch, "shutdown_timeout")
+            self._queue.clear()
+
+    def _orphaned(self) -> None:
+        if self._state in (_OPEN, _State.CLOSING):
+            self._state = _State.ORPHANED
+            self._limit = 0
+
+    def _check_loop(self) -> None:
+        if self._token is not None and anyio.lowlevel.current_token() != self._token:
+            raise ClientClosedError(_ORPHANED)
 
     async def flush(self, timeout: float | None = None) -> FlushResult:
         """Send everything queued now and wait, at most ``timeout`` seconds, for the outcome.
@@ -351,39 +320,46 @@ class KoalaClient:
         as retries take. Entries queued after the call began are not waited for.
 
         Raises:
-            DeliveryError: Koala refuses this key for good (HTTP 401, or ingest suspended).
+            DeliveryError: The endpoint refused the key, or is not Koala's, for good.
         """
         self._check_open()
-        delivered, dropped = self._delivered, self._dropped.total()
-        if self._task_group is not None:
-            waiter = Waiter()
-            for targets in self._targets.values():
-                for target in targets.values():
-                    for batch in target.batches:
-                        waiter.add(batch)
-            self._schedule_waiting()
+        self._check_loop()
+        ledger = self._ledger
+        delivered, dropped = ledger.delivered, ledger.dropped_total
+        runtime = self._runtime
+        if runtime is not None:
+            done = anyio.Event()
+            waiter = Waiter(done)
+            for _, batch in self._queue.batches():
+                waiter.add(batch)
+            runtime.flush_waiting()
             if waiter.left:
-                waiter.done = event = anyio.Event()
-                with anyio.move_on_after(self._shutdown_timeout if timeout is None else timeout):
-                    await event.wait()
-        if self._fatal is not None:
-            raise DeliveryError(_FATAL[self._fatal])
+                with anyio.move_on_after(
+                    self._config.shutdown_timeout if timeout is None else timeout
+                ):
+                    await done.wait()
+        if self._circuit.state is DEAD:
+            assert self._sender is not None
+            raise DeliveryError(self._sender.last_error or "the endpoint is gone")
         return FlushResult(
-            delivered=self._delivered - delivered,
-            dropped=self._dropped.total() - dropped,
-            pending=self._pending,
+            delivered=ledger.delivered - delivered,
+            dropped=ledger.dropped_total - dropped,
+            pending=ledger.pending,
         )
 
     def stats(self) -> Stats:
         """A snapshot of the counters; see :class:`Stats`."""
+        ledger = self._ledger
         return Stats(
-            accepted=self._accepted,
-            delivered=self._delivered,
-            dropped=dict(self._dropped),
-            pending=self._pending,
-            requests=self._requests,
-            retries=self._retries,
-            last_error=self._last_error,
+            accepted=ledger.accepted,
+            delivered=ledger.delivered,
+            dropped=dict(ledger.dropped),
+            pending=ledger.pending,
+            requests=ledger.requests,
+            retries=ledger.retries,
+            last_error=None if self._sender is None else self._sender.last_error,
+            circuit=self._circuit.state,
+            concurrency=self._limiter.limit,
         )
 
     # The calls
@@ -400,15 +376,29 @@ class KoalaClient:
     ) -> str:
         """Record that a person did something, e.g. ``"Created Account"``.
 
+        Args:
+            event: What they did.
+            profile_id: The visitor's ``ko_id`` (a UUID). With ``email`` too, entries are
+                queued by profile_id and sent with both.
+            email: The person's e-mail address; used alone when there is no profile_id.
+            properties: JSON values (str, int, float, bool, None, lists and dicts of them).
+            message_id: Koala drops repeats of one id; default: a new UUID v4.
+            sent_at: When it happened (datetime or ISO 8601); default: now.
+
         Returns:
-            The entry's ``message_id``, which Koala uses to drop duplicates.
+            The entry's ``message_id``.
+
+        Raises:
+            ValidationError: Bad input; the message says what to fix.
+            ClientClosedError: The client is not open.
         """
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.person(profile_id, email)
-        entry = _track(event, properties, message_id, sent_at)
-        while not self._put(EVENTS, entry, who):
-            await self._wait_for_room()
+        entry = track_entry(event, properties, message_id, sent_at)
+        waiting = self._put(EVENTS, entry, who)
+        if waiting is not None:
+            await waiting
         return entry.message_id
 
     async def identify(
@@ -419,22 +409,24 @@ class KoalaClient:
         traits: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str | None:
+    ) -> str:
         """Tell Koala who a visitor is and what they are like.
 
         With ids alone (no traits) it still records an identify, so it shows in Koala's
-        debugger; an email here ties the ``ko_id`` visitor to that person.
+        debugger; an email here ties the ``ko_id`` visitor to that person. Arguments as for
+        :meth:`track`; ``traits`` take the same values as properties.
 
         Returns:
-            ``message_id`` if you gave one (identifies have none otherwise).
+            The entry's ``message_id``.
         """
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.person(profile_id, email)
-        entry = _identify(_validate.fields(traits, "traits"), message_id, sent_at)
-        while not self._put(IDENTIFIES, entry, who):
-            await self._wait_for_room()
-        return entry.message_id
+        entry = identify_entry(_validate.fields(traits, "traits"), message_id, sent_at)
+        waiting = self._put(IDENTIFIES, entry, who)
+        if waiting is not None:
+            await waiting
+        return entry.message_id  # type: ignore[return-value]
 
     async def page(
         self,
@@ -454,18 +446,11 @@ class KoalaClient:
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.person(profile_id, email)
-        message_id = (
-            new_message_id() if message_id is None else _validate.text(message_id, "message_id")
-        )
-        entry = Page(
-            message_id=message_id,
-            name=None if name is None else _validate.text(name, "name"),
-            properties=_validate.fields(properties, "properties"),
-            sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-        )
-        while not self._put(PAGE_VIEWS, entry, who):
-            await self._wait_for_room()
-        return message_id
+        entry = page_entry(name, properties, message_id, sent_at)
+        waiting = self._put(PAGE_VIEWS, entry, who)
+        if waiting is not None:
+            await waiting
+        return entry.message_id
 
     async def account_identify(
         self,
@@ -476,31 +461,23 @@ class KoalaClient:
         group_id: str | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str | None:
+    ) -> str:
         """Set traits on a company account, keyed by ``domain`` (preferred) or ``account_id``.
 
         ``group_id`` tells apart tenants that share a domain (say, a customer's development
         and marketing workspaces); it is sent inside the traits, where Koala reads it.
 
         Returns:
-            ``message_id`` if you gave one.
+            The entry's ``message_id``.
         """
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.account(domain, account_id)
-        fields = _validate.fields(traits, "traits")
-        if group_id is not None:
-            group_id = _validate.text(group_id, "group_id")
-            if fields.get("group_id", group_id) != group_id:
-                raise ValidationError(
-                    f"group_id is given twice, as {group_id!r} and as traits['group_id'] = "
-                    f"{fields['group_id']!r}: pass one"
-                )
-            fields = {**fields, "group_id": group_id}
-        entry = _identify(fields, message_id, sent_at)
-        while not self._put(IDENTIFIES, entry, who):
-            await self._wait_for_room()
-        return entry.message_id
+        entry = identify_entry(account_traits(traits, group_id), message_id, sent_at)
+        waiting = self._put(IDENTIFIES, entry, who)
+        if waiting is not None:
+            await waiting
+        return entry.message_id  # type: ignore[return-value]
 
     async def account_track(
         self,
@@ -520,16 +497,17 @@ class KoalaClient:
         if self._state is not _OPEN:
             self._check_open()
         who = _validate.account(domain, account_id)
-        entry = _track(event, properties, message_id, sent_at)
-        while not self._put(EVENTS, entry, who):
-            await self._wait_for_room()
+        entry = track_entry(event, properties, message_id, sent_at)
+        waiting = self._put(EVENTS, entry, who)
+        if waiting is not None:
+            await waiting
         return entry.message_id
 
     # The queue
 
     def _check_open(self) -> None:
         state = self._state
-        if state is _State.OPEN or (state is _State.UNOPENED and not self._enabled):
+        if state is _State.OPEN or (state is _State.UNOPENED and not self._config.enabled):
             return
         if state is _State.UNOPENED:
             raise ClientClosedError(
@@ -541,13 +519,15 @@ class KoalaClient:
                 "this KoalaClient was opened before os.fork(); create a new KoalaClient in the "
                 "child process (e.g. in your worker's startup hook)"
             )
+        if state is _State.ORPHANED:
+            raise ClientClosedError(_ORPHANED)
         raise ClientClosedError("the KoalaClient is closed; create a new one to send again")
 
-    def _put(self, kind: int, entry: Entry, who: Who) -> bool:
+    def _put(self, kind: int, entry: Entry, who: Who) -> Awaitable[None] | None:
         """Encode an entry and queue it for the target ``who`` names.
 
-        Returns False, having done nothing, when the queue is full and ``on_full="block"``:
-        the caller waits for room and tries again.
+        Returns None, or something the call must await: a yield to the event loop (every
+        64th call), or a wait for room in a full queue.
         """
         try:
             raw = encode(entry)
@@ -557,334 +537,121 @@ class KoalaClient:
                 f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, "
                 "None, lists and dicts of them"
             ) from None
-        if self._pending >= self._limit:  # full, disabled or fatal: rare, so one compare
-            return self._refuse(kind, raw, who)
-        self._accepted += 1
-        self._pending += 1
-        primary, key, secondary, value = who
-        targets = self._targets[primary]
-        target = targets.get(key)
-        if target is None:
-            target = targets[key] = Target((primary, key), secondary, primary in _ACCOUNT_FIELDS)
-        if target.add(kind, raw, value):
-            if not target.scheduled:
-                self._schedule(target)
-        elif not target.scheduled:
-            self._waiting.add(target)
-        return True
+        ledger = self._ledger
+        if ledger.pending >= self._limit:  # full, disabled, dead or forked: one compare
+            return self._full(kind, raw, who)
+        ledger.accept()
+        if self._queue.put(kind, raw, who):
+            self._runtime.dispatch()  # type: ignore[union-attr]
+        self._calls = calls = self._calls + 1
+        if calls % _PACE_EVERY:
+            return None
+        return _checkpoint()
 
-    def _refuse(self, kind: int, entry: bytes, who: Who) -> bool:
-        """Drop an entry at the call (or raise, with ``on_full="raise"``); see :meth:`_put`."""
-        if not self._enabled:
-            return True
-        if self._fatal is None and self._on_full == "block":
-            return False
-        if self._fatal is not None:
-            reason = _REASONS[self._fatal]
-        elif self._on_full == "raise":
-            raise QueueFullError(
-                f"{self._pending} entries are queued, the most max_queue_size allows; raise "
-                "max_queue_size, or use on_full='block' to wait for room"
-            )
-        else:
-            reason = "queue_full"
-            self._warn(reason, f"the queue is full (max_queue_size={self._max_queue_size})")
-        self._accepted += 1
-        self._dropped[reason] += 1
-        if self._failures is not None and self._on_error is not None:
-            primary, key, secondary, value = who
-            ids = {primary: key} if value is None else {primary: key, secondary: value}
-            self._failures.send_nowait(
-                DeliveryFailure(
-                    reason=reason,
-                    kind="account" if primary in _ACCOUNT_FIELDS else "profile",
-                    ids=ids,
-                    entries=[msgspec.json.decode(entry)],
-                )
-            )
-        return True
-
-    async def _wait_for_room(self) -> None:
-        """With ``on_full="block"``: wait until the queue has room (or the client closes)."""
-        while self._pending >= self._max_queue_size and self._fatal is None:
-            if self._room is None:
-                self._room = anyio.Event()
-            await self._room.wait()
+    def _full(self, kind: int, raw: bytes, who: Who) -> Coroutine[Any, Any, None] | None:
+        """The queue is full (or the client takes nothing): drop, raise, or wait for room."""
+        config = self._config
+        if not config.enabled:
+            return None
+        if self._state is not _OPEN:
             self._check_open()
-
-    def _schedule(self, target: Target) -> None:
-        assert self._ready is not None
-        target.scheduled = True
-        self._ready.send_nowait(target)
-
-    def _schedule_waiting(self) -> None:
-        waiting, self._waiting = self._waiting, set()
-        for target in waiting:
-            if target.batches and not target.scheduled:
-                self._schedule(target)
-
-    # The background tasks
-
-    async def _shielded(self, run: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run a sender or the ticker, out of reach of the owner's cancellation."""
-        self._running += 1
-        try:
-            with anyio.CancelScope(shield=True) as scope:
-                self._scopes.append(scope)
-                await run(*args)
-        finally:
-            self._running -= 1
-            if not self._running:
-                assert self._stopped is not None
-                self._stopped.set()
-
-    async def _tick_forever(self) -> None:
-        while True:
-            await anyio.sleep(self._flush_interval)
-            self._schedule_waiting()
-
-    async def _send_forever(
-        self, ready: MemoryObjectReceiveStream[Target], http: httpx.AsyncClient
-    ) -> None:
-        async for target in ready:
-            batch = target.seal()
-            try:
-                await self._deliver(http, target, batch)
-            except Exception:  # pragma: no cover - a bug; the flusher must outlive it
-                logger.exception("koala_async: unexpected error delivering a batch; dropped")
-                self._finish(target, batch, "rejected")
-            target.batches.popleft()
-            if target.batches:
-                self._ready.send_nowait(target)  # type: ignore[union-attr]
-            else:
-                target.scheduled = False
-                targets = self._targets[target.primary[0]]
-                if targets.get(target.key) is target:
-                    del targets[target.key]
-
-    async def _call_back_forever(
-        self, failures: MemoryObjectReceiveStream[DeliveryFailure]
-    ) -> None:
-        # Shielded like the senders, but stopped last: after the deadline it still tells
-        # on_error of every drop, within _CALLBACK_GRACE.
-        with anyio.CancelScope(shield=True) as self._callback_scope:
-            async for failure in failures:
-                await self._call_back(failure)
-        assert self._callbacks_done is not None
-        self._callbacks_done.set()
-
-    async def _call_back(self, failure: DeliveryFailure) -> None:
-        if self._on_error is None:
-            return
-        try:
-            result = self._on_error(failure)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("koala_async: the on_error callback raised; carrying on")
-
-    async def _drain(self) -> None:
-        """Deliver everything queued (calls are refused by now), then run the callbacks."""
-        self._schedule_waiting()
-        while self._pending:
-            self._idle = anyio.Event()
-            await self._idle.wait()
-        assert self._failures is not None
-        assert self._callbacks_done is not None
-        self._failures.close()
-        await self._callbacks_done.wait()
-
-    async def _stop_senders(self) -> None:
-        """Cancel the senders and the ticker, and wait until they are gone: after this,
-        nothing else settles a batch."""
-        for scope in self._scopes:
-            scope.cancel()
-        assert self._stopped is not None
-        await self._stopped.wait()
-
-    async def _report_leftovers(self) -> None:
-        """After the deadline: count what is left as dropped, and let the callback task tell
-        ``on_error`` of it and of every earlier drop, within a short grace period."""
-        for targets in self._targets.values():
-            for target in targets.values():
-                for batch in target.batches:
-                    self._finish(target, batch, "shutdown_timeout")
-            targets.clear()
-        assert self._failures is not None
-        assert self._callbacks_done is not None
-        self._failures.close()
-        with anyio.move_on_after(_CALLBACK_GRACE):
-            await self._callbacks_done.wait()
-        if not self._callbacks_done.is_set():
-            assert self._callback_scope is not None
-            self._callback_scope.cancel()
-            logger.warning("koala_async: on_error was too slow to hear of every drop at shutdown")
-
-    # Delivery
-
-    async def _deliver(self, http: httpx.AsyncClient, target: Target, batch: Batch) -> None:
-        reason, status, error = await self._attempt(http, target, batch)
-        if reason == "too_large" and batch.size > 1:
-            for half in batch.halves():
-                size = half.size
-                await self._deliver(http, target, half)
-                batch.size -= size  # settled by the half; a cancelled half stays with the batch
-            self._settle(batch)
-        else:
-            self._finish(target, batch, reason, status, error)
-
-    async def _attempt(
-        self, http: httpx.AsyncClient, target: Target, batch: Batch
-    ) -> tuple[DropReason | None, int | None, BaseException | None]:
-        """Send one batch until it is accepted or given up; return why it was given up."""
-        url = self._urls[target.account]
-        content = target.body(batch)
-        policy = self._retry
-        waits = policy.waits()
-        started = time.monotonic()
-        attempts = 0
-        while True:
-            if self._fatal is not None:
-                return _REASONS[self._fatal], None, None
-            pause = self._paused_until - time.monotonic()
-            if pause > 0:
-                await anyio.sleep(pause)
-            status: int | None = None
-            error: BaseException | None = None
-            header: str | None = None
-            self._requests += 1
-            try:
-                with anyio.fail_after(self._timeout):
-                    response = await http.post(url, content=content, headers=self._headers)
-            except Exception as exc:  # transport errors, timeouts, a closed http_client, ...
-                error, verdict = exc, Verdict.RETRY
-                self._last_error = redact_text(f"{type(exc).__name__}: {exc}", self._key)
-            else:
-                status = response.status_code
-                verdict = classify(status, response.content)
-                if verdict is Verdict.DELIVERED:
-                    return None, status, None
-                header = response.headers.get("retry-after")
-                self._last_error = f"HTTP {status} from {'/accounts' * target.account}/batch"
-            if verdict in _FATAL:
-                self._go_fatal(verdict)
-                return _REASONS[verdict], status, None
-            if verdict in (Verdict.REJECTED, Verdict.TOO_LARGE):
-                return _REASONS[verdict], status, None
-            if verdict is not Verdict.RATE_LIMITED:
-                attempts += 1
-                if attempts >= policy.max_attempts:
-                    return "retries_exhausted", status, error
-            wait = retry_after(header, policy.max_retry_after)
-            if wait is None:
-                wait = next(waits)
-            if verdict is Verdict.RATE_LIMITED:
-                # Waiting out a rate limit uses neither an attempt nor the batch's budget.
-                self._paused_until = max(self._paused_until, time.monotonic() + wait)
-                started += wait
-            elif time.monotonic() + wait - started > policy.budget:
-                return "retries_exhausted", status, error
-            logger.debug(
-                "koala_async: %s; retrying a batch of %d in %.2fs",
-                self._last_error,
-                batch.size,
-                wait,
+        if self._circuit.state is DEAD:
+            assert self._circuit.verdict is not None
+            self._refuse(_DROPS[self._circuit.verdict], raw, who)
+            return None
+        if config.on_full == "raise":
+            raise QueueFullError(
+                f"{self._ledger.pending} entries are queued, the most max_queue_size allows; "
+                "raise max_queue_size, or use on_full='pace' to wait for room"
             )
-            self._retries += 1
-            await anyio.sleep(wait)
+        if config.on_full == "block" or (
+            config.on_full == "pace" and self._circuit.state is CLOSED
+        ):
+            return self._wait_then_put(kind, raw, who)
+        self._refuse("queue_full", raw, who)
+        return None
 
-    def _go_fatal(self, verdict: Verdict) -> None:
-        if self._fatal is None:
-            self._fatal = verdict
-            self._limit = 0
-            self._last_error = _FATAL[verdict]
-            logger.error("koala_async: %s", _FATAL[verdict])
-            self._schedule_waiting()  # drop what is queued now rather than at the next tick
+    async def _wait_then_put(self, kind: int, raw: bytes, who: Who) -> None:
+        runtime = self._runtime
+        assert runtime is not None
+        runtime.flush_waiting()  # send partial batches now: room comes sooner
+        limit = self._config.max_queue_size
+        while self._ledger.pending >= self._limit:
+            if self._limit == 0 or self._circuit.state is DEAD:
+                if self._state is not _OPEN:
+                    self._check_open()
+                assert self._circuit.verdict is not None
+                self._refuse(_DROPS[self._circuit.verdict], raw, who)
+                return
+            if self._config.on_full == "pace" and self._circuit.state is not CLOSED:
+                self._refuse("queue_full", raw, who)  # the endpoint is down: never wait on it
+                return
+            await runtime.room(limit - max(1, limit // 10))
+            if self._state is not _OPEN:
+                self._check_open()
+        self._ledger.accept()
+        if self._queue.put(kind, raw, who):
+            runtime.dispatch()
 
-    def _finish(
-        self,
-        target: Target,
-        batch: Batch,
-        reason: DropReason | None,
-        status: int | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        """Count a batch's outcome, then wake whoever waits on it."""
-        if reason is None:
-            self._delivered += batch.size
-        else:
-            self._dropped[reason] += batch.size
-            if reason not in ("unauthorized", "suspended", "shutdown_timeout"):  # logged once
-                self._warn(reason, self._last_error or reason)
-            if self._failures is not None and self._on_error is not None:
-                self._failures.send_nowait(self._failure(target, batch, reason, status, error))
-        self._settle(batch)
-
-    def _settle(self, batch: Batch) -> None:
-        self._pending -= batch.size
-        batch.size = 0
-        for waiter in batch.waiters or ():
-            waiter.left -= 1
-            if not waiter.left:
-                waiter.done.set()  # type: ignore[attr-defined]
-        if self._room is not None and self._pending < self._max_queue_size:
-            self._room.set()
-            self._room = None
-        if self._idle is not None and not self._pending:
-            self._idle.set()
-
-    def _failure(
-        self,
-        target: Target,
-        batch: Batch,
-        reason: DropReason,
-        status: int | None = None,
-        error: BaseException | None = None,
-    ) -> DeliveryFailure:
-        return DeliveryFailure(
-            reason=reason,
-            kind="account" if target.account else "profile",
-            ids=target.ids(batch),
-            entries=[msgspec.json.decode(entry) for _, entry in batch.entries()],
-            status=status,
-            exception=error,
+    def _refuse(self, reason: DropReason, raw: bytes, who: Who) -> None:
+        """Drop an entry at the call: counted, logged (rate-limited), given to on_error."""
+        self._ledger.refuse(reason)
+        if reason == "queue_full":
+            why = (
+                f"{self._config.shown_url} is not answering"
+                if self._circuit.state is not CLOSED
+                else f"max_queue_size={self._config.max_queue_size} entries are waiting"
+            )
+            self._reporter.warn(
+                reason,
+                f"dropping entries (queue_full): {why}; raise max_queue_size, or use "
+                "on_full='block' to wait for room whatever happens",
+            )
+        field, key, secondary_name, secondary = who
+        ids = {field: key} if secondary is None else {field: key, secondary_name: secondary}
+        self._reporter.refused(
+            DeliveryFailure(
+                reason=reason,
+                kind="account" if field in ("domain", "account_id") else "profile",
+                ids=ids,
+                entries=[msgspec.json.decode(raw)],
+            )
         )
 
-    def _warn(self, reason: str, detail: str) -> None:
-        """Log a drop: the first of each reason at once, repeats once a minute at most."""
-        now = time.monotonic()
-        last, suppressed = self._logged.get(reason, (-math.inf, 0))
-        if now - last < _LOG_EVERY:
-            self._logged[reason] = (last, suppressed + 1)
-            return
-        self._logged[reason] = (now, 0)
-        more = f" ({suppressed} more since the last warning)" if suppressed else ""
-        logger.warning("koala_async: dropping entries (%s): %s%s", reason, detail, more)
+    def _circuit_changed(self) -> None:
+        """The endpoint went down, came back, or is gone: wake what waits on that."""
+        runtime = self._runtime
+        assert runtime is not None
+        if self._circuit.state is DEAD:
+            self._limit = 0  # every later call is dropped at once, with the reason
+            runtime.flush_waiting()  # and what is queued, rather than at the next tick
+        runtime.wake_room()
 
 
-def _track(
-    event: str,
-    properties: Mapping[str, Any] | None,
-    message_id: str | None,
-    sent_at: datetime | str | None,
-) -> Track:
-    """Check a track call's arguments (a person's or an account's) and build its entry."""
-    return Track(
-        event=_validate.event_name(event),
-        properties=_validate.fields(properties, "properties"),
-        message_id=new_message_id()
-        if message_id is None
-        else _validate.text(message_id, "message_id"),
-        sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-    )
+_ORPHANED = (
+    "this KoalaClient's event loop has ended (it was opened under another asyncio.run() or "
+    "anyio.run()); open the client inside the event loop that uses it, e.g. "
+    "`async with KoalaClient(...)` in your main coroutine or your app's lifespan"
+)
 
 
-def _identify(
-    traits: dict[str, Any], message_id: str | None, sent_at: datetime | str | None
-) -> Identify:
-    """Check an identify call's other arguments (a person's or an account's); build its entry."""
-    return Identify(
-        traits=traits,
-        message_id=None if message_id is None else _validate.text(message_id, "message_id"),
-        sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
-    )
+async def _wait_shielded(wait: Any, timeout: float) -> BaseException | None:
+    """Run ``wait()`` for at most ``timeout`` seconds, shielded from cancellation.
+
+    On asyncio a second ``task.cancel()`` goes through anyio's shield: it is caught here and
+    returned, for the caller to raise once it has cleaned up, and the wait goes on until done
+    or the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    cancelled: BaseException | None = None
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(max(left, 0)):
+                await wait()
+            break
+        except anyio.get_cancelled_exc_class() as exc:
+            cancelled = exc
+            if time.monotonic() >= deadline:
+                break
+    return cancelled

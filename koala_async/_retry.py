@@ -1,34 +1,56 @@
-"""When to retry a request and how long to wait: pure functions over a :class:`RetryPolicy`.
+"""What an answer means and how long to wait before the next try: pure, no I/O.
 
-Waits come from backoff's generators (exponential, full jitter); the client sleeps with
-``anyio.sleep`` so retries work on trio as well as asyncio.
+:func:`classify` judges one answer (a status, or a transport error); a :class:`Tries` holds one
+batch's retry state and says how long to wait, or that the batch is given up. The client only
+sleeps what these decide, so every rule here is tested without a server or an event loop.
+
+Rules worth knowing:
+
+- A server's ``Retry-After`` is a lower bound on our wait, never a reason to give up or to
+  hurry: ``0`` or a date in the past still waits our own backoff, and a long one is capped
+  at ``max_retry_after`` rather than dropping the batch.
+- A rate limit (429) always waits at least :data:`RATE_LIMIT_FLOOR`, doubling while 429s keep
+  coming, so a ``Retry-After: 0`` cannot make a storm.
+- Waits imposed by the server (429, ``Retry-After``) use neither attempts nor the batch's
+  ``budget``: the server asked us to wait, so waiting is not failing.
 """
 
 from __future__ import annotations
 
 import email.utils
 import enum
+import math
+import random
+import ssl
 import time
-from collections.abc import Iterator
 
-import backoff
 import msgspec
 
-__all__ = ["RetryPolicy", "Verdict", "classify", "retry_after"]
+from ._exceptions import ValidationError
+
+__all__ = ["RATE_LIMIT_FLOOR", "RetryPolicy", "Tries", "Verdict", "classify", "retry_after"]
+
+RATE_LIMIT_FLOOR = 0.1
+"""The least a 429 waits, in seconds, whatever ``Retry-After`` and ``backoff`` say."""
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """How hard the client tries to deliver a batch before dropping it.
 
     Args:
-        max_attempts: Attempts per batch, the first included. Waits imposed by a 429's
-            ``Retry-After`` do not use attempts up.
-        budget: Seconds a batch may spend retrying, counted from its first attempt.
+        max_attempts: Attempts per batch, the first included. Waits a server imposes (429,
+            ``Retry-After``) and waits while the endpoint is down (see the circuit in the
+            README) do not use attempts up.
+        budget: Seconds a batch may spend failing and backing off, from its first attempt;
+            waits the server imposes are not counted.
         backoff: Base wait of the exponential backoff, in seconds; each wait is drawn
-            uniformly between 0 and ``backoff * 2**retry`` (full jitter). 0 never waits,
-            which is what tests want.
+            uniformly between 0 and ``backoff * 2**retry`` (full jitter). 0 never waits on
+            errors, which is what tests want (rate limits still wait a short floor).
         max_backoff: Cap on one backoff wait, in seconds.
         max_retry_after: Cap on a server's ``Retry-After``, in seconds.
+
+    Raises:
+        ValidationError: A field has the wrong type or an impossible value.
     """
 
     max_attempts: int = 10
@@ -38,33 +60,43 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     max_retry_after: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
-        if min(self.budget, self.backoff, self.max_backoff, self.max_retry_after) < 0:
-            raise ValueError("RetryPolicy durations must not be negative")
+        if type(self.max_attempts) is not int or self.max_attempts < 1:
+            raise ValidationError(
+                f"RetryPolicy.max_attempts must be a whole number of at least 1, "
+                f"got {self.max_attempts!r}"
+            )
+        for name in ("budget", "backoff", "max_backoff", "max_retry_after"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not value >= 0:
+                raise ValidationError(
+                    f"RetryPolicy.{name} must be a number of seconds, 0 or more, got {value!r}"
+                )
 
-    def waits(self) -> Iterator[float]:
-        """Yield the successive backoff waits for one batch."""
-        waits = backoff.expo(factor=self.backoff, max_value=self.max_backoff)
-        next(waits)  # backoff's generators are primed before use
-        for wait in waits:
-            yield backoff.full_jitter(wait) if wait else 0.0
+    def backoff_wait(self, retry: int) -> float:
+        """The jittered wait before retry number ``retry`` (0 for the first retry)."""
+        ceiling = min(self.backoff * 2.0 ** min(retry, 62), self.max_backoff)
+        return random.uniform(0, ceiling) if ceiling > 0 else 0.0
 
 
 class Verdict(enum.Enum):
-    """What a response means for the batch that was sent."""
+    """What one answer (or failure to get one) means."""
 
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    RATE_LIMITED = "rate_limited"
-    TOO_LARGE = "too_large"
-    REJECTED = "rejected"
-    UNAUTHORIZED = "unauthorized"
-    SUSPENDED = "suspended"
+    DELIVERED = "delivered"  # any 2xx
+    RETRY = "retry"  # 408, 5xx but 501/505, a timeout: the server may do better later
+    UNREACHABLE = "unreachable"  # no connection at all: refused, DNS, reset on connect
+    RATE_LIMITED = "rate_limited"  # 429
+    TOO_LARGE = "too_large"  # 413: split the batch
+    REJECTED = "rejected"  # other 4xx: this batch will never be taken
+    UNAUTHORIZED = "unauthorized"  # 401, 403: the key is refused (confirmed before it is final)
+    GONE = "gone"  # 404, 410, or a TLS certificate error: the endpoint is not Koala's
 
 
-def classify(status: int, content: bytes) -> Verdict:
-    """Judge an HTTP response: any 2xx is accepted, whatever its body says."""
+_FAILURES = frozenset((Verdict.RETRY, Verdict.UNREACHABLE))
+FATAL = frozenset((Verdict.UNAUTHORIZED, Verdict.GONE))
+
+
+def classify(status: int) -> Verdict:
+    """Judge an HTTP status: any 2xx is accepted, whatever the body says."""
     if 200 <= status < 300:
         return Verdict.DELIVERED
     if status == 429:
@@ -73,15 +105,32 @@ def classify(status: int, content: bytes) -> Verdict:
         return Verdict.RETRY
     if status == 413:
         return Verdict.TOO_LARGE
-    if status == 401:
+    if status in (401, 403):
         return Verdict.UNAUTHORIZED
-    if status == 400 and b"suspended" in content.lower():
-        return Verdict.SUSPENDED
+    if status in (404, 410):
+        return Verdict.GONE
     return Verdict.REJECTED
 
 
-def retry_after(value: str | None, cap: float) -> float | None:
-    """Parse a ``Retry-After`` header (seconds or an HTTP date) into seconds, capped."""
+def classify_error(error: BaseException) -> Verdict:
+    """Judge a failure to get an answer: a TLS certificate error means the endpoint is not
+    the one we were told of; no connection at all means it is unreachable (for now)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:  # httpx wraps the OS error
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return Verdict.GONE
+        cause = cause.__cause__ or cause.__context__
+    name = type(error).__name__
+    if name in ("ConnectError", "ConnectTimeout"):
+        return Verdict.UNREACHABLE
+    return Verdict.RETRY
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header (seconds or an HTTP date) into seconds from now, or None
+    when it is absent or unreadable. A past date is 0."""
     if not value:
         return None
     value = value.strip()
@@ -90,9 +139,66 @@ def retry_after(value: str | None, cap: float) -> float | None:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError):
             return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds:  # NaN
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
         return None
-    return min(max(seconds, 0.0), cap)
+    return max(seconds, 0.0)
+
+
+class Tries:
+    """One batch's retry state: how many attempts it used and how much of its budget.
+
+    Feed it what each attempt met; it answers with the seconds to wait before the next, or
+    None when the batch should be given up.
+    """
+
+    __slots__ = ("attempts", "policy", "spent")
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.attempts = 0
+        self.spent = 0.0  # seconds of budget used: failed attempts' time and our own backoff
+
+    def failed(self, took: float, server_wait: float | None) -> float | None:
+        """An attempt failed (5xx, timeout, no connection) after ``took`` seconds.
+
+        Returns the wait before the next attempt, or None to give up.
+        """
+        policy = self.policy
+        self.attempts += 1
+        self.spent += took
+        if self.attempts >= policy.max_attempts:
+            return None
+        own = policy.backoff_wait(self.attempts - 1)
+        if self.spent + own > policy.budget:
+            return None
+        self.spent += own
+        if server_wait is not None:  # a lower bound, capped; its excess is not budget
+            return max(own, min(server_wait, policy.max_retry_after))
+        return own
+
+    def unfailed(self) -> None:
+        """Give back the attempt a failure used: the endpoint was down, not this batch."""
+        self.attempts = max(self.attempts - 1, 0)
+
+
+def rate_limit_wait(policy: RetryPolicy, server_wait: float | None, streak: int) -> float:
+    """How long every sender pauses after a 429, the ``streak``-th in a row (1 for the first).
+
+    At least :data:`RATE_LIMIT_FLOOR` (or the backoff base if larger), doubling with the
+    streak up to ``max_backoff``; a longer ``Retry-After`` wins, capped at ``max_retry_after``.
+    """
+    floor = max(RATE_LIMIT_FLOOR, policy.backoff) * 2.0 ** min(streak - 1, 62)
+    floor = min(floor, max(policy.max_backoff, RATE_LIMIT_FLOOR))
+    if server_wait is None:
+        return floor
+    return max(floor, min(server_wait, policy.max_retry_after))
+
+
+def is_failure(verdict: Verdict) -> bool:
+    """True for the answers that say the endpoint, not the batch, is in trouble."""
+    return verdict in _FAILURES

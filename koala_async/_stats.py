@@ -14,7 +14,7 @@ DropReason = Literal[
     "rejected",
     "too_large",
     "unauthorized",
-    "suspended",
+    "gone",
     "retries_exhausted",
     "shutdown_timeout",
 ]
@@ -35,6 +35,10 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
         requests: HTTP requests made, retries included.
         retries: Requests that were retries of an earlier attempt.
         last_error: The most recent delivery problem, or None.
+        circuit: The endpoint's state: ``"closed"`` (healthy), ``"open"`` (requests are
+            failing; one probe at a time tests it) or ``"dead"`` (the key is refused or the
+            endpoint is not Koala's; nothing more is sent).
+        concurrency: Requests that may be in flight now (the adaptive limit).
     """
 
     accepted: int
@@ -44,6 +48,8 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     requests: int
     retries: int
     last_error: str | None
+    circuit: str = "closed"
+    concurrency: int = 0
 
     @property
     def dropped_total(self) -> int:

@@ -91,7 +91,7 @@ def now_iso() -> str:
     return _millisecond_text
 
 
-def body(head: bytes, arrays: tuple[tuple[bytes, bytes | bytearray], ...]) -> bytes:
+def body(head: bytes, arrays: tuple[tuple[bytes, bytes | bytearray | None], ...]) -> bytes:
     """Stitch a request body from its encoded head fields and its named arrays of entries.
 
     ``head`` is the inside of the top-level object without braces, e.g.

@@ -1,0 +1,134 @@
+"""The client's options: defaults, environment fallbacks, and checks that name the fix.
+
+Every mistake here raises :class:`ValidationError` when the client is built, not later
+inside a background task.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+from ._exceptions import ValidationError
+from ._redact import protect, redact
+from ._retry import RetryPolicy
+from ._version import __version__
+
+__all__ = ["DEFAULT_BASE_URL", "Config", "OnFull"]
+
+DEFAULT_BASE_URL = "https://api2.getkoala.com"
+OnFull = Literal["pace", "block", "drop", "raise"]
+_ON_FULL = ("pace", "block", "drop", "raise")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Checked options, and what follows from them (URLs, headers)."""
+
+    key: str
+    base_url: str
+    urls: tuple[str, str]  # /batch, /accounts/batch
+    headers: dict[str, str]
+    flush_interval: float
+    max_queue_size: int
+    on_full: OnFull
+    max_concurrent_requests: int
+    enabled: bool
+    timeout: float
+    shutdown_timeout: float
+    retry: RetryPolicy
+
+    @property
+    def shown_url(self) -> str:
+        """Where batches go, fit for a log line (the key shortened)."""
+        return f"{self.base_url}/web/projects/{redact(self.key)}/batch"
+
+    @classmethod
+    def build(
+        cls,
+        public_api_key: str | None,
+        *,
+        base_url: str | None,
+        user_agent: str | None,
+        flush_interval: float,
+        max_queue_size: int,
+        on_full: str,
+        max_concurrent_requests: int,
+        enabled: bool,
+        timeout: float,
+        shutdown_timeout: float,
+        retry: RetryPolicy | None,
+    ) -> Config:
+        key = public_api_key or os.environ.get("KOALA_PUBLIC_API_KEY")
+        if not key or not isinstance(key, str) or any(c in key for c in "/?# \t\r\n\0"):
+            raise ValidationError(
+                "pass public_api_key or set KOALA_PUBLIC_API_KEY to your workspace's public "
+                "API key (Koala: Settings → Workspace → Public API key)"
+                if not key
+                else f"public_api_key {redact(str(key))!r} is not a key: it holds a space, "
+                "slash or similar"
+            )
+        base = base_url or os.environ.get("KOALA_BASE_URL") or DEFAULT_BASE_URL
+        if not isinstance(base, str):
+            raise ValidationError(f"base_url must be a string, got {type(base).__name__}")
+        base = base.rstrip("/")
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValidationError(
+                f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r} (or "
+                f"'http://127.0.0.1:8787' for `koala-async collector`), got {base!r}"
+            )
+        agent = f"koala-async/{__version__}"
+        if user_agent is not None:
+            if (
+                not isinstance(user_agent, str)
+                or not user_agent.strip()
+                or any(ord(c) < 32 or ord(c) == 127 for c in user_agent)
+                or not user_agent.isascii()
+            ):
+                raise ValidationError(
+                    "user_agent must be one line of printable ASCII such as 'acme-app/2.3.0', "
+                    f"got {user_agent!r}"
+                )
+            agent = f"{user_agent.strip()} {agent}"
+        if on_full not in _ON_FULL:
+            raise ValidationError(
+                f"on_full must be one of {', '.join(map(repr, _ON_FULL))}, got {on_full!r}"
+            )
+        for name, value in (
+            ("flush_interval", flush_interval),
+            ("timeout", timeout),
+            ("shutdown_timeout", shutdown_timeout),
+        ):
+            if type(value) not in (int, float) or not 0 <= value < math.inf:
+                raise ValidationError(f"{name} must be a number of seconds, got {value!r}")
+        if not flush_interval > 0 or not timeout > 0:
+            raise ValidationError("flush_interval and timeout must be greater than 0")
+        for name, count in (
+            ("max_queue_size", max_queue_size),
+            ("max_concurrent_requests", max_concurrent_requests),
+        ):
+            if type(count) is not int or count < 1:
+                raise ValidationError(f"{name} must be a whole number of at least 1, got {count!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ValidationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+
+        protect(key)
+        path = f"{base}/web/projects/{quote(key, safe='')}"
+        return cls(
+            key=key,
+            base_url=base,
+            urls=(f"{path}/batch", f"{path}/accounts/batch"),
+            headers={"User-Agent": agent, "Content-Type": "application/json"},
+            flush_interval=float(flush_interval),
+            max_queue_size=max_queue_size,
+            on_full=on_full,  # type: ignore[arg-type]
+            max_concurrent_requests=max_concurrent_requests,
+            enabled=bool(enabled),
+            timeout=float(timeout),
+            shutdown_timeout=float(shutdown_timeout),
+            retry=retry or RetryPolicy(),
+        )

@@ -1,0 +1,55 @@
+"""The counters, and the one place that keeps ``accepted == delivered + dropped + pending``.
+
+Nothing else writes a counter: calls report what they accepted or refused, senders what
+became of each batch. ``accepted`` is not stored but summed, so the invariant holds by
+construction, whatever the order of events. Pure: no I/O, no event loop.
+"""
+
+from __future__ import annotations
+
+from ._queue import Batch
+from ._stats import DROP_REASONS, DropReason
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    """What became of every entry a call accepted."""
+
+    __slots__ = ("delivered", "dropped", "dropped_total", "pending", "requests", "retries")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.dropped_total = 0
+        self.pending = 0  # queued or in flight
+        self.requests = 0
+        self.retries = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.delivered + self.dropped_total + self.pending
+
+    def accept(self) -> None:
+        """A call queued an entry."""
+        self.pending += 1
+
+    def refuse(self, reason: DropReason) -> None:
+        """A call's entry was dropped at once (accepted and dropped in one step)."""
+        self.dropped[reason] += 1
+        self.dropped_total += 1
+
+    def settle(self, batch: Batch, reason: DropReason | None) -> None:
+        """A batch was delivered (``reason`` None) or given up; wake the flushes waiting on it."""
+        size = batch.size
+        batch.size = 0  # settled once, whatever happens to the object later
+        self.pending -= size
+        if reason is None:
+            self.delivered += size
+        else:
+            self.dropped[reason] += size
+            self.dropped_total += size
+        for waiter in batch.waiters or ():
+            waiter.left -= 1
+            if not waiter.left:
+                waiter.done.set()

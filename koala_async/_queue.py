@@ -1,0 +1,256 @@
+"""Per-person (and per-account) queues, the batches cut from them, and the ready order.
+
+No I/O and no event loop: the runtime feeds calls in and takes ready targets out.
+
+Each person or account the client has heard from is a :class:`Target` holding its
+:class:`Batch` objects in the order their entries were made. New entries go into the last
+batch until it holds 30 of that kind, has been taken by a sender (sealed), or belongs to a
+different e-mail (or account id) than the entry; then a new batch is started. So every batch
+is, by construction, one valid request: one person, at most 30 of each kind.
+
+A target is *ready* when one of its batches is full, or when the runtime says so (the flush
+interval passed, a flush, the close). Ready targets wait in one FIFO; a sender takes the
+first, sends its first batch, and hands it back (:meth:`Queue.done`), which puts it at the end
+of the FIFO if more is queued. So a person has at most one request in flight, their entries
+arrive in order, and a busy person takes turns with everyone else.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Protocol
+
+import msgspec
+
+from . import _wire
+from ._calls import EVENTS, IDENTIFIES, PAGE_VIEWS
+from ._validate import Who
+from ._wire import MAX_PER_KIND
+
+__all__ = ["EVENTS", "IDENTIFIES", "PAGE_VIEWS", "Batch", "Queue", "Target", "Waiter"]
+
+_NAMES = (b"events", b"identifies", b"page_views")
+_ACCOUNT_FIELDS = frozenset(("domain", "account_id"))
+
+
+class Batch:
+    """Up to 30 encoded entries of each kind, bound for one request.
+
+    Each kind's entries are kept comma-joined in one bytearray (made when the first entry of
+    that kind arrives), ready to be written between the brackets of its JSON array: no
+    object per entry, so a queued entry costs little more than its JSON.
+    """
+
+    __slots__ = ("buffers", "counts", "secondary", "size", "waiters")
+
+    def __init__(self, secondary: str | None = None) -> None:
+        self.buffers: list[bytearray | None] = [None, None, None]
+        self.counts = [0, 0, 0]
+        self.secondary = secondary
+        self.size = 0
+        self.waiters: list[Waiter] | None = None
+
+    def append(self, kind: int, entry: bytes) -> int:
+        """Add an encoded entry of ``kind``; return how many of that kind the batch holds."""
+        buffer = self.buffers[kind]
+        if buffer is None:
+            self.buffers[kind] = bytearray(entry)
+        else:
+            buffer.append(44)  # b","
+            buffer += entry
+        self.size += 1
+        counts = self.counts
+        count = counts[kind] = counts[kind] + 1
+        return count
+
+    def entries(self) -> list[tuple[int, bytes]]:
+        """The encoded entries, kind by kind, each with its kind."""
+        return [
+            (kind, bytes(raw))
+            for kind, buffer in enumerate(self.buffers)
+            if buffer
+            for raw in _split(b"[" + buffer + b"]")
+        ]
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """Split into two smaller batches (for a 413), keeping each kind's order; flush
+        waiters wait for both halves."""
+        items = self.entries()
+        middle = len(items) // 2
+        halves = Batch(self.secondary), Batch(self.secondary)
+        for i, (kind, entry) in enumerate(items):
+            halves[i >= middle].append(kind, entry)
+        for waiter in self.waiters or ():
+            waiter.left -= 1
+            waiter.add(halves[0])
+            waiter.add(halves[1])
+        return halves
+
+
+_split = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+
+class Waiter:
+    """Counts down the batches a ``flush()`` waits for; ``done`` is set when none are left."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, done: _Settable) -> None:
+        self.left = 0
+        self.done = done
+
+    def add(self, batch: Batch) -> None:
+        if batch.waiters is None:
+            batch.waiters = [self]
+        else:
+            batch.waiters.append(self)
+        self.left += 1
+
+
+class _Settable(Protocol):
+    def set(self) -> None: ...
+
+
+class Target:
+    """One person (``/batch``) or account (``/accounts/batch``) and its queued batches.
+
+    ``field`` and ``key`` say what the queue is keyed by (profile_id, else email; domain,
+    else account_id); ``secondary_name`` is the other id field, whose value may differ from
+    batch to batch.
+    """
+
+    __slots__ = ("batches", "field", "key", "open", "scheduled", "secondary_name")
+
+    def __init__(self, field: str, key: str, secondary_name: str) -> None:
+        self.field = field
+        self.key = key
+        self.secondary_name = secondary_name
+        self.batches: list[Batch] = []
+        self.open: Batch | None = None  # the batch new entries join; None once it is sealed
+        self.scheduled = False  # waiting in the ready FIFO, or being sent
+
+    @property
+    def account(self) -> bool:
+        return self.field in _ACCOUNT_FIELDS
+
+    def add(self, kind: int, entry: bytes, secondary: str | None) -> bool:
+        """Queue an encoded entry; return True when its batch just became full."""
+        batch = self.open
+        if (
+            batch is None
+            or batch.counts[kind] >= MAX_PER_KIND
+            or (secondary is not None and batch.secondary not in (None, secondary))
+        ):
+            batch = self.open = Batch()
+            self.batches.append(batch)
+        if secondary is not None:
+            batch.secondary = secondary
+        return batch.append(kind, entry) == MAX_PER_KIND
+
+    def seal(self) -> Batch:
+        """Take the first batch for sending; no entry joins it after this."""
+        batch = self.batches[0]
+        if self.open is batch:
+            self.open = None
+        return batch
+
+    def split(self) -> None:
+        """Replace the first (sealed) batch by its two halves, for a 413."""
+        self.batches[0:1] = self.batches[0].halves()
+
+    def body(self, batch: Batch) -> bytes:
+        """The JSON request body for one of this target's batches."""
+        head = _wire.head(((self.field, self.key), (self.secondary_name, batch.secondary)))
+        return _wire.body(head, tuple(zip(_NAMES, batch.buffers, strict=True)))
+
+    def ids(self, batch: Batch) -> dict[str, str]:
+        """The top-level id fields of a batch, as a dict."""
+        ids = {self.field: self.key}
+        if batch.secondary is not None:
+            ids[self.secondary_name] = batch.secondary
+        return ids
+
+
+class Queue:
+    """Every queued target, and the FIFO of those ready to be sent."""
+
+    __slots__ = ("eager", "ready", "targets", "waiting")
+
+    def __init__(self) -> None:
+        # Targets by the field they are keyed by, so ids of different kinds never collide.
+        self.targets: dict[str, dict[str, Target]] = {
+            field: {} for field in ("profile_id", "email", "domain", "account_id")
+        }
+        self.waiting: set[Target] = set()  # targets with entries that are not ready yet
+        self.ready: deque[Target] = deque()
+        self.eager = False  # closing: every batch goes as soon as a sender is free
+
+    def put(self, kind: int, entry: bytes, who: Who) -> bool:
+        """Queue an encoded entry; return True when its target just became ready."""
+        field, key, secondary_name, secondary = who
+        targets = self.targets[field]
+        target = targets.get(key)
+        if target is None:
+            target = targets[key] = Target(field, key, secondary_name)
+        if target.scheduled:
+            target.add(kind, entry, secondary)
+            return False
+        if target.add(kind, entry, secondary):
+            self.waiting.discard(target)
+            target.scheduled = True
+            self.ready.append(target)
+            return True
+        self.waiting.add(target)
+        return False
+
+    def schedule_waiting(self) -> int:
+        """Make every target with queued entries ready; return how many became ready."""
+        waiting, self.waiting = self.waiting, set()
+        ready = 0
+        for target in waiting:
+            if target.batches and not target.scheduled:
+                target.scheduled = True
+                self.ready.append(target)
+                ready += 1
+        return ready
+
+    def take(self) -> Target | None:
+        """The first ready target, or None."""
+        return self.ready.popleft() if self.ready else None
+
+    def done(self, target: Target) -> None:
+        """A sender settled ``target``'s first batch: put the target back at the end of the
+        FIFO if its next batch is due (full, awaited by a flush, or the client is closing),
+        among the waiting if it is still filling, else forget it."""
+        del target.batches[0]
+        batches = target.batches
+        if batches:
+            first = batches[0]
+            if first is not target.open or first.waiters or self.eager:
+                self.ready.append(target)
+            else:
+                target.scheduled = False
+                self.waiting.add(target)
+            return
+        target.scheduled = False
+        targets = self.targets[target.field]
+        if targets.get(target.key) is target:
+            del targets[target.key]
+
+    def giveback(self, target: Target) -> None:
+        """A sender took ``target`` but did not send it (the client is stopping)."""
+        self.ready.appendleft(target)
+
+    def batches(self) -> Iterator[tuple[Target, Batch]]:
+        """Every queued batch (in flight included), with its target."""
+        for targets in self.targets.values():
+            for target in targets.values():
+                for batch in target.batches:
+                    yield target, batch
+
+    def clear(self) -> None:
+        for targets in self.targets.values():
+            targets.clear()
+        self.waiting.clear()
+        self.ready.clear()

@@ -1,0 +1,213 @@
+"""The background machinery: workers that send, a ticker, the ``on_error`` pump, the drain.
+
+Workers are started as the ready FIFO needs them, up to the limiter's limit, each with its
+own one-connection HTTP client; a worker with nothing to do waits in an idle list until
+:meth:`Runtime.dispatch` wakes it. A worker above the limit (it was cut) stops after its
+batch. Every background task runs under a shielded cancel scope made *before* it is started,
+so cancelling the task that owns the client neither kills them nor escapes :meth:`stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+
+from ._http import HttpFactory
+from ._ledger import Ledger
+from ._limiter import Limiter
+from ._queue import Queue
+from ._reporter import Reporter
+from ._sender import Sender
+
+__all__ = ["Runtime"]
+
+logger = logging.getLogger("koala_async")
+
+CALLBACK_GRACE = 1.0  # seconds on_error may take, past the deadline, to hear of the last drops
+
+
+class Runtime:
+    """Owns the task group the workers, the ticker and the pump run in."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        ledger: Ledger,
+        sender: Sender,
+        limiter: Limiter,
+        reporter: Reporter,
+        flush_interval: float,
+        http: httpx.AsyncClient | HttpFactory,
+        on_death: Callable[[], None],
+    ) -> None:
+        self._queue = queue
+        self._ledger = ledger
+        self._sender = sender
+        self._limiter = limiter
+        self._reporter = reporter
+        self._flush_interval = flush_interval
+        self._http = http
+        self._on_death = on_death  # a task ended that nobody stopped: its event loop is gone
+        self._clients: list[httpx.AsyncClient] = []  # ours, idle
+        self._made: list[httpx.AsyncClient] = []  # ours, all: closed at the end
+        self._idle: list[anyio.Event] = []
+        self._scopes: set[anyio.CancelScope] = set()
+        self._tasks = 0
+        self.workers = 0
+        self._stopping = False
+        self._stopped: anyio.Event | None = None
+        self._group: TaskGroup | None = None
+        self._settled: anyio.Event | None = None  # set when nothing is pending
+        self._room: anyio.Event | None = None  # set when pending falls to _room_at
+        self._room_at = 0
+
+    async def start(self) -> None:
+        """Enter the task group (in the caller's task) and start the ticker and the pump."""
+        self._stopped = anyio.Event()
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
+        self._spawn(self._tick_forever)
+        if self._reporter.open():
+            self._group.start_soon(self._reporter.pump)
+
+    def _spawn(self, run: object) -> None:
+        assert self._group is not None
+        scope = anyio.CancelScope(shield=True)
+        self._scopes.add(scope)
+        self._tasks += 1
+        self._group.start_soon(self._guarded, scope, run)
+
+    async def _guarded(self, scope: anyio.CancelScope, run: object) -> None:
+        try:
+            with scope:
+                await run()  # type: ignore[operator]
+        except BaseException:
+            if not self._stopping:  # cancelled from outside: its event loop is ending
+                self._stopping = True
+                self._on_death()
+            raise
+        finally:
+            self._scopes.discard(scope)
+            self._tasks -= 1
+            if not self._tasks and self._stopped is not None:
+                self._stopped.set()
+
+    # Dispatch
+
+    def dispatch(self) -> None:
+        """Ready targets are waiting: wake idle workers, or start new ones up to the limit."""
+        waiting = len(self._queue.ready)
+        idle = self._idle
+        while waiting and idle:
+            idle.pop().set()
+            waiting -= 1
+        while waiting and self.workers < self._limiter.limit and not self._stopping:
+            self.workers += 1
+            self._spawn(self._work)
+            waiting -= 1
+
+    def _client(self) -> httpx.AsyncClient:
+        if not isinstance(self._http, HttpFactory):
+            return self._http
+        if self._clients:
+            return self._clients.pop()
+        client = self._http.new_client()
+        self._made.append(client)
+        return client
+
+    async def _work(self) -> None:
+        queue, sender = self._queue, self._sender
+        http = self._client()
+        try:
+            while True:
+                target = queue.take()
+                if target is None:
+                    event = anyio.Event()
+                    self._idle.append(event)
+                    await event.wait()
+                    continue
+                try:
+                    await sender.send(http, target)
+                except Exception:  # a bug: the worker must outlive it, and the batch be counted
+                    logger.exception("unexpected error delivering a batch; dropped")
+                    sender.settle(target, target.batches[0], "rejected")
+                queue.done(target)
+                self._after_settle()
+                if self.workers > self._limiter.limit:  # the limit was cut: retire
+                    return
+                self.dispatch()  # the limit may have grown, and the backlog with it
+        finally:
+            self.workers -= 1
+            if isinstance(self._http, HttpFactory):
+                self._clients.append(http)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await anyio.sleep(self._flush_interval)
+            self.flush_waiting()
+
+    def flush_waiting(self) -> None:
+        """Make every target with queued entries ready now."""
+        if self._queue.schedule_waiting():
+            self.dispatch()
+
+    # Settling and waiting
+
+    def _after_settle(self) -> None:
+        pending = self._ledger.pending
+        if self._room is not None and pending <= self._room_at:
+            self.wake_room()
+        if self._settled is not None and not pending:
+            self._settled.set()
+
+    def wake_room(self) -> None:
+        """Wake calls waiting for room (it came, or they should stop waiting)."""
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    async def room(self, at: int) -> None:
+        """Wait until at most ``at`` entries are pending, or :meth:`wake_room`."""
+        if self._room is None:
+            self._room, self._room_at = anyio.Event(), at
+        else:
+            self._room_at = min(self._room_at, at)
+        await self._room.wait()
+
+    async def settled(self) -> None:
+        """Wait until nothing is pending."""
+        while self._ledger.pending:
+            self._settled = anyio.Event()
+            await self._settled.wait()
+
+    # The end
+
+    async def stop(self) -> None:
+        """Cancel the workers and the ticker, and wait until they are gone: after this,
+        nothing else settles a batch."""
+        self._stopping = True
+        for scope in list(self._scopes):
+            scope.cancel()
+        for event in self._idle:
+            event.set()
+        if self._tasks:
+            assert self._stopped is not None
+            await self._stopped.wait()
+
+    async def release(self) -> None:
+        """Let the pump finish (within a grace period) and close our HTTP clients."""
+        await self._reporter.close(CALLBACK_GRACE)
+        for client in self._made:
+            await client.aclose()
+
+    async def leave(self) -> None:
+        """Leave the task group: every child is done by now. Outside any shield, since a
+        task group's scope must be exited after the scopes opened inside it."""
+        if self._group is not None:
+            group, self._group = self._group, None
+            await group.__aexit__(None, None, None)

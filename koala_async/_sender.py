@@ -1,0 +1,231 @@
+"""One batch to an outcome: attempts, waits, 413 halving. It performs what the pure rules
+decide (:mod:`._retry`, :mod:`._circuit`, :mod:`._limiter`) and reports every outcome to the
+ledger; it decides nothing itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import anyio
+import httpx
+
+from . import _http
+from ._circuit import DEAD, OPEN, Circuit
+from ._config import Config
+from ._ledger import Ledger
+from ._limiter import Limiter
+from ._queue import Batch, Target
+from ._redact import redact_text
+from ._reporter import Reporter
+from ._retry import FATAL, Tries, Verdict, classify, classify_error, rate_limit_wait, retry_after
+from ._stats import DropReason
+
+__all__ = ["Sender"]
+
+logger = logging.getLogger("koala_async")
+
+_DROPS: dict[Verdict, DropReason] = {
+    Verdict.REJECTED: "rejected",
+    Verdict.TOO_LARGE: "too_large",
+    Verdict.UNAUTHORIZED: "unauthorized",
+    Verdict.GONE: "gone",
+}
+_NEXT_STEP = "set KOALA_BASE_URL to a collector; run `koala-async collector` for a local one"
+
+
+class Sender:
+    """Delivers batches for every worker: the shared pacing state lives here."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        reporter: Reporter,
+        limiter: Limiter,
+        circuit: Circuit,
+        backlog: Callable[[], bool],
+        on_change: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._ledger = ledger
+        self._reporter = reporter
+        self._limiter = limiter
+        self._circuit = circuit
+        self._backlog = backlog
+        self._on_change = on_change  # the circuit changed: wake whoever waits on it
+        self._changed = anyio.Event()
+        self.paused_until = 0.0  # a 429 pauses every sender until then
+        self._rate_streak = 0
+        self.in_flight = 0
+        self.deadline = math.inf  # set when closing: waits are cut to fit before it
+        self.last_error: str | None = None
+
+    # Waiting
+
+    def _cut(self, wait: float, turns: int) -> float:
+        """While closing, a wait leaves room for ``turns`` more attempts before the deadline."""
+        if self.deadline == math.inf:
+            return wait
+        return max(0.0, min(wait, (self.deadline - time.monotonic()) / (turns + 1)))
+
+    async def _wait_for_change(self, wait: float) -> None:
+        with anyio.move_on_after(self._cut(wait, 2)):
+            await self._changed.wait()
+
+    def _changed_now(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+        self._on_change()
+
+    async def _admitted(self) -> bool | None:
+        """Wait until this batch may be sent: None if the endpoint is dead; else whether the
+        request is the circuit's probe."""
+        circuit = self._circuit
+        while True:
+            if circuit.state is DEAD:
+                return None
+            now = time.monotonic()
+            pause = self.paused_until - now
+            if pause > 0:
+                await anyio.sleep(self._cut(pause, 2))
+                if self.deadline <= time.monotonic():
+                    self.paused_until = 0.0  # nothing left to wait for: the close is due
+                continue
+            wait = circuit.admit(now)
+            if wait is None:
+                return circuit.state is OPEN
+            await self._wait_for_change(wait)
+
+    # Delivering
+
+    async def send(self, http: httpx.AsyncClient, target: Target) -> None:
+        """Deliver ``target``'s first batch and settle it; a 413 splits it in two and the
+        first half goes now (the second stays first in the target's queue)."""
+        while True:
+            batch = target.seal()
+            reason, status, error = await self._attempts(http, target, batch)
+            if reason == "too_large" and batch.size > 1:
+                target.split()
+                continue
+            self.settle(target, batch, reason, status, error)
+            return
+
+    async def _attempts(
+        self, http: httpx.AsyncClient, target: Target, batch: Batch
+    ) -> tuple[DropReason | None, int | None, BaseException | None]:
+        """Send one batch until it is accepted or given up; return why it was given up."""
+        config, ledger, circuit = self._config, self._ledger, self._circuit
+        url = config.urls[target.account]
+        content = target.body(batch)
+        tries = Tries(config.retry)
+        sent = False
+        while True:
+            probe = await self._admitted()
+            if probe is None:
+                assert circuit.verdict is not None
+                return _DROPS[circuit.verdict], None, None
+            status: int | None = None
+            error: BaseException | None = None
+            header: str | None = None
+            ledger.requests += 1
+            if sent:
+                ledger.retries += 1
+            sent = True
+            self.in_flight += 1
+            started = time.monotonic()
+            try:
+                response = await _http.post(http, url, content, config.headers, config.timeout)
+            except Exception as exc:  # transport errors, timeouts, a closed http_client, ...
+                verdict, error = classify_error(exc), exc
+            except BaseException:
+                if probe:
+                    circuit.abandon()
+                raise
+            else:
+                status = response.status_code
+                verdict = classify(status)
+                header = response.headers.get("retry-after")
+            finally:
+                self.in_flight -= 1
+            now = time.monotonic()
+            if verdict is Verdict.DELIVERED:
+                self._rate_streak = 0
+                if circuit.answered(verdict, now, probe):
+                    logger.warning("%s answers again; sending what waited", config.shown_url)
+                    self._changed_now()
+                self._limiter.succeeded(self.in_flight, self._backlog())
+                return None, status, None
+            self._record(status, error, target.account)
+            if verdict is Verdict.GONE and error is not None:
+                circuit.dead_now(verdict)  # a TLS certificate error needs no confirmation
+                changed = True
+            else:
+                changed = circuit.answered(verdict, now, probe)
+            if changed:
+                self._report_circuit()
+                self._changed_now()
+            if verdict is Verdict.RATE_LIMITED:
+                self._rate_streak += 1
+                self._limiter.overloaded(self.in_flight)
+                pause = rate_limit_wait(config.retry, retry_after(header), self._rate_streak)
+                self.paused_until = max(self.paused_until, now + pause)
+                continue  # waiting out a rate limit is not failing: no attempt, no budget
+            if verdict in (Verdict.REJECTED, Verdict.TOO_LARGE):
+                return _DROPS[verdict], status, None
+            if verdict in FATAL:
+                continue  # the circuit is open (or dead): it confirms with a spaced probe
+            self._limiter.overloaded(self.in_flight)
+            wait = tries.failed(now - started, retry_after(header))
+            if wait is None:
+                return "retries_exhausted", status, error
+            logger.debug("%s; retrying a batch of %d in %.2fs", self.last_error, batch.size, wait)
+            await anyio.sleep(self._cut(wait, config.retry.max_attempts - tries.attempts))
+
+    def _record(self, status: int | None, error: BaseException | None, account: bool) -> None:
+        if status is not None:
+            what = f"HTTP {status} from {'/accounts' * account}/batch"
+        else:
+            what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        self.last_error = redact_text(what, self._config.key)
+
+    def _report_circuit(self) -> None:
+        """Say at once, and once, that the endpoint is down or gone, and what to do."""
+        circuit, config = self._circuit, self._config
+        url, error = config.shown_url, self.last_error
+        if circuit.state is DEAD:
+            if circuit.verdict is Verdict.UNAUTHORIZED:
+                message = (
+                    f"{url} refused the public API key twice ({error}); check public_api_key "
+                    "(or KOALA_PUBLIC_API_KEY). Nothing more will be sent"
+                )
+            else:
+                message = (
+                    f"{url} is not Koala's ingestion API, or no longer exists ({error}); "
+                    f"{_NEXT_STEP}. Nothing more will be sent"
+                )
+            self.last_error = message
+            logger.error("%s", message)
+        elif circuit.state is OPEN:
+            self._reporter.warn(
+                "circuit",
+                f"cannot deliver to {url} ({error}); entries wait in memory (up to "
+                "max_queue_size) while one request at a time tests it. If this is not a "
+                f"passing outage, {_NEXT_STEP}",
+            )
+
+    def settle(
+        self,
+        target: Target,
+        batch: Batch,
+        reason: DropReason | None,
+        status: int | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Count a batch's outcome, tell the reporter of a drop, then wake its waiters."""
+        if reason is not None and batch.size:
+            self._reporter.dropped(target, batch, reason, status, error, self.last_error)
+        self._ledger.settle(batch, reason)
