@@ -105,8 +105,8 @@ class Circuit:
 
     def _open(self, verdict: Verdict, now: float) -> None:
         self.verdict = verdict
-        wait = min(self._base * 2.0 ** min(self._failed_probes, 62), self._cap)
         if self.state is OPEN:
             self._failed_probes += 1
+        wait = min(self._base * 2.0 ** min(self._failed_probes, 62), self._cap)
         self.state = OPEN
         self._next_probe = now + wait

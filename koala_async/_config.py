@@ -98,15 +98,17 @@ class Config:
             raise ValidationError(
                 f"on_full must be one of {', '.join(map(repr, _ON_FULL))}, got {on_full!r}"
             )
-        for name, value in (
-            ("flush_interval", flush_interval),
-            ("timeout", timeout),
-            ("shutdown_timeout", shutdown_timeout),
+        for name, value, least in (
+            ("flush_interval", flush_interval, "greater than 0"),
+            ("timeout", timeout, "greater than 0"),
+            ("shutdown_timeout", shutdown_timeout, "0 or more"),
         ):
-            if type(value) not in (int, float) or not 0 <= value < math.inf:
-                raise ValidationError(f"{name} must be a number of seconds, got {value!r}")
-        if not flush_interval > 0 or not timeout > 0:
-            raise ValidationError("flush_interval and timeout must be greater than 0")
+            if (
+                type(value) not in (int, float)
+                or not 0 <= value < math.inf
+                or (value == 0 and least != "0 or more")
+            ):
+                raise ValidationError(f"{name} must be a number of seconds {least}, got {value!r}")
         for name, count in (
             ("max_queue_size", max_queue_size),
             ("max_concurrent_requests", max_concurrent_requests),

@@ -61,9 +61,8 @@ async def test_quickstart_produces_spec_valid_requests(
     recorder: Recorder, http: httpx.AsyncClient
 ) -> None:
     async with KoalaClient("pk_test", user_agent="acme-app/2.3.0", http_client=http) as koala:
-        assert (
-            await koala.identify(profile_id=PID, email="ada@acme.com", traits={"plan": "pro"})
-            is None
+        identify_id = await koala.identify(
+            profile_id=PID, email="ada@acme.com", traits={"plan": "pro"}
         )
         track_id = await koala.track("Created Account", profile_id=PID, properties={"seats": 12})
         page_id = await koala.page(
@@ -75,6 +74,7 @@ async def test_quickstart_produces_spec_valid_requests(
         await koala.account_track("Workspace Created", domain="acme.com", properties={"id": "42"})
     assert is_uuid4(track_id)
     assert is_uuid4(page_id)
+    assert is_uuid4(identify_id)  # identifies are deduplicated by message_id too
     assert {r.headers["user-agent"] for r in recorder.requests} == {
         f"acme-app/2.3.0 koala-async/{__version__}"
     }
@@ -83,6 +83,7 @@ async def test_quickstart_produces_spec_valid_requests(
     assert len(profile) == len(account) == 1
     assert profile[0]["email"] == "ada@acme.com"
     assert profile[0]["identifies"][0]["traits"] == {"plan": "pro"}
+    assert profile[0]["identifies"][0]["message_id"] == identify_id
     assert profile[0]["events"][0]["message_id"] == track_id
     assert profile[0]["events"][0]["event"] == "Created Account"
     assert profile[0]["page_views"][0] == {
@@ -111,6 +112,7 @@ async def test_user_agent_without_a_caller_part(
             {
                 "type": "identify",
                 "traits": {},
+                "message_id": recorder.entries("identifies")[0]["message_id"],
                 "sent_at": recorder.entries("identifies")[0]["sent_at"],
             }
         ],
@@ -279,11 +281,15 @@ async def test_a_callers_http_client_is_not_closed(http: httpx.AsyncClient) -> N
     assert not http.is_closed
 
 
-async def test_its_own_http_client_is_closed() -> None:
-    koala = KoalaClient("pk_test", base_url="http://127.0.0.1:9")
+async def test_its_own_http_clients_are_closed() -> None:
+    koala = KoalaClient("pk_test", base_url="http://127.0.0.1:9", shutdown_timeout=0.2)
     async with koala:
-        own = list(koala._own_clients)
-    assert len(own) == 8
+        for i in range(3):
+            await koala.track("A", email=f"p{i}@acme.com")
+        await koala.flush(timeout=0.2)
+        assert koala._runtime is not None
+        own = list(koala._runtime._made)
+    assert own, "senders made their own clients"
     assert all(http.is_closed for http in own)
 
 

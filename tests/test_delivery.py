@@ -99,15 +99,41 @@ async def test_retries_end_after_max_attempts() -> None:
 
 
 async def test_retries_end_when_the_time_budget_is_spent() -> None:
-    server = Server(lambda request, body: httpx.Response(503, headers={"Retry-After": "1"}))
+    async def slow_503(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await anyio.sleep(0.2)
+        return httpx.Response(503)
+
+    server = Server(slow_503)
     policy = RetryPolicy(backoff=0, max_attempts=100, budget=0.5)
     async with server.client(retry=policy) as koala:
         await koala.track("A", email="a@b.co")
     assert koala.stats().dropped["retries_exhausted"] == 1
-    assert server.statuses == [503]
+    assert server.statuses == [503, 503, 503]  # 0.6 s of failing spends a 0.5 s budget
 
 
-@pytest.mark.parametrize("status", [400, 403, 404, 422, 501])
+@pytest.mark.parametrize("retry_after", ["0", "Wed, 21 Oct 2015 07:28:00 GMT", "200"])
+async def test_retry_after_on_a_503_is_a_lower_bound_never_a_reason_to_give_up(
+    retry_after: str,
+) -> None:
+    answers = iter([503, 503, 200])
+    server = Server(
+        lambda request, body: httpx.Response(next(answers), headers={"Retry-After": retry_after})
+    )
+    # 200 s is capped at max_retry_after (it once dropped the batch at once: a wait past the
+    # budget); 0 and a past date still wait our own backoff (they once made back-to-back tries).
+    policy = RetryPolicy(backoff=0.05, max_backoff=0.05, max_attempts=3, max_retry_after=0.1)
+    async with server.client(retry=policy) as koala:
+        started = anyio.current_time()
+        await koala.track("A", email="a@b.co")
+        await koala.flush()
+        elapsed = anyio.current_time() - started
+    assert koala.stats().delivered == 1
+    assert server.statuses == [503, 503, 200]
+    assert elapsed > 0, "waited between attempts"
+    invariant(koala.stats())
+
+
+@pytest.mark.parametrize("status", [400, 409, 422, 501])
 async def test_other_client_errors_drop_only_that_batch(status: int) -> None:
     def reply(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
         return httpx.Response(status if body.get("email") == "bad@acme.com" else 200)
@@ -170,8 +196,10 @@ async def test_429_pauses_all_sending_and_uses_no_attempts() -> None:
 @pytest.mark.parametrize(
     ("status", "content", "reason", "message"),
     [
-        (401, b'{"error": "unauthorized"}', "unauthorized", "does not know this public API key"),
-        (400, b'{"error": "Koala ingest suspended"}', "suspended", "ingest is suspended"),
+        (401, b'{"error": "unauthorized"}', "unauthorized", "refused the public API key"),
+        (403, b"", "unauthorized", "refused the public API key"),
+        (404, b"", "gone", "is not Koala's ingestion API"),
+        (410, b"", "gone", "is not Koala's ingestion API"),
     ],
 )
 async def test_a_refused_key_is_fatal_reported_once_and_fails_fast(
@@ -191,7 +219,7 @@ async def test_a_refused_key_is_fatal_reported_once_and_fails_fast(
         assert koala.stats().pending == 0, "nothing piles up once the key is refused"
     stats = koala.stats()
     assert stats.dropped[reason] == 1050
-    assert requests <= 8, "in-flight requests at most; then nothing more is sent"
+    assert requests <= 9, "in-flight requests, then one confirming probe; then nothing more"
     assert len(server.statuses) == requests
     assert sum(len(f.entries) for f in failures) == 1050
     errors = [r for r in caplog.records if message in r.getMessage()]
@@ -203,7 +231,9 @@ async def test_a_refused_key_is_fatal_reported_once_and_fails_fast(
 async def test_on_full_drop_counts_and_reports() -> None:
     failures: list[DeliveryFailure] = []
     server = Server(ok)
-    async with server.client(max_queue_size=10, flush_interval=60, on_error=failures.append) as k:
+    async with server.client(
+        max_queue_size=10, flush_interval=60, on_error=failures.append, on_full="drop"
+    ) as k:
         for i in range(15):
             await k.track("A", email=f"p{i}@acme.com")
         assert k.stats().pending == 10
@@ -219,7 +249,7 @@ async def test_on_full_raise() -> None:
     async with server.client(max_queue_size=2, flush_interval=60, on_full="raise") as koala:
         await koala.track("A", email="a@b.co")
         await koala.track("A", email="a@b.co")
-        with pytest.raises(QueueFullError, match="on_full='block'"):
+        with pytest.raises(QueueFullError, match="on_full='pace'"):
             await koala.track("A", email="a@b.co")
     assert koala.stats().accepted == koala.stats().delivered == 2
 
@@ -368,7 +398,7 @@ async def test_repeated_drops_log_one_warning_not_one_per_batch(
     assert koala.stats().dropped["rejected"] == 50
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
-    assert "dropping entries (rejected): HTTP 422 from /batch" in warnings[0].getMessage()
+    assert "dropped 1 entry (rejected): HTTP 422 from /batch" in warnings[0].getMessage()
 
 
 async def test_a_long_retry_after_on_429_does_not_spend_the_budget() -> None:

@@ -1,4 +1,4 @@
-"""The pure parts: ids, timestamps, batch cutting, body stitching, retry decisions."""
+"""The pure parts: ids, timestamps, batch cutting, body stitching (decisions: test_decisions)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,14 @@ import json
 import os
 import random
 import re
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from email.utils import format_datetime
 
 import pytest
 from wire_check import PROFILE, is_uuid4
 
-from koala_async import RetryPolicy, _wire
-from koala_async._batch import EVENTS, IDENTIFIES, PAGE_VIEWS, Target
-from koala_async._retry import Verdict, classify, retry_after
+from koala_async import _wire
+from koala_async._queue import EVENTS, IDENTIFIES, PAGE_VIEWS, Target
 from koala_async._validate import normalize_domain
 from koala_async._wire import new_message_id, now_iso
 
@@ -58,7 +55,7 @@ def test_now_iso_is_utc_with_milliseconds() -> None:
 
 
 def _target() -> Target:
-    return Target(("profile_id", PID), "email", account=False)
+    return Target("profile_id", PID, "email")
 
 
 def test_a_batch_holds_at_most_30_of_each_kind() -> None:
@@ -119,56 +116,6 @@ def test_halves_split_by_count_and_keep_order() -> None:
     assert (first.entries(), second.entries()) == ([(0, b"0"), (0, b"1")], [(0, b"2"), (1, b"9")])
     assert first.secondary == second.secondary == "a@x.io"
     assert first.size + second.size == 4
-
-
-@pytest.mark.parametrize(
-    ("status", "content", "verdict"),
-    [
-        (200, b"", Verdict.DELIVERED),
-        (202, b"not json", Verdict.DELIVERED),
-        (408, b"", Verdict.RETRY),
-        (429, b"", Verdict.RATE_LIMITED),
-        (500, b"", Verdict.RETRY),
-        (503, b"", Verdict.RETRY),
-        (501, b"", Verdict.REJECTED),
-        (505, b"", Verdict.REJECTED),
-        (413, b"", Verdict.TOO_LARGE),
-        (401, b"", Verdict.UNAUTHORIZED),
-        (400, b'{"error": "Koala ingest suspended"}', Verdict.SUSPENDED),
-        (400, b'{"error": "bad email"}', Verdict.REJECTED),
-        (404, b"", Verdict.REJECTED),
-    ],
-)
-def test_classify(status: int, content: bytes, verdict: Verdict) -> None:
-    assert classify(status, content) is verdict
-
-
-def test_retry_after_reads_seconds_and_dates_and_caps_them() -> None:
-    assert retry_after("3", 60) == 3
-    assert retry_after("1000", 60) == 60
-    assert retry_after("-5", 60) == 0
-    assert retry_after(None, 60) is None
-    assert retry_after("soon", 60) is None
-    later = format_datetime(datetime.fromtimestamp(time.time() + 30, timezone.utc), usegmt=True)
-    seconds = retry_after(later, 60)
-    assert seconds is not None
-    assert 25 <= seconds <= 30
-
-
-def test_retry_waits_grow_with_full_jitter_and_a_cap() -> None:
-    waits = RetryPolicy(backoff=1.0, max_backoff=8.0).waits()
-    drawn = [next(waits) for _ in range(10)]
-    caps = [1, 2, 4, 8, 8, 8, 8, 8, 8, 8]
-    assert all(0 <= w <= cap for w, cap in zip(drawn, caps, strict=True))
-    assert len(set(drawn)) > 1
-    assert [next(RetryPolicy(backoff=0).waits()) for _ in range(3)] == [0, 0, 0]
-
-
-def test_retry_policy_rejects_nonsense() -> None:
-    with pytest.raises(ValueError, match="max_attempts"):
-        RetryPolicy(max_attempts=0)
-    with pytest.raises(ValueError, match="negative"):
-        RetryPolicy(budget=-1)
 
 
 @pytest.mark.parametrize(
