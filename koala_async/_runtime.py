@@ -139,12 +139,13 @@ class Runtime:
                 queue.done(target)
                 self._after_settle()
                 if self.workers > self._limiter.limit:  # the limit was cut: retire
-                    return
+                    break
                 self.dispatch()  # the limit may have grown, and the backlog with it
         finally:
             self.workers -= 1
             if isinstance(self._http, HttpFactory):
                 self._clients.append(http)
+        self.dispatch()  # an idle worker takes over what this one leaves
 
     async def _tick_forever(self) -> None:
         while True:
@@ -152,9 +153,9 @@ class Runtime:
             self.flush_waiting()
 
     def flush_waiting(self) -> None:
-        """Make every target with queued entries ready now."""
-        if self._queue.schedule_waiting():
-            self.dispatch()
+        """Make every target with queued entries ready now, and wake workers for them."""
+        self._queue.schedule_waiting()
+        self.dispatch()
 
     # Settling and waiting
 
