@@ -21,14 +21,14 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
 
-from ._client import KoalaClient
-from ._collector import FakeCollector, Received, Reply
-from ._exceptions import DeliveryError, KoalaError
-from ._http_server import serve_http
-from ._importer import KINDS, Call, calls_from_csv, calls_from_jsonl, dead_letters
-from ._redact import redact
-from ._retry import RetryPolicy
-from ._stats import DeliveryFailure
+from .._client import KoalaClient
+from ..testing import FakeCollector, Received, Reply
+from .._exceptions import DeliveryError, KoalaError
+from ..testing._http_server import serve_http
+from ._read import KINDS, Call, calls_from_csv, calls_from_jsonl, dead_letters
+from .._redact import redact
+from .._retry import RetryPolicy
+from .._stats import DeliveryFailure
 
 __all__ = ["main"]
 

@@ -19,8 +19,8 @@ import anyio
 import httpx
 import msgspec
 
-from ._validate import UUID
-from ._wire import MAX_PER_KIND
+from .._validate import UUID
+from .._wire import MAX_PER_KIND
 
 __all__ = ["Entry", "FakeCollector", "Received", "Reply"]
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._exceptions import ValidationError
-from ._stats import DeliveryFailure
+from .._exceptions import ValidationError
+from .._stats import DeliveryFailure
 
 __all__ = ["KINDS", "Call", "calls_from_csv", "calls_from_jsonl", "dead_letters"]
 
