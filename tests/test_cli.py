@@ -361,15 +361,23 @@ class _Terminal(io.StringIO):
 def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal_and_plain_lines_elsewhere() -> None:
     terminal, pipe = _Terminal(), io.StringIO()
     for stream in (terminal, pipe):
-        progress = _Progress(1000, stream)
-        progress.shown -= 10  # as if the last line were old: show the next one
-        progress.update(100, lambda: 250)
-        progress.update(400, lambda: 1000, final=True)
-    assert terminal.getvalue().startswith("\r[#######                       ]  25.0% 100 lines")
-    assert "lines/s, ETA " in terminal.getvalue()
+        progress = Progress(stream)
+        stream.write(progress.line(Snapshot(read=100, read_fraction=0.25, settled=100), 2.0))
+        stream.write(progress.line(Snapshot(400, 1.0, 400), 4.0, final=True))
+    assert terminal.getvalue().startswith("\r[#######                       ]  25.0% 100 of 100")
+    assert "/s, ETA 6s" in terminal.getvalue()
     assert terminal.getvalue().endswith("\n")
-    assert pipe.getvalue().splitlines()[0].startswith("import: 100 lines (25%), ")
+    assert pipe.getvalue().splitlines()[0].startswith("import: 25%, 100 of 100 lines done, ")
     assert "\r" not in pipe.getvalue()
+
+
+def test_the_eta_counts_entries_still_to_deliver_not_only_lines_read() -> None:
+    progress = Progress(io.StringIO())
+    # The whole file is read, but half of it still waits in the queue: not done, not 100%.
+    line = progress.line(Snapshot(20_000, 1.0, 10_000, "ConnectError: refused"), 10.0)
+    assert line.startswith("import: 50%, 10,000 of 20,000 lines done")
+    assert "ETA 10s" in line
+    assert "last error: ConnectError: refused" in line
 
 
 async def test_an_import_stops_reading_when_koala_refuses_the_key_for_good(tmp_path: Path) -> None:
