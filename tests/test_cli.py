@@ -18,7 +18,7 @@ import httpx
 import pytest
 from wire_check import free_port
 
-from koala_async.cli import _Progress
+from koala_async.cli._progress import Progress, Snapshot
 from koala_async.testing import FakeCollector, Received, Reply
 
 pytestmark = pytest.mark.anyio
