@@ -94,8 +94,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 class _DeadLetters:
     """The dead-letter file: created at the first letter, only ever appended to (a resumed or
-    repeated import never loses the letters of an earlier run), and flushed at each letter
-    so it shows failures as they happen."""
+    repeated import never loses the letters of an earlier run), and flushed by
+    :meth:`flush` a few times a second, so it shows failures as they happen."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -106,8 +106,11 @@ class _DeadLetters:
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
         self._file.write(json.dumps(letter, default=str) + "\n")
-        self._file.flush()
         self.count += 1
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
@@ -242,11 +245,21 @@ async def _run(
 ) -> bool:
     """Feed ``calls`` to a client and deliver them; return whether it read to the end."""
 
+    failures: list[DeliveryFailure] = []
+
     def on_error(failure: DeliveryFailure) -> None:
-        error = tally.gave_up if failure.reason == "shutdown_timeout" else None
-        for letter in dead_letters(failure, error):
-            tally.failed += 1
-            dead.write(letter)
+        # Only keep it: at shutdown the client gives on_error a second to hear of every
+        # drop, too little to write thousands of letters on a busy machine.
+        failures.append(failure)
+
+    def write_letters() -> None:
+        for failure in failures:
+            error = tally.gave_up if failure.reason == "shutdown_timeout" else None
+            for letter in dead_letters(failure, error):
+                tally.failed += 1
+                dead.write(letter)
+        failures.clear()
+        dead.flush()
 
     request_timeout = min(args.timeout, 10.0)
     gate = _Gate(args.concurrency)
@@ -284,6 +297,7 @@ async def _run(
         first_error: float | None = None
         while True:
             await anyio.sleep(0.1)
+            write_letters()
             if progress.due():
                 progress.show(snapshot())
             stats = koala.stats()
@@ -325,6 +339,7 @@ async def _run(
                     await gate.wait_idle()
                 await anyio.sleep(0.05)  # let the senders count the answers they just got
                 await koala.aclose(timeout=0)  # the rest goes to on_error, as dead letters
+        write_letters()
         tally.delivered = koala.stats().delivered
         progress.show(snapshot(), final=True)
         tasks.cancel_scope.cancel()
