@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
@@ -24,7 +25,7 @@ def anyio_backend() -> str:
     return "asyncio"  # the CLI runs in its own process; the test's loop only serves
 
 
-def write(path: Path, *calls: dict[str, object]) -> Path:
+def write(path: Path, *calls: Mapping[str, object]) -> Path:
     path.write_text("".join(json.dumps(call) + "\n" for call in calls))
     return path
 
