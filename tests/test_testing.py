@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+import koala_async.testing
 from koala_async import KoalaClient
 from koala_async.testing import FakeCollector, Received, Reply
 
@@ -306,3 +309,54 @@ async def test_malformed_http_is_answered_400_and_the_server_carries_on(
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert after.status_code == 200
     assert len(fake.requests) == 1, "unreadable HTTP never reaches the collector's checks"
+
+
+async def test_accepts_and_records_what_koalas_own_integrations_send(how: str) -> None:
+    fake = FakeCollector()
+    context = {"ip": "203.0.113.9", "userAgent": "Mozilla/5.0", "source": "segment-cloud"}
+    async with plugged(fake, how) as (http, base):
+        body = {
+            "profile_id": PID,
+            "ip": "203.0.113.9",
+            "traits": {"plan": "pro"},
+            "events": [{"type": "track", "event": "E", "context": context}],
+            "identifies": [{"type": "identify", "message_id": "m-1", "context": context}],
+        }
+        response = await post(http, base + "/web/projects/k/batch", body)
+    assert response.status_code == 200, response.text
+    assert fake.violations == []
+    (received,) = fake.requests
+    assert (received.ip, received.traits) == ("203.0.113.9", {"plan": "pro"})
+    assert [e.context for e in fake.events + fake.identifies] == [context, context]
+    assert [e.message_id for e in fake.identifies] == ["m-1"]
+
+
+async def test_every_violation_of_a_request_is_reported(how: str) -> None:
+    fake = FakeCollector()
+    async with plugged(fake, how) as (http, base):
+        body = {
+            "profile_id": "nope",
+            "ip": 7,
+            "events": [{"type": "track", "event": "E", "sent_at": "noon"}] * 31,
+            "page_views": [{"type": "page", "context": "x"}],
+        }
+        response = await post(http, base + "/web/projects/k/batch", body)
+    assert response.status_code == 400
+    problems = fake.requests[0].violations
+    for problem in (
+        "profile_id 'nope' is not a UUID",
+        "ip must be a string",
+        "events holds 31 entries; Koala takes at most 30",
+        "events[30]: sent_at 'noon' is not an ISO 8601 UTC time",
+        "page_views[0].context must be an object",
+    ):
+        assert any(problem in p for p in problems), (problem, problems)
+
+
+def test_its_rules_are_its_own_not_the_clients() -> None:
+    # A checker that imported the client's constants would agree with any mistake in them.
+    package = Path(koala_async.testing.__file__).parent
+    for module in package.glob("*.py"):
+        imports = re.findall(r"^(?:from|import) (\S+)", module.read_text(), re.M)
+        client_modules = [name for name in imports if name.startswith(("..", "koala_async"))]
+        assert client_modules == [], (module.name, client_modules)

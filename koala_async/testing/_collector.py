@@ -1,97 +1,31 @@
-"""A fake Koala collector: checks requests against the spec's rules and records what arrived.
+"""A fake Koala collector: checks requests against Koala's rules and records what arrived.
 
-The checks mirror Koala's OpenAPI schemas (``ProfileBatchRequest``, ``AccountBatchRequest``),
-its guide (one person per request, a User-Agent on every request) and its 30-per-kind cap,
-as msgspec structs, so checking costs little and needs no JSON Schema library.
+The rules (``_rules.py``) are the collector's own copy of Koala's OpenAPI schemas
+(``ProfileBatchRequest``, ``AccountBatchRequest``), its guide (one person per request, a
+User-Agent on every request) and its 30-per-kind cap, so a mistake in the client's
+constants cannot hide behind the same mistake in its checker.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import anyio
 import httpx
 import msgspec
 
-from ._validate import UUID
-from ._wire import MAX_PER_KIND
+from ._http_server import serve_http
+from ._reply import Reply
+from ._rules import check_body
 
 __all__ = ["Entry", "FakeCollector", "Received", "Reply"]
 
-_Name = Annotated[str, msgspec.Meta(min_length=1)]
-_MOST = msgspec.Meta(max_length=MAX_PER_KIND)
 _PATH = re.compile(r"/web/projects/(?P<key>[^/]+)/(?P<accounts>accounts/)?batch\Z")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
-# The form of every sent_at in Koala's docs, and the one KoalaClient always sends.
-_SENT_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
-
-
-class _Track(msgspec.Struct, tag_field="type", tag="track"):
-    event: _Name
-    message_id: str | None = None
-    properties: dict[str, Any] | None = None
-    sent_at: str | None = None
-
-
-class _Page(msgspec.Struct, tag_field="type", tag="page"):
-    name: str | None = None
-    message_id: str | None = None
-    properties: dict[str, Any] | None = None
-    sent_at: str | None = None
-
-
-class _Identify(msgspec.Struct, tag_field="type", tag="identify"):
-    traits: dict[str, Any] | None = None
-    message_id: str | None = None
-    sent_at: str | None = None
-
-
-class _ProfileBatch(msgspec.Struct):
-    profile_id: str | None = None
-    email: str | None = None
-    events: Annotated[list[_Track], _MOST] = []
-    identifies: Annotated[list[_Identify], _MOST] = []
-    page_views: Annotated[list[_Page], _MOST] = []
-
-
-class _AccountBatch(msgspec.Struct):
-    domain: str | None = None
-    account_id: str | None = None
-    events: Annotated[list[_Track], _MOST] = []
-    identifies: Annotated[list[_Identify], _MOST] = []
-
-
-@dataclass(frozen=True)
-class Reply:
-    """How the collector answers one request (the default: ``200 {"ok": true}``).
-
-    Attributes:
-        status: The HTTP status.
-        retry_after: Seconds to put in a ``Retry-After`` header, if any.
-        delay: Seconds to wait before answering (the request is processed at once).
-        reset: Drop the connection instead of answering (on the real server, with a TCP
-            reset; through ``transport()``, as an ``httpx.ReadError``).
-        body: The response body.
-        headers: More response headers (``Content-Type`` is always ``application/json``).
-    """
-
-    status: int = 200
-    retry_after: float | None = None
-    delay: float = 0.0
-    reset: bool = False
-    body: bytes = b'{"ok":true}'
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    def all_headers(self) -> dict[str, str]:
-        """The response headers to send: Content-Type, Retry-After and :attr:`headers`."""
-        extra = {} if self.retry_after is None else {"Retry-After": f"{self.retry_after:g}"}
-        return {"Content-Type": "application/json", **extra, **self.headers}
 
 
 @dataclass(frozen=True)
@@ -116,6 +50,18 @@ class Received:
     body: dict[str, Any]
     status: int
     violations: tuple[str, ...]
+
+    @property
+    def ip(self) -> str | None:
+        """The visitor's IP sent at the top of a ``/batch`` body, if any."""
+        value = self.body.get("ip")
+        return value if isinstance(value, str) else None
+
+    @property
+    def traits(self) -> dict[str, Any]:
+        """The top-level ``traits`` of a ``/batch`` body ({} if none)."""
+        value = self.body.get("traits")
+        return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -153,6 +99,11 @@ class Entry:
     def traits(self) -> dict[str, Any]:
         """An identify entry's traits ({} if none)."""
         return self._dict("traits")
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The entry's ``context`` (the sender's ip, user agent, page, library...; {} if none)."""
+        return self._dict("context")
 
     def _text(self, name: str) -> str | None:
         value = self.data.get(name)
@@ -260,8 +211,6 @@ class FakeCollector:
 
         It runs in the current event loop (asyncio or trio); ``port=0`` picks a free port.
         """
-        from ._http_server import serve_http
-
         return serve_http(self.handle, host, port)
 
     # The work
@@ -316,51 +265,10 @@ class FakeCollector:
     def _check(
         self, kind: Literal["profile", "account"], body: dict[str, Any], problems: list[str]
     ) -> list[Entry]:
-        """Check a body against the spec; return its entries (to keep if it is accepted)."""
-        try:
-            if kind == "profile":
-                batch = msgspec.convert(body, _ProfileBatch)
-                ids: dict[str, str | None] = {"profile_id": batch.profile_id, "email": batch.email}
-                if batch.profile_id is None and batch.email is None:
-                    problems.append("neither profile_id nor email: Koala needs one of them")
-                if batch.profile_id is not None and not UUID.match(batch.profile_id):
-                    problems.append(f"profile_id {batch.profile_id!r} is not a UUID")
-                if batch.email is not None and not _EMAIL.match(batch.email):
-                    problems.append(f"email {batch.email!r} is not an address")
-                lists: dict[str, list[Any]] = {
-                    "events": batch.events,
-                    "identifies": batch.identifies,
-                    "page_views": batch.page_views,
-                }
-            else:
-                account = msgspec.convert(body, _AccountBatch)
-                ids = {"domain": account.domain, "account_id": account.account_id}
-                if account.domain is None and account.account_id is None:
-                    problems.append("neither domain nor account_id: Koala needs one of them")
-                lists = {"events": account.events, "identifies": account.identifies}
-        except msgspec.ValidationError as exc:
-            problems.append(f"body does not match the spec: {exc}")
-            return []
-        entries = []
-        for name, parsed in lists.items():
-            for item, data in zip(parsed, body.get(name, []), strict=True):
-                if item.sent_at is not None and not _is_sent_at(item.sent_at):
-                    problems.append(
-                        f"sent_at {item.sent_at!r} is not an ISO 8601 UTC time with "
-                        "milliseconds, like '2022-11-09T23:57:14.776Z'"
-                    )
-                entries.append(Entry(data["type"], data, **ids))
-        return entries
-
-
-def _is_sent_at(value: str) -> bool:
-    if not _SENT_AT.match(value):
-        return False
-    try:
-        datetime.fromisoformat(value[:-1])  # a real date and time, not 2024-02-30
-    except ValueError:
-        return False
-    return True
+        """Check a body against Koala's rules; return its entries (to keep if it is accepted)."""
+        found, ids, entries = check_body(kind, body)
+        problems.extend(found)
+        return [Entry(data["type"], data, **ids) for _, data in entries]
 
 
 def _transport(collector: FakeCollector) -> httpx.MockTransport:

@@ -16,7 +16,7 @@ import anyio
 import msgspec
 from anyio.abc import SocketAttribute, SocketStream
 
-from ._collector import Reply
+from ._reply import Reply
 
 __all__ = ["serve_http"]
 
