@@ -37,32 +37,41 @@ _ACCOUNT_FIELDS = frozenset(("domain", "account_id"))
 class Batch:
     """Up to 30 encoded entries of each kind, bound for one request.
 
-    Each kind's entries are kept comma-joined in one bytearray (made when the first entry of
-    that kind arrives), ready to be written between the brackets of its JSON array: no
-    object per entry, so a queued entry costs little more than its JSON.
+    Each kind's entries are kept comma-joined, ready to be written between the brackets of
+    its JSON array: no object per entry, so a queued entry costs little more than its JSON.
+    A kind's first entry is kept as the very ``bytes`` the call encoded (no copy); a second
+    one turns it into a bytearray. Memory matters here: a busy site queues one batch per
+    visitor.
     """
 
     __slots__ = ("buffers", "counts", "secondary", "size", "waiters")
 
     def __init__(self, secondary: str | None = None) -> None:
-        self.buffers: list[bytearray | None] = [None, None, None]
-        self.counts = [0, 0, 0]
+        self.buffers: list[bytes | bytearray | None] = [None, None, None]
+        self.counts = 0  # one byte per kind: (counts >> 8 * kind) & 0xFF
         self.secondary = secondary
         self.size = 0
         self.waiters: list[Waiter] | None = None
 
+    def count(self, kind: int) -> int:
+        """How many entries of ``kind`` the batch holds."""
+        return (self.counts >> (kind << 3)) & 0xFF
+
     def append(self, kind: int, entry: bytes) -> int:
         """Add an encoded entry of ``kind``; return how many of that kind the batch holds."""
-        buffer = self.buffers[kind]
+        buffers = self.buffers
+        buffer = buffers[kind]
         if buffer is None:
-            self.buffers[kind] = bytearray(entry)
+            buffers[kind] = entry
         else:
-            buffer.append(44)  # b","
+            if type(buffer) is bytes:
+                buffer = buffers[kind] = bytearray(buffer)
+            buffer.append(44)  # type: ignore[union-attr]  # b","
             buffer += entry
         self.size += 1
-        counts = self.counts
-        count = counts[kind] = counts[kind] + 1
-        return count
+        shift = kind << 3
+        self.counts += 1 << shift
+        return (self.counts >> shift) & 0xFF
 
     def entries(self) -> list[tuple[int, bytes]]:
         """The encoded entries, kind by kind, each with its kind."""
@@ -139,7 +148,7 @@ class Target:
         batch = self.open
         if (
             batch is None
-            or batch.counts[kind] >= MAX_PER_KIND
+            or batch.count(kind) >= MAX_PER_KIND
             or (secondary is not None and batch.secondary not in (None, secondary))
         ):
             batch = self.open = Batch()
