@@ -68,6 +68,7 @@ logger = logging.getLogger("koala_async")
 _getpid = os.getpid
 _START_TIMEOUT = 10.0  # seconds a first call waits for the engine thread to be up (~1 ms)
 _STATS_TIMEOUT = 1.0  # seconds stats() waits for the loop before reading the counters as is
+_BOOKKEEPING = 0.2  # seconds of a close's timeout kept for counting and logging the drops
 _POLL = 0.25  # seconds between checks that the engine is alive, while a call waits for room
 
 _Item = tuple[int, bytes, Who]
@@ -446,7 +447,10 @@ class KoalaSyncClient:
             return FlushResult(delivered=0, dropped=0, pending=0)
         wait = self._config.shutdown_timeout if timeout is None else float(timeout)
         before = engine.snapshot() if engine.on_loop() else self._stats_of(engine)
-        if not engine.call(engine.request_stop, wait) or engine.on_loop():
+        # The core gets a little less than ``wait``: counting and logging what it gave up
+        # comes after its deadline, and must come before ours (at exit, nothing comes later).
+        deadline = wait - min(_BOOKKEEPING, wait / 10)
+        if not engine.call(engine.request_stop, deadline) or engine.on_loop():
             return _result(before, engine.snapshot())  # on_error closed us: cannot wait
         try:
             return engine.closed.result(wait)
