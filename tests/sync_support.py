@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import json
 import os
 import shutil
@@ -17,10 +18,10 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from wire_check import free_port
 
@@ -141,14 +142,21 @@ def redis_server() -> Iterator[str]:
 
 def post_signups(base_url: str, count: int, threads: int = 8) -> list[str]:
     """POST ``count`` signups, a few at a time; return the message ids the app tracked."""
-    from concurrent.futures import ThreadPoolExecutor
+    host, port = base_url.removeprefix("http://").split(":")
 
     def one(i: int) -> str:
-        with httpx.Client(base_url=base_url, timeout=30) as browser:
-            answer = browser.post("/signup", json={"email": f"user{i}@acme.com"})
-            assert answer.status_code == 200, answer.text
-            message_id: str = answer.json()["message_id"]
-            return message_id
+        # http.client, not httpx: a fresh httpx.Client per request loads the CA bundle.
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            body = json.dumps({"email": f"user{i}@acme.com"})
+            connection.request("POST", "/signup", body, {"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            data = answer.read()
+        finally:
+            connection.close()
+        assert answer.status == 200, data
+        message_id: str = json.loads(data)["message_id"]
+        return message_id
 
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(one, range(count)))
