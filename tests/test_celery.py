@@ -18,7 +18,7 @@ from sync_support import ROOT, collector, message_ids, redis_server, stop
 pytest.importorskip("celery")
 pytest.importorskip("redis")
 
-from celery import Celery  # type: ignore[import-untyped]  # noqa: E402 - after the skip
+from celery import Celery  # type: ignore[import-untyped]
 
 TASKS = 200
 
@@ -44,8 +44,8 @@ def test_a_warm_shutdown_delivers_every_tracked_event(tmp_path: Path) -> None:
         command = [sys.executable, "-m", "celery", "-A", "examples.celery_app", "worker"]
         command += ["--pool", "prefork", "--concurrency", "2", "--loglevel", "info"]
         command += ["--without-heartbeat", "--without-mingle", "--without-gossip"]
-        with log.open("wb") as output:
-            worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
+        with log.open("wb") as stream:
+            worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stream, stderr=stream)
         try:
             wait_for(log, "ready.", 1, worker)
             sender = Celery(broker=broker)

@@ -11,10 +11,10 @@ from sync_support import collector, gunicorn, message_ids, post_signups
 
 pytest.importorskip("django")
 
-import django  # noqa: E402 - after the skip
-from django.conf import settings  # noqa: E402
-from django.http import HttpRequest, HttpResponse  # noqa: E402
-from django.test import RequestFactory  # noqa: E402
+import django
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory
 
 if not settings.configured:
     settings.configure(
@@ -24,8 +24,8 @@ if not settings.configured:
     )
     django.setup()
 
-from koala_async import KoalaSyncClient  # noqa: E402
-from koala_async.django import KoalaMiddleware, get_koala  # noqa: E402
+from koala_async import KoalaSyncClient
+from koala_async.django import KoalaMiddleware, get_koala
 
 PROFILE = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
 

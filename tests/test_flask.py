@@ -12,11 +12,11 @@ from sync_support import collector, gunicorn, message_ids, post_signups
 
 pytest.importorskip("flask")
 
-from flask import Flask, g  # noqa: E402 - after the skip
+from flask import Flask, g
 
-from koala_async import KoalaSyncClient  # noqa: E402
-from koala_async.flask import Koala, get_koala  # noqa: E402
-from koala_async.testing import FakeCollector  # noqa: E402
+from koala_async import KoalaSyncClient
+from koala_async.flask import Koala, get_koala
+from koala_async.testing import FakeCollector
 
 PROFILE = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
 
