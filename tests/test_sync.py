@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import subprocess
 import sys
@@ -210,13 +211,14 @@ def test_flush_blocks_at_most_its_timeout() -> None:
     koala.close(timeout=0.1)
 
 
+@pytest.mark.timeout(30)  # a flush that waited on its own thread would never return
 def test_flush_and_calls_from_the_delivery_thread_do_not_deadlock() -> None:
     fake = FakeCollector()
     seen: list[tuple[str | None, FlushResult]] = []
 
     def on_error(failure: DeliveryFailure) -> None:
         assert threading.current_thread().name == "koala-async"  # the delivery thread
-        seen.append((koala.track("Failed", email="ops@acme.com"), koala.flush(timeout=5)))
+        seen.append((koala.track("Failed", email="ops@acme.com"), koala.flush(timeout=math.inf)))
 
     koala = fake_client(fake, on_error=on_error)
     fake.fail_next(status=400)
