@@ -26,6 +26,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import logging
+import math
 import os
 import sys
 import threading
@@ -425,7 +426,7 @@ class KoalaSyncClient:
         before = self.stats()
         future = asyncio.run_coroutine_threadsafe(_flush(engine, wait), engine.loop)
         try:
-            return future.result(None if wait == float("inf") else wait)
+            return future.result(None if wait == math.inf else wait)
         except concurrent.futures.TimeoutError:
             future.cancel()
             after = self.stats()
@@ -453,7 +454,7 @@ class KoalaSyncClient:
         if not engine.call(engine.request_stop, deadline) or engine.on_loop():
             return _result(before, engine.snapshot())  # on_error closed us: cannot wait
         try:
-            return engine.closed.result(wait)
+            return engine.closed.result(None if wait == math.inf else wait)
         except concurrent.futures.TimeoutError:
             return _result(before, engine.snapshot())  # it carries on in the background
         except ClientClosedError:

@@ -253,6 +253,15 @@ def test_a_full_queue_raises_drops_or_waits_in_the_callers_thread() -> None:
 # Lifecycle
 
 
+def test_flush_and_close_may_wait_as_long_as_delivery_takes() -> None:
+    fake = FakeCollector()
+    koala = fake_client(fake)
+    koala.track("Clicked", email="ada@acme.com")
+    assert koala.flush(timeout=math.inf) == FlushResult(delivered=1, dropped=0, pending=0)
+    koala.track("Clicked", email="ada@acme.com")
+    assert koala.close(timeout=math.inf) == FlushResult(delivered=1, dropped=0, pending=0)
+
+
 def test_a_closed_client_refuses_calls_and_cannot_be_reentered() -> None:
     fake = FakeCollector()
     with fake_client(fake) as koala:
