@@ -15,8 +15,12 @@ TEST_DEPS = [
     "trio>=0.25",
     "uvicorn>=0.29",
     "trustme>=1.1",
+    # The sync client's real-process tests: gunicorn serves the Flask and Django examples;
+    # Celery talks to a redis-server the tests start (.ci/run installs it).
+    "gunicorn>=22",
+    "redis>=5",
 ]
-EXTRAS = ".[starlette,fastapi,aiohttp]"
+EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery]"
 
 
 @nox.session
@@ -37,7 +41,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and its tests."""
-    session.install("-e", EXTRAS, *TEST_DEPS, "mypy>=1.10", "types-jsonschema")
+    session.install("-e", EXTRAS, *TEST_DEPS, "mypy>=1.10", "types-jsonschema", "django-stubs>=5")
     session.run("mypy")
 
 

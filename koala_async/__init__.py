@@ -11,6 +11,7 @@ from ._exceptions import (
 from ._reporter import OnError
 from ._retry import RetryPolicy
 from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
+from ._sync import KoalaSyncClient
 from ._version import __version__
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "FlushResult",
     "KoalaClient",
     "KoalaError",
+    "KoalaSyncClient",
     "OnError",
     "QueueFullError",
     "RetryPolicy",

@@ -548,6 +548,20 @@ class KoalaClient:
             return None
         return _checkpoint()
 
+    def _put_encoded(self, kind: int, raw: bytes, who: Who) -> Coroutine[Any, Any, None] | None:
+        """Queue an entry encoded elsewhere: :meth:`_put` without encoding or pacing.
+
+        The one door :class:`~koala_async.KoalaSyncClient` uses: it validates and encodes in
+        its caller's thread, and its engine thread (this client's event loop) queues here.
+        Returns None, or a wait for room that the caller must await (the queue is full).
+        """
+        if self._ledger.pending >= self._limit:
+            return self._full(kind, raw, who)
+        self._ledger.accept()
+        if self._queue.put(kind, raw, who):
+            self._runtime.dispatch()  # type: ignore[union-attr]
+        return None
+
     def _full(self, kind: int, raw: bytes, who: Who) -> Coroutine[Any, Any, None] | None:
         """The queue is full (or the client takes nothing): drop, raise, or wait for room."""
         config = self._config

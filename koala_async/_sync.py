@@ -1,0 +1,657 @@
+"""KoalaSyncClient: the same calls for threads, WSGI apps, Celery workers and scripts.
+
+One delivery engine (issue 13): a :class:`KoalaClient` running on an asyncio event loop in a
+daemon thread of its own, so limiter, circuit, retries and accounting are the async
+client's, not a copy. The hot path never waits for that thread: a call validates and
+encodes in the caller's thread, exactly as ``KoalaClient`` does (same errors), appends
+``(kind, raw, who)`` to a deque (an atomic append) and wakes the loop only when nobody has
+yet, so a burst of calls costs one wake-up. The loop thread moves the inbox into the
+client's queue through ``KoalaClient._put_encoded``. Only a full queue makes a call hop to
+the loop, to drop, raise or wait as ``on_full`` says.
+
+The traps peers fell into, and what this does about each:
+
+- **fork** (gunicorn ``--preload``, uWSGI, Celery prefork): the engine starts on the first
+  call, and every call compares the pid: a child starts its own engine, with fresh counters.
+- **flush() from the engine's own thread** (an ``on_error`` callback): it cannot wait on
+  itself, so it asks for delivery and returns at once instead of deadlocking.
+- **interpreter exit**: an atexit hook closes every client within its ``shutdown_timeout``;
+  the thread is a daemon and every wait is bounded, so exit never hangs.
+- **gevent monkey-patching**: detected, and a warning says it is not supported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import math
+import os
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+from anyio.abc import TaskGroup
+
+from . import _validate
+from ._calls import (
+    EVENTS,
+    IDENTIFIES,
+    PAGE_VIEWS,
+    account_traits,
+    identify_entry,
+    page_entry,
+    track_entry,
+)
+from ._client import KoalaClient
+from ._config import OnFull
+from ._exceptions import ClientClosedError, KoalaError, ValidationError
+from ._redact import redact
+from ._reporter import OnError
+from ._retry import RetryPolicy
+from ._stats import DROP_REASONS, FlushResult, Stats
+from ._validate import Who
+from ._wire import Entry, Identify, encode, new_message_id
+
+__all__ = ["KoalaSyncClient"]
+
+logger = logging.getLogger("koala_async")
+
+_getpid = os.getpid
+_START_TIMEOUT = 10.0  # seconds a first call waits for the engine thread to be up (~1 ms)
+_STATS_TIMEOUT = 1.0  # seconds stats() waits for the loop before reading the counters as is
+_BOOKKEEPING = 0.2  # seconds of a close's timeout kept for counting and logging the drops
+_POLL = 0.25  # seconds between checks that the engine is alive, while a call waits for room
+
+_Item = tuple[int, bytes, Who]
+
+
+class _Engine:
+    """One process's delivery: a KoalaClient opened on an event loop in a daemon thread."""
+
+    def __init__(self, core: KoalaClient) -> None:
+        self.pid = _getpid()
+        self.core = core
+        self.ledger = core._ledger
+        self.inbox: deque[_Item] = deque()
+        self.woken = False  # a drain is due: later calls need not wake the loop
+        self.wake = asyncio.Event()  # set from any thread (through the loop) to drain
+        self.full: deque[tuple[_Item, concurrent.futures.Future[None]]] = deque()
+        self.accepting = False  # the core is open and takes entries from the inbox
+        self.loop = asyncio.new_event_loop()
+        self.ident: int | None = None  # the engine thread's id
+        self.group: TaskGroup | None = None
+        self.error: BaseException | None = None
+        self.closed: concurrent.futures.Future[FlushResult] = concurrent.futures.Future()
+        self._stop: anyio.Event | None = None
+        self._stop_timeout: float | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="koala-async", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        if not self._ready.wait(_START_TIMEOUT):
+            logger.error("the koala-async delivery thread did not start; entries wait for it")
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        self.ident = threading.get_ident()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:  # a daemon thread: say so, never raise
+            if not self._ready.is_set():
+                self.error = exc
+            else:
+                logger.exception("the koala-async delivery thread failed")
+            if not self.closed.done():
+                self.closed.set_exception(ClientClosedError(f"the delivery thread failed: {exc}"))
+        finally:
+            self._ready.set()
+            self.loop.close()
+
+    async def _main(self) -> None:
+        core = self.core
+        # This group is entered first, so the core's own task group (entered and left by
+        # this task in __aenter__ and aclose) nests inside it, as anyio requires.
+        async with anyio.create_task_group() as group:
+            self.group = group
+            await core.__aenter__()
+            self._stop = anyio.Event()
+            self.accepting = True
+            group.start_soon(self._drain_forever)
+            self._ready.set()
+            await self._stop.wait()
+            self.drain()  # what callers handed over before close() began
+            self.accepting = False
+            self._refuse_full()
+            result = await core.aclose(self._stop_timeout)
+            group.cancel_scope.cancel()  # puts still waiting for room: the core is closed
+        for _ in range(len(self.inbox)):  # calls that raced close(): counted, never lost
+            self.inbox.popleft()
+            self.ledger.refuse("shutdown_timeout")
+        self._refuse_full()
+        self.closed.set_result(result)
+
+    # On the loop thread, in its tasks (the core needs anyio's task context)
+
+    async def _drain_forever(self) -> None:
+        wake = self.wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            self.drain()
+
+    def drain(self) -> None:
+        """Move the inbox into the core's queue, then the calls that found it full."""
+        self.woken = False
+        if not self.accepting:
+            return
+        inbox, put = self.inbox, self.core._put_encoded
+        while inbox:
+            kind, raw, who = inbox.popleft()
+            try:
+                waiting = put(kind, raw, who)
+            except KoalaError:  # on_full="raise", and callers raced past their check
+                self.core._refuse("queue_full", raw, who)
+                continue
+            if waiting is not None:  # full: its caller has moved on, so wait here
+                self._wait(waiting, None)
+        full = self.full
+        while full:
+            item, done = full.popleft()
+            self.put_full(item, done)
+
+    def put_full(self, item: _Item, done: concurrent.futures.Future[None] | None) -> None:
+        """The queue was full: put one entry as ``on_full`` says, telling ``done`` how."""
+        try:
+            waiting = self.core._put_encoded(*item)
+        except KoalaError as exc:
+            if done is None:
+                raise
+            done.set_exception(exc)
+            return
+        if waiting is not None:
+            self._wait(waiting, done)
+        elif done is not None:
+            done.set_result(None)
+
+    def _refuse_full(self) -> None:
+        while self.full:
+            self.full.popleft()[1].set_exception(ClientClosedError(_CLOSED))
+
+    def _wait(
+        self, waiting: Coroutine[Any, Any, None], done: concurrent.futures.Future[None] | None
+    ) -> None:
+        assert self.group is not None
+        self.group.start_soon(self._settle, waiting, done)
+
+    async def _settle(
+        self, waiting: Coroutine[Any, Any, None], done: concurrent.futures.Future[None] | None
+    ) -> None:
+        try:
+            await waiting
+        except BaseException as exc:  # closed while waiting for room, or cancelled at close
+            if done is None:
+                self.ledger.refuse("shutdown_timeout")  # its caller was told it was taken
+            else:
+                done.set_exception(
+                    exc if isinstance(exc, KoalaError) else ClientClosedError(_CLOSED)
+                )
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if done is not None:
+                done.set_result(None)
+
+    def snapshot(self) -> Stats:
+        """The core's counters plus the inbox, as pending. On the loop thread, or once the
+        loop has stopped, this is consistent."""
+        stats = self.core.stats()
+        handed = len(self.inbox)
+        if not handed:
+            return stats
+        return msgspec.structs.replace(
+            stats, accepted=stats.accepted + handed, pending=stats.pending + handed
+        )
+
+    def request_stop(self, timeout: float | None) -> None:
+        self._stop_timeout = timeout
+        if self._stop is not None:
+            self._stop.set()
+
+    # From any thread
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive() and not self.closed.done()
+
+    def on_loop(self) -> bool:
+        return threading.get_ident() == self.ident
+
+    def call(self, function: Any, *args: Any) -> bool:
+        """Run ``function(*args)`` on the loop thread soon; False if the loop is closed."""
+        try:
+            self.loop.call_soon_threadsafe(function, *args)
+        except RuntimeError:  # the loop closed: the engine is done
+            return False
+        return True
+
+
+class KoalaSyncClient:
+    """:class:`KoalaClient` for code without an event loop: Django, Flask, Celery, scripts.
+
+    Make one per process, at import time if you like (also before a server forks)::
+
+        koala = KoalaSyncClient(user_agent="acme-app/2.3.0")
+
+        def signup(request):
+            koala.track("Signed Up", email=request.user.email, properties={"plan": "pro"})
+
+    The same options, calls, return values, errors and :meth:`stats` as ``KoalaClient``.
+    Calls validate and encode in your thread (microseconds) and never wait for the network;
+    a daemon thread, started on the first call in each process, delivers. At interpreter
+    exit the client is closed within ``shutdown_timeout``; :meth:`flush` and :meth:`close`
+    block at most their ``timeout``. ``on_error`` runs on the delivery thread. Any number
+    of threads may share one client.
+
+    Raises:
+        ValidationError: An option is wrong; the message says how to fix it.
+    """
+
+    def __init__(
+        self,
+        public_api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        user_agent: str | None = None,
+        flush_interval: float = 1.0,
+        max_queue_size: int = 100_000,
+        on_full: OnFull = "pace",
+        max_concurrent_requests: int = 256,
+        http_client: httpx.AsyncClient | None = None,
+        enabled: bool = True,
+        timeout: float = 10.0,
+        shutdown_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        on_error: OnError | None = None,
+    ) -> None:
+        options: dict[str, Any] = {
+            "base_url": base_url,
+            "user_agent": user_agent,
+            "flush_interval": flush_interval,
+            "max_queue_size": max_queue_size,
+            "on_full": on_full,
+            "max_concurrent_requests": max_concurrent_requests,
+            "http_client": http_client,
+            "enabled": enabled,
+            "timeout": timeout,
+            "shutdown_timeout": shutdown_timeout,
+            "retry": retry,
+            "on_error": on_error,
+        }
+        # Built now to check the options (same errors as KoalaClient); opened on first use.
+        self._core: KoalaClient | None = KoalaClient(public_api_key, **options)
+        self._config = self._core._config
+        self._key = public_api_key
+        self._options = options
+        self._engine: _Engine | None = None
+        self._final: _Engine | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        _live.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<KoalaSyncClient {state} base_url={self._config.base_url!r} "
+            f"public_api_key={redact(self._config.key)!r}>"
+        )
+
+    def __enter__(self) -> KoalaSyncClient:
+        if self._closed:
+            raise ClientClosedError(_CLOSED)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # The engine
+
+    def _start(self) -> _Engine | None:
+        """The engine for this process, started now if need be; None if disabled."""
+        with self._lock:
+            engine = self._engine
+            if engine is not None and engine.pid == _getpid():
+                return engine  # another thread started it meanwhile
+            if self._closed:
+                raise ClientClosedError(_CLOSED)
+            if not self._config.enabled:
+                return None
+            core = self._core
+            if core is None or engine is not None:  # used in a parent process: start afresh
+                core = KoalaClient(self._key, **self._options)
+            self._core = None
+            if _gevent_patched():
+                logger.warning(
+                    "KoalaSyncClient does not support gevent monkey-patching: its delivery "
+                    "thread would be a greenlet, and entries may wait until your code yields; "
+                    "see the README"
+                )
+            engine = _Engine(core)
+            engine.start()
+            self._engine = engine
+            return engine
+
+    def _hand(self, kind: int, entry: Entry, who: Who) -> None:
+        """Encode an entry and hand it to the engine: the hot path, no waiting."""
+        try:
+            raw = encode(entry)
+        except (TypeError, ValueError, OverflowError) as exc:
+            what = "traits" if type(entry) is Identify else "properties"
+            raise ValidationError(
+                f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, "
+                "None, lists and dicts of them"
+            ) from None
+        engine = self._engine
+        if engine is None or engine.pid != _getpid():
+            engine = self._start()
+            if engine is None:
+                return  # disabled: validated, and that is all
+        if engine.ledger.pending + len(engine.inbox) >= engine.core._limit:
+            self._put_full(engine, (kind, raw, who))  # full, dead or closing: rare
+            return
+        engine.inbox.append((kind, raw, who))
+        if not engine.woken:
+            engine.woken = True
+            engine.call(engine.wake.set)  # False: closed under us; counted at the close
+
+    def _put_full(self, engine: _Engine, item: _Item) -> None:
+        """Let the engine drop, raise or wait for room, as ``on_full`` says."""
+        if engine.on_loop():  # e.g. from on_error: waiting here would stop the loop
+            engine.drain()
+            engine.put_full(item, None)
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        engine.full.append((item, done))  # after this thread's earlier entries: in order
+        if not engine.call(engine.wake.set):
+            raise ClientClosedError(_CLOSED)
+        while True:
+            try:
+                return done.result(_POLL)
+            except concurrent.futures.TimeoutError:
+                if not engine.running:  # the loop ended without taking it
+                    raise ClientClosedError(_CLOSED) from None
+
+    # Lifecycle
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        """Send everything queued now and wait, at most ``timeout`` seconds, for the outcome.
+
+        ``timeout`` defaults to ``shutdown_timeout``; pass ``math.inf`` to wait for as long
+        as retries take. Called from the delivery thread (in ``on_error``) it cannot wait on
+        itself: it makes everything due and returns at once.
+
+        Raises:
+            DeliveryError: The endpoint refused the key, or is not Koala's, for good.
+            ClientClosedError: The client is closed.
+        """
+        if self._closed:
+            raise ClientClosedError(_CLOSED)
+        engine = self._engine
+        if engine is None or engine.pid != _getpid() or not engine.running:
+            return FlushResult(delivered=0, dropped=0, pending=0)
+        if engine.on_loop():
+            engine.drain()
+            runtime = engine.core._runtime
+            if runtime is not None:
+                runtime.flush_waiting()
+            return FlushResult(delivered=0, dropped=0, pending=engine.snapshot().pending)
+        wait = self._config.shutdown_timeout if timeout is None else float(timeout)
+        before = self.stats()
+        future = asyncio.run_coroutine_threadsafe(_flush(engine, wait), engine.loop)
+        try:
+            return future.result(None if wait == math.inf else wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            after = self.stats()
+            return _result(before, after)
+
+    def close(self, timeout: float | None = None) -> FlushResult:
+        """Stop taking calls, deliver what is queued within ``timeout``, stop the thread.
+
+        ``timeout`` defaults to ``shutdown_timeout``; what is undelivered then is dropped
+        as ``shutdown_timeout`` and logged, as ``KoalaClient.aclose`` does. Blocks at most
+        ``timeout`` seconds; closing twice is harmless. Also done at interpreter exit.
+        """
+        with self._lock:
+            engine, self._engine, self._closed = self._engine, None, True
+            self._core = None
+            if engine is not None and engine.pid == _getpid():
+                self._final = engine  # for stats() after the close
+        if engine is None or engine.pid != _getpid() or not engine.running:
+            return FlushResult(delivered=0, dropped=0, pending=0)
+        wait = self._config.shutdown_timeout if timeout is None else float(timeout)
+        before = engine.snapshot() if engine.on_loop() else self._stats_of(engine)
+        # The core gets a little less than ``wait``: counting and logging what it gave up
+        # comes after its deadline, and must come before ours (at exit, nothing comes later).
+        deadline = wait - min(_BOOKKEEPING, wait / 10)
+        if not engine.call(engine.request_stop, deadline) or engine.on_loop():
+            return _result(before, engine.snapshot())  # on_error closed us: cannot wait
+        try:
+            return engine.closed.result(None if wait == math.inf else wait)
+        except concurrent.futures.TimeoutError:
+            return _result(before, engine.snapshot())  # it carries on in the background
+        except ClientClosedError:
+            return _result(before, engine.snapshot())
+
+    def _close_at_exit(self) -> None:
+        engine = self._engine
+        if engine is not None and engine.pid == _getpid() and engine.running:
+            try:
+                self.close()
+            except Exception:
+                logger.exception("closing the KoalaSyncClient at exit failed")
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters; see :class:`Stats`. Entries handed over by calls and
+        not yet queued by the delivery thread count as pending."""
+        engine = self._engine or self._final
+        if engine is None or engine.pid != _getpid():
+            core = self._core
+            return _EMPTY if core is None else core.stats()
+        return self._stats_of(engine)
+
+    @staticmethod
+    def _stats_of(engine: _Engine) -> Stats:
+        if engine.on_loop() or not engine.running:
+            return engine.snapshot()
+        future: concurrent.futures.Future[Stats] = concurrent.futures.Future()
+        if engine.call(lambda: future.set_result(engine.snapshot())):
+            try:
+                return future.result(_STATS_TIMEOUT)
+            except concurrent.futures.TimeoutError:  # the loop is busy (a slow on_error?)
+                pass
+        return engine.snapshot()
+
+    # The calls
+
+    def track(
+        self,
+        event: str,
+        *,
+        profile_id: str | None = None,
+        email: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        sent_at: datetime | str | None = None,
+    ) -> str:
+        """Record that a person did something; see :meth:`KoalaClient.track`.
+
+        Returns:
+            The entry's ``message_id``.
+
+        Raises:
+            ValidationError: Bad input; the message says what to fix.
+            ClientClosedError: The client is closed.
+        """
+        who = _validate.person(profile_id, email)
+        entry = track_entry(event, properties, _message_id(message_id), sent_at)
+        self._hand(EVENTS, entry, who)
+        return entry.message_id
+
+    def identify(
+        self,
+        *,
+        profile_id: str | None = None,
+        email: str | None = None,
+        traits: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        sent_at: datetime | str | None = None,
+    ) -> str:
+        """Tell Koala who a visitor is; see :meth:`KoalaClient.identify`.
+
+        Returns:
+            The entry's ``message_id``.
+        """
+        who = _validate.person(profile_id, email)
+        entry = identify_entry(_validate.fields(traits, "traits"), _message_id(message_id), sent_at)
+        self._hand(IDENTIFIES, entry, who)
+        return entry.message_id  # type: ignore[return-value]
+
+    def page(
+        self,
+        *,
+        profile_id: str | None = None,
+        email: str | None = None,
+        name: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        sent_at: datetime | str | None = None,
+    ) -> str:
+        """Record a page view; see :meth:`KoalaClient.page`.
+
+        Returns:
+            The entry's ``message_id``.
+        """
+        who = _validate.person(profile_id, email)
+        entry = page_entry(name, properties, _message_id(message_id), sent_at)
+        self._hand(PAGE_VIEWS, entry, who)
+        return entry.message_id
+
+    def account_identify(
+        self,
+        *,
+        domain: str | None = None,
+        account_id: str | None = None,
+        traits: Mapping[str, Any] | None = None,
+        group_id: str | None = None,
+        message_id: str | None = None,
+        sent_at: datetime | str | None = None,
+    ) -> str:
+        """Set traits on a company account; see :meth:`KoalaClient.account_identify`.
+
+        Returns:
+            The entry's ``message_id``.
+        """
+        who = _validate.account(domain, account_id)
+        entry = identify_entry(account_traits(traits, group_id), _message_id(message_id), sent_at)
+        self._hand(IDENTIFIES, entry, who)
+        return entry.message_id  # type: ignore[return-value]
+
+    def account_track(
+        self,
+        event: str,
+        *,
+        domain: str | None = None,
+        account_id: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        sent_at: datetime | str | None = None,
+    ) -> str:
+        """Record something a company account did; see :meth:`KoalaClient.account_track`.
+
+        Returns:
+            The entry's ``message_id``.
+        """
+        who = _validate.account(domain, account_id)
+        entry = track_entry(event, properties, _message_id(message_id), sent_at)
+        self._hand(EVENTS, entry, who)
+        return entry.message_id
+
+
+_CLOSED = "the KoalaSyncClient is closed; create a new one to send again"
+_EMPTY = Stats(  # a forked child before its first call: nothing accepted here yet
+    accepted=0,
+    delivered=0,
+    dropped=dict.fromkeys(DROP_REASONS, 0),
+    pending=0,
+    requests=0,
+    retries=0,
+    last_error=None,
+)
+
+
+def _message_id(given: str | None) -> str:
+    """``given``, or a new message id (the entry builders check a given one).
+
+    The pool of pre-drawn ids is shared by every thread: another thread may take the last
+    one between this one's check and its pop, and the next try draws a fresh block.
+    """
+    if given is not None:
+        return given
+    while True:
+        try:
+            return new_message_id()
+        except IndexError:
+            continue
+
+
+async def _flush(engine: _Engine, timeout: float) -> FlushResult:
+    engine.drain()
+    return await engine.core.flush(timeout)
+
+
+def _result(before: Stats, after: Stats) -> FlushResult:
+    return FlushResult(
+        delivered=after.delivered - before.delivered,
+        dropped=after.dropped_total - before.dropped_total,
+        pending=after.pending,
+    )
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("threading"))
+
+
+_live: weakref.WeakSet[KoalaSyncClient] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for client in list(_live):
+        client._close_at_exit()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_live):
+        client._lock = threading.Lock()  # a thread of the parent may have held it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

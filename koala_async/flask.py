@@ -1,0 +1,91 @@
+"""Flask integration: an extension that makes the client, the ``ko_id`` cookie and ``g``.
+
+::
+
+    from flask import Flask, g
+    from koala_async.flask import Koala, get_koala
+
+    app = Flask(__name__)
+    app.config["KOALA"] = {"user_agent": "acme-app/2.3.0"}  # KoalaSyncClient's keywords
+    Koala(app, domain=".acme.com")  # or: koala = Koala(domain=...); koala.init_app(app)
+
+    @app.post("/signup")
+    def signup():
+        get_koala().track("Signed Up", profile_id=g.koala_profile_id)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ._optional import require
+
+require("flask", "flask")
+
+from flask import Flask, current_app, g, request  # noqa: E402 - after the check naming the extra
+
+from ._cookie import TWO_YEARS  # noqa: E402
+from ._sync import KoalaSyncClient  # noqa: E402
+from .wsgi import PROFILE_ID, KoalaMiddleware  # noqa: E402
+
+__all__ = ["Koala", "get_koala"]
+
+EXTENSION = "koala"
+
+
+class Koala:
+    """The Flask extension: one :class:`KoalaSyncClient` per app, and the ``ko_id`` cookie.
+
+    The client is ``client`` if given, else made from ``app.config["KOALA"]`` (a dict of
+    KoalaSyncClient's keywords; the key and URL default to ``KOALA_PUBLIC_API_KEY`` and
+    ``KOALA_BASE_URL``). It is closed at interpreter exit, within its ``shutdown_timeout``.
+    Each request gets ``g.koala_profile_id``; the cookie keywords are the WSGI
+    ``KoalaMiddleware``'s.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        client: KoalaSyncClient | None = None,
+        domain: str | None = None,
+        path: str = "/",
+        max_age: int = TWO_YEARS,
+        same_site: Literal["Lax", "Strict", "None"] = "Lax",
+        secure: bool | None = None,
+        http_only: bool = False,
+    ) -> None:
+        self._client = client
+        self._cookie: dict[str, Any] = {
+            "domain": domain,
+            "path": path,
+            "max_age": max_age,
+            "same_site": same_site,
+            "secure": secure,
+            "http_only": http_only,
+        }
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Give ``app`` its client, the cookie middleware and ``g.koala_profile_id``."""
+        client = self._client or KoalaSyncClient(**app.config.get("KOALA", {}))
+        app.extensions[EXTENSION] = client
+        app.wsgi_app = KoalaMiddleware(app.wsgi_app, **self._cookie)  # type: ignore[method-assign]
+        app.before_request(_profile_id_to_g)
+
+    @property
+    def client(self) -> KoalaSyncClient:
+        """The current app's client."""
+        return get_koala()
+
+
+def _profile_id_to_g() -> None:
+    g.koala_profile_id = request.environ[PROFILE_ID]
+    # Request context (ip, userAgent, page) for koala_async._context would be set here.
+
+
+def get_koala() -> KoalaSyncClient:
+    """The current app's client (inside a request or an app context)."""
+    client: KoalaSyncClient = current_app.extensions[EXTENSION]
+    return client
