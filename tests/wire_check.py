@@ -70,8 +70,10 @@ def check_request(request: httpx.Request, key: str = "pk_test") -> dict[str, Any
 
 
 def invariant(stats: Stats) -> None:
-    """Every accepted entry is delivered, dropped or still pending: none vanish."""
+    """Every accepted entry is delivered, dropped or still pending: none vanish, none is
+    counted below zero (a batch settled twice once left pending at -7)."""
     assert stats.accepted == stats.delivered + stats.dropped_total + stats.pending, stats
+    assert min(stats.pending, stats.delivered, *stats.dropped.values()) >= 0, stats
 
 
 def free_port() -> int:
