@@ -2,8 +2,9 @@
 
 A call validates its input, encodes its entry once and queues it (:mod:`._queue`); that is
 all the hot path does: no task, no I/O, O(1) whatever the queue holds. Every 64th call
-yields to the event loop once, so a loop that does nothing but ``await koala.track(...)``
-still lets the senders run. Delivery is a pipeline of small parts, each with one job:
+yields to the event loop once if the background tasks have not run since the last look, so a
+loop that does nothing but ``await koala.track(...)`` still lets the senders run.
+Delivery is a pipeline of small parts, each with one job:
 
 - :mod:`._config` checks the options; :mod:`._calls` builds entries;
 - :mod:`._queue` keeps per-person batches and the ready order; :mod:`._ledger` the counters;
@@ -170,6 +171,7 @@ class KoalaClient:
         self._limit = config.max_queue_size if config.enabled else 0
         self._state = _State.UNOPENED
         self._calls = 0
+        self._turns = -1  # the runtime's turns when a call last looked
         self._token: object = None
         self._queue = Queue()
         self._ledger = Ledger()
@@ -545,6 +547,12 @@ class KoalaClient:
             self._runtime.dispatch()  # type: ignore[union-attr]
         self._calls = calls = self._calls + 1
         if calls % _PACE_EVERY:
+            return None
+        # Yield only if the background tasks have not had a turn since we last looked: a
+        # request handler returns to the loop anyway; a bare loop must let them run.
+        turns = self._runtime.turns  # type: ignore[union-attr]
+        if turns != self._turns:
+            self._turns = turns
             return None
         return _checkpoint()
 

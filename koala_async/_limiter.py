@@ -38,12 +38,12 @@ class Limiter:
         self._slow_start = True
         self._cut_pending = 0  # answers to ignore after a cut: those already in flight
 
-    def succeeded(self, in_flight: int, backlog: bool) -> None:
-        """A request was answered well. ``in_flight`` counts the others still out;
-        ``backlog`` says whether work is waiting for a sender."""
+    def succeeded(self, backlog: bool) -> None:
+        """A request was answered well; ``backlog`` says whether work is waiting for a
+        sender (if not, the limit is not what holds delivery back: no growth)."""
         if self._cut_pending:
             self._cut_pending -= 1
-        if not backlog or in_flight + 1 < self.limit:  # the limit was not what held us back
+        if not backlog:
             return
         self._exact += 1.0 if self._slow_start else 1.0 / self._exact
         self._set(self._exact)

@@ -8,10 +8,10 @@ batch until it holds 30 of that kind, has been taken by a sender (sealed), or be
 different e-mail (or account id) than the entry; then a new batch is started. So every batch
 is, by construction, one valid request: one person, at most 30 of each kind.
 
-A target is *ready* when one of its batches is full, or when the runtime says so (the flush
-interval passed, a flush, the close). Ready targets wait in one FIFO; a sender takes the
-first, sends its first batch, and hands it back (:meth:`Queue.done`), which puts it at the end
-of the FIFO if more is queued. So a person has at most one request in flight, their entries
+A target is *ready* when one of its batches is full, when its oldest entry has waited the
+flush interval (in eight age buckets, see :data:`TICKS`), on a flush, and at the close.
+Ready targets wait in one FIFO; a sender takes the first, sends its first batch, and hands
+it back (:meth:`Queue.done`), which puts it at the end of the FIFO if more is queued. So a person has at most one request in flight, their entries
 arrive in order, and a busy person takes turns with everyone else.
 """
 
@@ -129,7 +129,7 @@ class Target:
     batch to batch.
     """
 
-    __slots__ = ("batches", "field", "key", "open", "scheduled", "secondary_name")
+    __slots__ = ("batches", "field", "key", "open", "scheduled", "secondary_name", "waits")
 
     def __init__(self, field: str, key: str, secondary_name: str) -> None:
         self.field = field
@@ -138,6 +138,7 @@ class Target:
         self.batches: list[Batch] = []
         self.open: Batch | None = None  # the batch new entries join; None once it is sealed
         self.scheduled = False  # waiting in the ready FIFO, or being sent
+        self.waits = False  # in one of the queue's age buckets
 
     @property
     def account(self) -> bool:
@@ -181,17 +182,24 @@ class Target:
         return ids
 
 
-class Queue:
-    """Every queued target, and the FIFO of those ready to be sent."""
+TICKS = 8
+"""Age buckets per flush interval: a waiting entry is sent after 7/8 to 8/8 of it, so the
+batches of a busy site go out in eight small waves a second rather than one big one."""
 
-    __slots__ = ("eager", "ready", "targets", "waiting")
+
+class Queue:
+    """Every queued target, the FIFO of those ready to be sent, and the age buckets of
+    those still filling."""
+
+    __slots__ = ("buckets", "eager", "ready", "targets")
 
     def __init__(self) -> None:
         # Targets by the field they are keyed by, so ids of different kinds never collide.
         self.targets: dict[str, dict[str, Target]] = {
             field: {} for field in ("profile_id", "email", "domain", "account_id")
         }
-        self.waiting: set[Target] = set()  # targets with entries that are not ready yet
+        # Targets with entries that are not ready yet, newest bucket last.
+        self.buckets: deque[list[Target]] = deque([[] for _ in range(TICKS)])
         self.ready: deque[Target] = deque()
         self.eager = False  # closing: every batch goes as soon as a sender is free
 
@@ -202,22 +210,36 @@ class Queue:
         target = targets.get(key)
         if target is None:
             target = targets[key] = Target(field, key, secondary_name)
-        if target.scheduled:
-            target.add(kind, entry, secondary)
-            return False
         if target.add(kind, entry, secondary):
-            self.waiting.discard(target)
-            target.scheduled = True
-            self.ready.append(target)
-            return True
-        self.waiting.add(target)
+            if not target.scheduled:
+                target.scheduled = True
+                self.ready.append(target)
+                return True
+        elif not target.scheduled and not target.waits:
+            target.waits = True
+            self.buckets[-1].append(target)
         return False
 
+    def tick(self) -> int:
+        """An eighth of the flush interval passed: make the oldest bucket's targets ready.
+        Returns how many became ready."""
+        buckets = self.buckets
+        oldest = buckets.popleft()
+        buckets.append([])
+        return self._schedule(oldest)
+
     def schedule_waiting(self) -> int:
-        """Make every target with queued entries ready; return how many became ready."""
-        waiting, self.waiting = self.waiting, set()
+        """Make every target with queued entries ready (a flush, the close)."""
         ready = 0
-        for target in waiting:
+        for bucket in self.buckets:
+            ready += self._schedule(bucket)
+            bucket.clear()
+        return ready
+
+    def _schedule(self, bucket: list[Target]) -> int:
+        ready = 0
+        for target in bucket:
+            target.waits = False
             if target.batches and not target.scheduled:
                 target.scheduled = True
                 self.ready.append(target)
@@ -231,7 +253,7 @@ class Queue:
     def done(self, target: Target) -> None:
         """A sender settled ``target``'s first batch: put the target back at the end of the
         FIFO if its next batch is due (full, awaited by a flush, or the client is closing),
-        among the waiting if it is still filling, else forget it."""
+        in the newest age bucket if it is still filling, else forget it."""
         del target.batches[0]
         batches = target.batches
         if batches:
@@ -240,7 +262,9 @@ class Queue:
                 self.ready.append(target)
             else:
                 target.scheduled = False
-                self.waiting.add(target)
+                if not target.waits:
+                    target.waits = True
+                    self.buckets[-1].append(target)
             return
         target.scheduled = False
         targets = self.targets[target.field]
@@ -261,5 +285,6 @@ class Queue:
     def clear(self) -> None:
         for targets in self.targets.values():
             targets.clear()
-        self.waiting.clear()
+        for bucket in self.buckets:
+            bucket.clear()
         self.ready.clear()

@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 from ._http import HttpFactory
 from ._ledger import Ledger
 from ._limiter import Limiter
-from ._queue import Queue
+from ._queue import TICKS, Queue
 from ._reporter import Reporter
 from ._sender import Sender
 
@@ -58,6 +58,7 @@ class Runtime:
         self._scopes: set[anyio.CancelScope] = set()
         self._tasks = 0
         self.workers = 0
+        self.turns = 0  # counts the background tasks' turns: has the event loop run lately?
         self._stopping = False
         self._stopped: anyio.Event | None = None
         self._group: TaskGroup | None = None
@@ -125,6 +126,7 @@ class Runtime:
         http = self._client()
         try:
             while True:
+                self.turns += 1
                 target = queue.take()
                 if target is None:
                     event = anyio.Event()
@@ -149,8 +151,10 @@ class Runtime:
 
     async def _tick_forever(self) -> None:
         while True:
-            await anyio.sleep(self._flush_interval)
-            self.flush_waiting()
+            await anyio.sleep(self._flush_interval / TICKS)
+            self.turns += 1
+            if self._queue.tick():
+                self.dispatch()
 
     def flush_waiting(self) -> None:
         """Make every target with queued entries ready now, and wake workers for them."""

@@ -157,7 +157,7 @@ class Sender:
                 if circuit.answered(verdict, now, probe):
                     logger.warning("%s answers again; sending what waited", config.shown_url)
                     self._changed_now()
-                self._limiter.succeeded(self.in_flight, self._backlog())
+                self._limiter.succeeded(self._backlog())
                 return None, status, None
             self._record(status, error, target.account)
             if verdict is Verdict.GONE and error is not None:

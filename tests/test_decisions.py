@@ -134,11 +134,9 @@ def test_a_rate_limit_always_waits_a_doubling_floor() -> None:
 def test_the_limiter_grows_fast_with_a_backlog_then_additively_after_an_overload() -> None:
     limiter = Limiter(ceiling=256, initial=8)
     for _ in range(8):
-        limiter.succeeded(in_flight=limiter.limit - 1, backlog=True)
+        limiter.succeeded(backlog=True)
     assert limiter.limit == 16, "slow start: one more per success"
-    limiter.succeeded(in_flight=0, backlog=True)
-    assert limiter.limit == 16, "not held back by the limit: no growth"
-    limiter.succeeded(in_flight=15, backlog=False)
+    limiter.succeeded(backlog=False)
     assert limiter.limit == 16, "no backlog: no growth"
     limiter.overloaded(in_flight=10)
     assert limiter.limit == int(16 * 0.7)
@@ -147,7 +145,7 @@ def test_the_limiter_grows_fast_with_a_backlog_then_additively_after_an_overload
     assert limiter.limit == int(16 * 0.7), "one cut per round trip"
     before = limiter.limit
     for _ in range(before):
-        limiter.succeeded(in_flight=limiter.limit - 1, backlog=True)
+        limiter.succeeded(backlog=True)
     assert limiter.limit == before + 1, "after an overload: one more per round trip"
 
 
@@ -155,7 +153,7 @@ def test_the_limiter_stays_within_floor_and_ceiling() -> None:
     limiter = Limiter(ceiling=4, initial=8)
     assert limiter.limit == 4
     for _ in range(100):
-        limiter.succeeded(in_flight=3, backlog=True)
+        limiter.succeeded(backlog=True)
     assert limiter.limit == 4
     for _ in range(100):
         limiter.overloaded(in_flight=0)
