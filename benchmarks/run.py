@@ -753,8 +753,10 @@ def table(results: dict[str, Any]) -> str:
     ]
     for sdk in SDKS:
         k = f"{sdk}/cold"
-        cells = [get(k, f) for f in ("import_ms", "first_open_ms", "open_ms", "five_ms")]
-        rows.append(f"| {sdk} | " + " | ".join("" if c != c else f"{c:.1f}" for c in cells) + " |")
+        figures = [get(k, f) for f in ("import_ms", "first_open_ms", "open_ms", "five_ms")]
+        rows.append(
+            f"| {sdk} | " + " | ".join("" if c != c else f"{c:.1f}" for c in figures) + " |"
+        )
 
     rows += [
         "",
