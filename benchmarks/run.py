@@ -404,7 +404,10 @@ async def loop_async(sdk: str, n: int, port: int) -> dict[str, float]:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         delivered = sink(port, "/_count")["count"]
         grown = vm_kb("VmHWM") - rss
-        return loop_result(n, delivered, loop_s, wall, cpu, grown) | {"closed": float(closed)}
+        return loop_result(n, delivered, loop_s, wall, cpu, grown) | {
+            "close_s": wall - loop_s,
+            "closed": float(closed),
+        }
     koala = koala_client(port)
     await koala.__aenter__()
     pending = 0
@@ -440,6 +443,10 @@ started = time.perf_counter()
 import koala_async
 imported = time.perf_counter() - started
 import asyncio, json
+started = time.perf_counter()
+if {preload}:  # what the first open imports: anyio's asyncio backend
+    import anyio._backends._asyncio
+backend = time.perf_counter() - started
 
 async def main():
     times = []
@@ -453,8 +460,8 @@ async def main():
 
 times = asyncio.run(main())
 rest = sorted(times[1:])
-print(json.dumps({{"import_ms": imported * 1e3, "first_open_ms": times[0] * 1e3,
-                  "open_ms": rest[len(rest) // 2] * 1e3}}))
+print(json.dumps({{"import_ms": imported * 1e3, "backend_ms": backend * 1e3,
+                  "first_open_ms": times[0] * 1e3, "open_ms": rest[len(rest) // 2] * 1e3}}))
 """
 
 COLD_FIVE = {
@@ -513,7 +520,13 @@ def cold(sdk: str, port: int) -> dict[str, float]:
     result = bare_python(code)
     result["delivered"] = sink(port, "/_count")["count"]
     if sdk == "koala_async":
-        result |= bare_python(COLD_OPEN.format(port=port))
+        result |= bare_python(COLD_OPEN.format(port=port, preload=False))
+        # The same with anyio's asyncio backend imported first, as any anyio-based app
+        # (Starlette, FastAPI) has: what opening costs once that import is paid.
+        loaded = bare_python(COLD_OPEN.format(port=port, preload=True))
+        result["anyio_backend_import_ms"] = loaded["backend_ms"]
+        result["first_open_backend_loaded_ms"] = loaded["first_open_ms"]
+        del result["backend_ms"]
     return result
 
 
@@ -627,21 +640,28 @@ def measure(
     return dict(json.loads(lines[-1]))
 
 
-def sizes(quick: bool) -> dict[str, float]:
-    """Events per run (and web seconds): the full run fits in about 8 minutes on 2 cores."""
+def sizes(quick: bool, overrides: list[str] | None = None) -> dict[str, float]:
+    """Events per run (and web seconds), with ``key=value`` overrides (``--size loop=60000``)."""
     if quick:
-        return {"run": 10_000, "memory": 30_000, "latency": 10_000, "web_s": 5, "loop": 60_000}
-    return {"run": 20_000, "memory": 90_000, "latency": 10_000, "web_s": 20, "loop": 300_000}
+        size = {"run": 10_000, "memory": 30_000, "latency": 10_000, "web_s": 5, "loop": 60_000}
+    else:
+        size = {"run": 20_000, "memory": 90_000, "latency": 10_000, "web_s": 20, "loop": 300_000}
+    size["loop_peers"] = size["loop"]  # the peers' loop: the same unless overridden
+    for override in overrides or ():
+        key, _, value = override.partition("=")
+        if key not in size:
+            raise SystemExit(f"--size takes one of {', '.join(size)}, got {key!r}")
+        size[key] = float(value)
+    return size
 
 
 def conduct(args: argparse.Namespace) -> dict[str, Any]:
-    size = sizes(args.quick)
-    n, n_memory, n_latency, n_loop = (
-        int(size["run"]),
-        int(size["memory"]),
-        int(size["latency"]),
-        int(size["loop"]),
-    )
+    size = sizes(args.quick, args.size)
+    n, n_memory, n_latency = int(size["run"]), int(size["memory"]), int(size["latency"])
+
+    def n_loop(sdk: str) -> int:
+        return int(size["loop"] if sdk == "koala_async" else size["loop_peers"])
+
     results: dict[str, Any] = {"sizes": size}
     with running_sink() as port:
         for scenario in ("one", "many"):
@@ -658,7 +678,7 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
         for sdk in SDKS:
             results[f"{sdk}/cold"] = measure(sdk, "cold", "-", 0, port)
         for sdk in SDKS:
-            results[f"{sdk}/loop"] = measure(sdk, "loop", "many", n_loop, port)
+            results[f"{sdk}/loop"] = measure(sdk, "loop", "many", n_loop(sdk), port)
         sink(port, "/_config", {"delay": 0.05})
         for sdk in SDKS:
             results[f"{sdk}/latency"] = measure(sdk, "latency", "many", n_latency, port)
@@ -668,7 +688,7 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
                     sdk, "web", "visitors", 0, port, rate=rate, seconds=size["web_s"]
                 )
         for sdk in SDKS:
-            results[f"{sdk}/loop50"] = measure(sdk, "loop", "many", n_loop, port)
+            results[f"{sdk}/loop50"] = measure(sdk, "loop", "many", n_loop(sdk), port)
         sink(port, "/_config", {"delay": 0.0})
         results["httpx/ceiling"] = measure("httpx", "run", "one", n, port)
         results["msgspec/ceiling"] = measure("msgspec", "run", "one", 200_000, port)
@@ -747,13 +767,24 @@ def table(results: dict[str, Any]) -> str:
 
     rows += [
         "",
-        "| cold (bare interpreter) | import ms | open+close ms, first | open+close ms, median "
-        "| import + 5 tracks + flush + close ms |",
-        "|---|---|---|---|---|",
+        "| cold (bare interpreter) | import ms | open+close ms, first "
+        "| of which anyio backend import | first, backend already imported "
+        "| open+close ms, median of 20 more | import + 5 tracks + flush + close ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for sdk in SDKS:
         k = f"{sdk}/cold"
-        figures = [get(k, f) for f in ("import_ms", "first_open_ms", "open_ms", "five_ms")]
+        figures = [
+            get(k, f)
+            for f in (
+                "import_ms",
+                "first_open_ms",
+                "anyio_backend_import_ms",
+                "first_open_backend_loaded_ms",
+                "open_ms",
+                "five_ms",
+            )
+        ]
         rows.append(
             f"| {sdk} | " + " | ".join("" if c != c else f"{c:.1f}" for c in figures) + " |"
         )
@@ -891,6 +922,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark koala_async against its peers.")
     parser.add_argument("--quick", action="store_true", help="fewer events, a rougher picture")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--size",
+        action="append",
+        metavar="KEY=N",
+        help="run, memory, latency, web_s, loop or loop_peers",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="run", help=argparse.SUPPRESS)
     parser.add_argument("--scenario", default="one", help=argparse.SUPPRESS)
@@ -907,7 +944,8 @@ def main() -> None:
     size = results["sizes"]
     print(
         f"\n{results['machine']}; {size['run']:,.0f} events per run (50 ms: "
-        f"{size['latency']:,.0f}; memory: {size['memory']:,.0f}; loop: {size['loop']:,.0f}; "
+        f"{size['latency']:,.0f}; memory: {size['memory']:,.0f}; loop: {size['loop']:,.0f}, "
+        f"peers {size['loop_peers']:,.0f}; "
         f"web: {size['web_s']:.0f} s per rate)\n"
     )
     print(table(results))

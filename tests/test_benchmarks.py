@@ -151,6 +151,8 @@ def test_the_cold_scenario_runs_in_a_bare_interpreter(sink: int) -> None:
     assert result["import_ms"] > 0
     assert result["first_open_ms"] > 0
     assert result["open_ms"] > 0
+    assert result["anyio_backend_import_ms"] > 0
+    assert result["first_open_backend_loaded_ms"] > 0
 
 
 def test_the_ceilings_run(sink: int) -> None:
