@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -156,11 +157,15 @@ def test_retry_after_reads_seconds_and_dates_and_caps_them() -> None:
 
 
 def test_retry_waits_grow_with_full_jitter_and_a_cap() -> None:
-    waits = RetryPolicy(backoff=1.0, max_backoff=8.0).waits()
-    drawn = [next(waits) for _ in range(10)]
     caps = [1, 2, 4, 8, 8, 8, 8, 8, 8, 8]
-    assert all(0 <= w <= cap for w, cap in zip(drawn, caps, strict=True))
-    assert len(set(drawn)) > 1
+    policy = RetryPolicy(backoff=1.0, max_backoff=8.0)
+    runs = [list(itertools.islice(policy.waits(), len(caps))) for _ in range(200)]
+    for attempt, cap in enumerate(caps):
+        drawn = [run[attempt] for run in runs]
+        assert all(0 <= w <= cap for w in drawn)
+        # Full jitter: spread over [0, cap], so 200 draws reach past its middle and below it;
+        # constant or un-grown waits would not.
+        assert min(drawn) < cap / 2 < max(drawn), (attempt, cap)
     assert [next(RetryPolicy(backoff=0).waits()) for _ in range(3)] == [0, 0, 0]
 
 
