@@ -238,6 +238,7 @@ def _decoded(value: Any, like: Any) -> Any:
     return value
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # no I/O: one backend is enough
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(call=calls)
 async def test_whatever_a_call_accepts_encodes_and_round_trips(
