@@ -21,6 +21,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests", "tests_other_pythons", "lint", "typecheck"]
 # Run on the Pythons this machine has; the summary lists the others as skipped.
 nox.options.error_on_missing_interpreters = False
+nox.options.download_python = "never"  # test the Pythons installed, not fetched builds
 
 SUPPORTED = ["3.10", "3.11", "3.12", "3.13"]  # as pyproject's requires-python and classifiers
 RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -64,11 +65,11 @@ def _expose_pyenv_pythons() -> None:
             for d in versions.glob(f"{version}.*")
             if re.fullmatch(rf"{re.escape(version)}\.\d+", d.name)
         )
+        link = links / f"python{version}"
+        if link.is_symlink():
+            link.unlink()  # a link left from before may point at a version since removed
         if found and found[-1][1].is_file():
             links.mkdir(parents=True, exist_ok=True)
-            link = links / f"python{version}"
-            if link.is_symlink() or link.exists():
-                link.unlink()
             link.symlink_to(found[-1][1])
     if links.is_dir():
         os.environ["PATH"] = f"{links}{os.pathsep}{os.environ.get('PATH', '')}"
