@@ -20,7 +20,7 @@ CALLS = 10_000
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 
 
-@pytest.fixture(autouse=True, params=[1e-6, 1e-4], ids=["switch-1us", "switch-100us"])
+@pytest.fixture(params=[1e-6, 1e-4], ids=["switch-1us", "switch-100us"])
 def switch_interval(request: pytest.FixtureRequest) -> Iterator[None]:
     """Switch threads often, so a thread is often switched out between a check and its act.
 
@@ -57,6 +57,7 @@ def _in_threads(call: Callable[[], str], calls: int = CALLS) -> list[list[str]]:
     return results
 
 
+@pytest.mark.usefixtures("switch_interval")
 def test_message_ids_from_many_threads_are_unique_and_well_formed() -> None:
     _wire._ids.clear()  # every thread starts on an empty list: the refill race at its worst
     ids = [i for out in _in_threads(_wire.new_message_id) for i in out]
@@ -84,6 +85,7 @@ def test_message_ids_survive_a_thread_paused_after_refilling(
     assert all(is_uuid4(i) for i in ids)
 
 
+@pytest.mark.usefixtures("switch_interval")
 def test_timestamps_from_many_threads_are_valid_and_current() -> None:
     before = datetime.now(timezone.utc) - timedelta(milliseconds=1)
     results = _in_threads(_wire.now_iso)
