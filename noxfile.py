@@ -1,12 +1,31 @@
-"""Developer tasks: ``nox -s tests lint typecheck`` is what CI runs; ``nox -s bench`` measures."""
+"""Developer tasks: ``nox`` runs what CI runs (``tests``, ``tests_other_pythons``, ``lint``,
+``typecheck``); ``nox -s bench`` measures.
+
+``tests`` runs the whole suite on the interpreter nox runs on. ``tests_other_pythons`` runs
+the fast, pure tests (validation, encoding, ids, timestamps: what differs between Python
+versions) on every other supported Python that is installed, and skips, saying so, those
+that are not: the whole suite on four Pythons would take CI past its time budget.
+"""
 
 from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
 
 import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "tests_other_pythons", "lint", "typecheck"]
+# Run on the Pythons this machine has; the summary lists the others as skipped.
+nox.options.error_on_missing_interpreters = False
+nox.options.download_python = "never"  # test the Pythons installed, not fetched builds
 
+SUPPORTED = ["3.10", "3.11", "3.12", "3.13"]  # as pyproject's requires-python and classifiers
+RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"
+OTHERS = [version for version in SUPPORTED if version != RUNNING]
 TEST_DEPS = [
     "pytest>=8",
     "pytest-timeout>=2.3",
@@ -21,6 +40,46 @@ TEST_DEPS = [
     "redis>=5",
 ]
 EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery]"
+FAST_TESTS = [
+    "tests/test_validation.py",
+    "tests/test_encoding.py",
+    "tests/test_input_limits.py",
+    "tests/test_units.py",
+    "tests/test_redact.py",
+    "tests/test_threads.py",
+]
+
+
+def _expose_pyenv_pythons() -> None:
+    """Make pyenv's interpreters findable as ``python3.X``.
+
+    nox looks for ``python3.X`` on PATH, but pyenv's shims answer only for the versions
+    ``pyenv global`` names ("pyenv: python3.10: command not found"). This links the newest
+    installed patch release of each supported version into ``.nox/_pythons`` and puts that
+    first on PATH; where pyenv is absent it does nothing and nox searches as usual.
+    """
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if not versions.is_dir():
+        return
+    links = Path(__file__).parent / ".nox" / "_pythons"
+    for version in SUPPORTED:
+        # Only plain releases: "3.13.0t" (free-threaded) and "3.12-dev" are not targets.
+        found = sorted(
+            (tuple(map(int, d.name.split("."))), d / "bin" / f"python{version}")
+            for d in versions.glob(f"{version}.*")
+            if re.fullmatch(rf"{re.escape(version)}\.\d+", d.name)
+        )
+        link = links / f"python{version}"
+        if link.is_symlink():
+            link.unlink()  # a link left from before may point at a version since removed
+        if found and found[-1][1].is_file():
+            links.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(found[-1][1])
+    if links.is_dir():
+        os.environ["PATH"] = f"{links}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+_expose_pyenv_pythons()
 
 
 @nox.session
@@ -28,6 +87,13 @@ def tests(session: nox.Session) -> None:
     """Run the test suite on asyncio and trio (anyio's pytest plugin)."""
     session.install("-e", EXTRAS, *TEST_DEPS)
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=OTHERS)
+def tests_other_pythons(session: nox.Session) -> None:
+    """Run the fast, pure tests on each other supported Python that is installed."""
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("pytest", *(session.posargs or FAST_TESTS))
 
 
 @nox.session

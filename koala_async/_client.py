@@ -56,7 +56,7 @@ from ._runtime import Runtime
 from ._sender import _DROPS, Sender
 from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
 from ._validate import Who
-from ._wire import Entry, Identify, encode
+from ._wire import Entry, encode
 
 __all__ = ["KoalaClient"]
 
@@ -534,11 +534,7 @@ class KoalaClient:
         try:
             raw = encode(entry)
         except (TypeError, ValueError, OverflowError) as exc:
-            what = "traits" if type(entry) is Identify else "properties"
-            raise ValidationError(
-                f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, "
-                "None, lists and dicts of them"
-            ) from None
+            raise _validate.unencodable(entry, exc) from None
         ledger = self._ledger
         if ledger.pending >= self._limit:  # full, disabled, dead or forked: one compare
             return self._full(kind, raw, who)

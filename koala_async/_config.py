@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
+from . import _validate
 from ._exceptions import ValidationError
 from ._redact import protect, redact
 from ._retry import RetryPolicy
@@ -82,18 +83,9 @@ class Config:
                 f"'http://127.0.0.1:8787' for `koala-async collector`), got {base!r}"
             )
         agent = f"koala-async/{__version__}"
-        if user_agent is not None:
-            if (
-                not isinstance(user_agent, str)
-                or not user_agent.strip()
-                or any(ord(c) < 32 or ord(c) == 127 for c in user_agent)
-                or not user_agent.isascii()
-            ):
-                raise ValidationError(
-                    "user_agent must be one line of printable ASCII such as 'acme-app/2.3.0', "
-                    f"got {user_agent!r}"
-                )
-            agent = f"{user_agent.strip()} {agent}"
+        caller = _validate.user_agent(user_agent)
+        if caller:
+            agent = f"{caller} {agent}"
         if on_full not in _ON_FULL:
             raise ValidationError(
                 f"on_full must be one of {', '.join(map(repr, _ON_FULL))}, got {on_full!r}"

@@ -11,8 +11,9 @@ is, by construction, one valid request: one person, at most 30 of each kind.
 A target is *ready* when one of its batches is full, when its oldest entry has waited the
 flush interval (in eight age buckets, see :data:`TICKS`), on a flush, and at the close.
 Ready targets wait in one FIFO; a sender takes the first, sends its first batch, and hands
-it back (:meth:`Queue.done`), which puts it at the end of the FIFO if more is queued. So a person has at most one request in flight, their entries
-arrive in order, and a busy person takes turns with everyone else.
+it back (:meth:`Queue.done`), which puts it at the end of the FIFO if more is queued. So a
+person has at most one request in flight, their entries arrive in order, and a busy person
+takes turns with everyone else.
 """
 
 from __future__ import annotations

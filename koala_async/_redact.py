@@ -1,8 +1,17 @@
-"""Keep public API keys out of logs: ours, and httpx's request lines, which show the URL."""
+"""Keep public API keys out of logs: ours, and httpx's request lines, which show the URL.
+
+A key reaches text in more forms than one: raw, percent-encoded in the request path
+(``quote(key, safe='')``, which httpx logs as given), decoded again by a server that echoes
+the path, with lower-case hex from a proxy that re-encodes it, or JSON-escaped in an echoed
+body. :func:`redact_text` matches every character of the key in any of those forms, so even
+a mix of them (a path encoded in part) is caught.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 
 __all__ = ["protect", "redact", "redact_text"]
 
@@ -15,8 +24,31 @@ def redact(key: str) -> str:
 
 
 def redact_text(text: str, key: str) -> str:
-    """``text`` with ``key`` replaced by its redacted form."""
-    return text.replace(key, redact(key))
+    """``text`` with ``key``, in any form it takes on the wire, replaced by its redacted form."""
+    if not key:
+        return text
+    return _pattern(key).sub(redact(key), text)
+
+
+def _forms(char: str) -> list[str]:
+    """Regular expressions for the ways ``char`` may be written in a URL, a log or JSON."""
+    utf8 = char.encode("utf-8", "surrogatepass")
+    forms = ["".join(f"%{_hex(byte, 2)}" for byte in utf8), re.escape(char)]
+    if not char.isascii():
+        forms.insert(0, rf"\\u{_hex(ord(char), 4)}")  # as json.dumps writes it
+    elif char in '"\\':
+        forms.insert(0, re.escape(f"\\{char}"))  # first: the longer form must win
+    return forms
+
+
+def _hex(number: int, width: int) -> str:
+    """A pattern for ``number`` in hex, in either case (the key itself is case-sensitive)."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{number:0{width}x}")
+
+
+@functools.lru_cache(maxsize=64)  # a process holds a key or two; each pattern is built once
+def _pattern(key: str) -> re.Pattern[str]:
+    return re.compile("".join(f"(?:{'|'.join(_forms(c))})" for c in key))
 
 
 class _RedactKeys(logging.Filter):
@@ -25,7 +57,7 @@ class _RedactKeys(logging.Filter):
         hidden = message
         for key in _keys:
             hidden = redact_text(hidden, key)
-        if hidden is not message:
+        if hidden != message:
             record.msg, record.args = hidden, None
         return True
 

@@ -54,13 +54,13 @@ from ._calls import (
 )
 from ._client import KoalaClient
 from ._config import OnFull
-from ._exceptions import ClientClosedError, KoalaError, ValidationError
+from ._exceptions import ClientClosedError, KoalaError
 from ._redact import redact
 from ._reporter import OnError
 from ._retry import RetryPolicy
 from ._stats import DROP_REASONS, FlushResult, Stats
 from ._validate import Who
-from ._wire import Entry, Identify, encode, new_message_id
+from ._wire import Entry, encode, new_message_id
 
 __all__ = ["KoalaSyncClient"]
 
@@ -363,11 +363,7 @@ class KoalaSyncClient:
         try:
             raw = encode(entry)
         except (TypeError, ValueError, OverflowError) as exc:
-            what = "traits" if type(entry) is Identify else "properties"
-            raise ValidationError(
-                f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, "
-                "None, lists and dicts of them"
-            ) from None
+            raise _validate.unencodable(entry, exc) from None
         engine = self._engine
         if engine is None or engine.pid != _getpid():
             engine = self._start()

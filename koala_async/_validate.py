@@ -1,6 +1,13 @@
 """Checks and normalisations of caller input: pure functions that raise :class:`ValidationError`.
 
-Everything here runs on the hot path, so the common case is a type check or one regex match.
+Everything here runs on the hot path, so the common case is a type check or one set lookup.
+The rule: whatever a call accepts must encode (msgspec raises on a lone surrogate, writes
+NaN as ``null`` and a dict holding both ``"1"`` and ``1`` with a duplicate key), so anything
+that would not is refused here, at the call, before the entry is queued.
+
+The caches of checked ids are module globals shared by every client and thread: each holds
+at most ``_CACHE_CHARS`` characters, a miss takes ``_lock`` to add, and a hit is one lookup,
+atomic under the GIL (free-threaded builds are not a target).
 """
 
 from __future__ import annotations
@@ -8,11 +15,15 @@ from __future__ import annotations
 import functools
 import math
 import re
+import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
+
 from ._exceptions import ValidationError
+from ._wire import Entry, Identify, Page, Track
 
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 """A UUID in its usual text form, in any case: what a ko_id cookie holds."""
@@ -20,25 +31,35 @@ _EMAIL = re.compile(r"[^@\s\"<>,;]+@[^@\s\"<>,;]+\.[^@\s\"<>,;.]+\Z")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _TLD = re.compile(r"([a-z]{2,63}|xn--[a-z0-9-]{1,59})\Z")
 _SCALARS = frozenset((str, int, bool, type(None)))
+_USER_AGENT = re.compile(r"[\x20-\x7e]+\Z")  # printable ASCII: httpx encodes headers as ASCII
+_SENT_AT = re.compile(  # the ISO 8601 forms msgspec's RFC 3339 parser leaves out
+    r"(\d{4}-\d\d-\d\d)(?:[Tt ](\d\d)(?::(\d\d)(?::(\d\d)(?:[.,](\d+))?)?)?)?"
+    r"([Zz]|[+-]\d\d(?::?\d\d)?)?\Z"
+)
+MAX_EMAIL = 254
+"""The longest address SMTP can carry (RFC 5321's 256-octet path, less its angle brackets)."""
+MAX_DOMAIN_INPUT = 2048
+"""The longest domain argument (a bare domain or a URL) that ``normalize_domain`` remembers."""
 
 
 Who = tuple[str, str, str, str | None]
 """Where an entry is queued: ``(primary field, its value, secondary field, its value)``."""
 
-# Ids already checked, so a busy visitor costs one dict lookup rather than a regex match.
-_CACHE_SIZE = 65_536
+# Ids (and event names) already checked, so a busy visitor costs one lookup rather than a
+# regex match. Bounded by characters held, not by count: a count alone let 8,000 distinct
+# 100 KB strings hold 764 MB. Readers never lock; a writer swaps in an empty cache when full.
+_CACHE_CHARS = 1_000_000
+_lock = threading.Lock()
 _profile_ids: dict[str, str] = {}
 _emails: set[str] = set()
+_events: set[str] = set()
+_held = {"profile_id": 0, "email": 0, "event": 0}
 
 
 def person(profile_id: object, email: object) -> Who:
     """Check a profile call's ids; queue by profile_id (lowercased) when given, else email."""
     if email is not None and (type(email) is not str or email not in _emails):
-        if type(email) is not str or not _EMAIL.match(email):
-            raise ValidationError(f"email must be an address like 'ada@example.com', got {email!r}")
-        if len(_emails) >= _CACHE_SIZE:
-            _emails.clear()
-        _emails.add(email)
+        email = _check_email(email)
     if profile_id is None:
         if email is None:
             raise ValidationError(
@@ -48,10 +69,11 @@ def person(profile_id: object, email: object) -> Who:
         return "email", email, "email", None
     if type(profile_id) is str:
         checked = _profile_ids.get(profile_id)
-        if checked is None and UUID.match(profile_id):
-            if len(_profile_ids) >= _CACHE_SIZE:
-                _profile_ids.clear()
-            checked = _profile_ids[profile_id] = profile_id.lower()
+        if checked is None and UUID.match(profile_id):  # a UUID is 36 ASCII characters
+            checked = profile_id.lower()
+            with _lock:
+                _remember("profile_id", len(profile_id))
+                _profile_ids[profile_id] = checked
         if checked is not None:
             return "profile_id", checked, "email", email
     raise ValidationError(
@@ -59,9 +81,47 @@ def person(profile_id: object, email: object) -> Who:
     )
 
 
+def _check_email(email: object) -> str:
+    """Check an email the cache has not seen, and remember it."""
+    if type(email) is not str or not _EMAIL.match(email):
+        raise ValidationError(f"email must be an address like 'ada@example.com', got {email!r}")
+    if len(email) > MAX_EMAIL:
+        raise ValidationError(
+            f"email must be at most {MAX_EMAIL} characters (RFC 5321), got one of {len(email)}"
+        )
+    _check_text(email, "email")
+    with _lock:
+        _remember("email", len(email))
+        _emails.add(email)
+    return email
+
+
+def _remember(cache: str, size: int) -> None:
+    """Make room for ``size`` more characters in ``cache``, emptying it if need be.
+
+    Call with ``_lock`` held. Readers may still hold the old object: they see a valid cache.
+    """
+    global _profile_ids, _emails, _events
+    if _held[cache] + size > _CACHE_CHARS:
+        _held[cache] = 0
+        if cache == "profile_id":
+            _profile_ids = {}
+        elif cache == "email":
+            _emails = set()
+        else:
+            _events = set()
+    _held[cache] += size
+
+
 def account(domain: object, account_id: object) -> Who:
     """Check an account call's ids; queue by normalised domain when given, else account_id."""
-    if account_id is not None and (type(account_id) is not str or not account_id.strip()):
+    if account_id is not None and (
+        type(account_id) is not str
+        or not account_id.strip()
+        or not (account_id.isascii() or _encodes(account_id))
+    ):
+        if type(account_id) is str and account_id.strip():
+            _check_text(account_id, "account_id")
         raise ValidationError(f"account_id must be a non-empty string, got {account_id!r}")
     if domain is not None:
         if type(domain) is not str:
@@ -75,13 +135,20 @@ def account(domain: object, account_id: object) -> Who:
     return "account_id", account_id, "account_id", None
 
 
-@functools.lru_cache(maxsize=4096)
 def normalize_domain(value: str) -> str:
     """Reduce a URL, e-mail domain or host to the bare domain Koala keys accounts by.
 
     Lowercases, strips scheme, credentials, path, port and a leading ``www.``, and
     IDNA-encodes, so ``"https://WWW.Bücher.de:443/x"`` becomes ``"xn--bcher-kva.de"``.
+    Results for arguments up to ``MAX_DOMAIN_INPUT`` characters are remembered (at most
+    4,096 of them, so 8 M characters); a longer one, a URL with a long path, is parsed anew.
     """
+    if len(value) <= MAX_DOMAIN_INPUT:
+        return _normalize_domain_cached(value)
+    return _normalize_domain(value)
+
+
+def _normalize_domain(value: str) -> str:
     host = value.strip().lower()
     if "://" in host:
         host = host.split("://", 1)[1]
@@ -96,30 +163,88 @@ def normalize_domain(value: str) -> str:
     labels = host.split(".")
     if len(labels) < 2 or not all(_LABEL.match(x) for x in labels) or not _TLD.match(labels[-1]):
         raise ValidationError(f"domain must be a domain name such as 'acme.com', got {value!r}")
+    if len(host) > 253:  # the most DNS allows
+        raise ValidationError(f"domain must be at most 253 characters, got {len(host)}")
     return host
+
+
+# lru_cache locks its own bookkeeping, so threads may share it.
+_normalize_domain_cached = functools.lru_cache(maxsize=4096)(_normalize_domain)
 
 
 def event_name(value: object) -> str:
     """Return an event name, which must be a non-blank string."""
+    if type(value) is str and value in _events:  # an app has few names: usually a hit
+        return value
     if type(value) is not str or not value.strip():
         raise ValidationError(
             f"event must be a non-empty string such as 'Signed Up', got {value!r}"
         )
+    _check_text(value, "event")
+    with _lock:
+        _remember("event", len(value))
+        _events.add(value)
     return value
 
 
 def text(value: object, what: str) -> str:
-    """Return ``value`` if it is a non-empty string."""
+    """Return ``value`` if it is a non-empty string UTF-8 can carry."""
     if type(value) is str and value:
+        if value.isascii():
+            return value
+        _check_text(value, what)
         return value
     raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
+
+
+def user_agent(value: object) -> str | None:
+    """Check the ``user_agent`` keyword: one line of printable ASCII, returned stripped.
+
+    Anything else would be written raw into the ``User-Agent`` header (a CR or LF injects
+    headers) or fail to encode in httpx, which writes headers as ASCII.
+    """
+    if value is None:
+        return None
+    if type(value) is not str or not value.strip():
+        raise ValidationError(
+            f"user_agent must be a non-empty string such as 'acme-app/2.3.0', got {value!r}"
+        )
+    if not _USER_AGENT.match(value):
+        raise ValidationError(
+            "user_agent must be one line of text, printable ASCII with no control characters "
+            f"(no CR, LF, tab or NUL), such as 'acme-app/2.3.0'; got {value!r}"
+        )
+    return value.strip()
+
+
+def _encodes(value: str) -> bool:
+    """Whether UTF-8 (and so JSON) can carry ``value``: a lone surrogate cannot."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(value: str, where: str) -> None:
+    """Refuse a string holding a lone surrogate, which msgspec refuses to encode."""
+    if not value.isascii() and not _encodes(value):
+        at = next(i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff")
+        raise ValidationError(
+            f"{where} holds a lone surrogate ({value[at]!r} at index {at}), which UTF-8 and so "
+            "JSON cannot carry; it usually comes from bytes decoded with "
+            "errors='surrogateescape': decode them with errors='replace' instead"
+        )
 
 
 def fields(value: object, what: str) -> dict[str, Any]:
     """Check ``properties``/``traits``: a dict (any mapping is copied to one), or None.
 
-    Number keys become strings, as ``json.dumps`` writes them; a key or value JSON cannot
-    carry at all is refused when the entry is encoded.
+    Number keys become strings, as ``json.dumps`` writes them (two keys that would become the
+    same string are refused); any other key, and any value msgspec cannot encode or would
+    write as ``null`` (NaN, infinities), is refused. A lone surrogate in a top-level string
+    key or value is left to the encoder at the call (see :func:`unencodable`), so the common
+    case costs a type check per item.
     """
     if type(value) is not dict:
         if value is None:
@@ -129,43 +254,113 @@ def fields(value: object, what: str) -> dict[str, Any]:
                 f"{what} must be a dict with string keys, got {type(value).__name__}"
             )
         value = dict(value)
-    for item in value.values():
-        if type(item) not in _SCALARS:
-            _check_value(value, what)  # walks it all and names the bad value, if any
+    for key, item in value.items():
+        if type(key) is not str or type(item) not in _SCALARS:
+            check_fields(value, what)  # walks it all and names the bad value, if any
             break
     return value
 
 
-def _check_value(value: object, where: str) -> None:
-    # JSON has no NaN or Infinity; msgspec would quietly write them as null.
+def check_fields(value: Mapping[Any, Any], what: str) -> None:
+    """Refuse ``value`` unless msgspec encodes it to JSON that decodes back to the same data.
+
+    The slow path of :func:`fields`: it converts ``value`` as the encoder would (sets,
+    dataclasses and Structs become lists and dicts) and walks the result.
+    """
     try:
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                raise ValidationError(f"{where} is {value!r}, which JSON cannot carry")
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                _check_value(v, f"{where}[{k!r}]")
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                _check_value(v, f"{where}[{i}]")
+        plain = msgspec.to_builtins(value, str_keys=False)
+        _check_plain(plain, what)
     except RecursionError:
-        raise ValidationError(f"{where} nests too deeply or contains itself") from None
+        raise ValidationError(f"{what} nests too deeply or contains itself") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, ValidationError):
+            raise
+        raise ValidationError(
+            f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, "
+            "None, lists and dicts of them"
+        ) from None
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Walk what ``msgspec.to_builtins`` made of a value, refusing what JSON cannot carry."""
+    kind = type(value)
+    if kind is str:
+        _check_text(value, where)
+    elif kind is float:
+        if not math.isfinite(value):
+            # JSON has no NaN or Infinity; msgspec would quietly write them as null.
+            raise ValidationError(f"{where} is {value!r}, which JSON cannot carry")
+    elif kind is dict:
+        sent_as: dict[str, object] = {}
+        for key, item in value.items():
+            name = _key(key, where)
+            if name in sent_as:
+                raise ValidationError(
+                    f"{where} has the keys {sent_as[name]!r} and {key!r}, both sent as "
+                    f"{name!r}: JSON objects hold one value per key, so keep one"
+                )
+            sent_as[name] = key
+            _check_plain(item, f"{where}[{key!r}]")
+    elif kind is list or kind is tuple:  # to_builtins leaves tuples as they are
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+
+
+def _key(key: Any, where: str) -> str:
+    """The string msgspec writes for a dict key, or a ValidationError if it writes none."""
+    kind = type(key)
+    if kind is str:
+        _check_text(key, f"{where} key {key!r}")
+        return str(key)
+    if kind is int:
+        return str(key)
+    if kind is float and math.isfinite(key):
+        return msgspec.json.encode(key).decode()  # as msgspec writes it: 1e20 is "1e20"
+    raise ValidationError(
+        f"{where} has the key {key!r}: keys must be strings (or ints and finite floats, "
+        "which are sent as strings)"
+    )
+
+
+def unencodable(entry: Entry, exc: Exception) -> ValidationError:
+    """The ValidationError for an entry msgspec failed to encode, naming the bad value.
+
+    :func:`fields` leaves top-level strings to the encoder (checking each would cost the
+    hot path), so a lone surrogate there surfaces as the encoder's error; this finds it.
+    """
+    what = "traits" if type(entry) is Identify else "properties"
+    try:
+        if type(entry) is Track:
+            _check_text(entry.event, "event")
+        if type(entry) is Page and entry.name is not None:
+            _check_text(entry.name, "name")
+        if entry.message_id is not None:
+            _check_text(entry.message_id, "message_id")
+        check_fields(entry.traits if isinstance(entry, Identify) else entry.properties, what)
+    except ValidationError as error:
+        return error
+    return ValidationError(
+        f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, None, "
+        "lists and dicts of them"
+    )
 
 
 def sent_at(value: object) -> str:
     """Return a caller's ``sent_at`` as UTC ISO 8601 with milliseconds and ``Z``.
 
-    Naive datetimes are taken to be UTC, as ``datetime.utcnow()`` makes them.
+    Naive datetimes are taken to be UTC, as ``datetime.utcnow()`` makes them. Strings are
+    parsed by msgspec, not ``datetime.fromisoformat``, whose grammar differs between the
+    Pythons we support (3.10 refuses ``.5`` seconds, 3.11 takes week dates): RFC 3339, plus
+    the ISO 8601 shortenings ``_SENT_AT`` lists (a date alone, hours and minutes alone,
+    ``,`` before fractions, ``+02`` offsets) on every Python alike.
     """
     if isinstance(value, str):
-        text = value.strip()
-        try:
-            parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" else text)
-        except ValueError:
+        parsed = _parse_iso(value.strip())
+        if parsed is None:
             raise ValidationError(
                 f"sent_at must be an ISO 8601 timestamp such as '2024-05-01T12:00:00.000Z', "
                 f"got {value!r}"
-            ) from None
+            )
     elif isinstance(value, datetime):
         parsed = value
     else:
@@ -180,3 +375,25 @@ def sent_at(value: object) -> str:
         raise ValidationError(f"sent_at {value!r} is out of range once moved to UTC") from None
     # isoformat, unlike strftime("%Y"), pads years before 1000 to four digits.
     return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def _parse_iso(text: str) -> datetime | None:
+    """Parse an ISO 8601 timestamp the same way on every Python, or return None."""
+    try:
+        return msgspec.convert(text, datetime)
+    except (msgspec.ValidationError, UnicodeError):
+        pass
+    match = _SENT_AT.match(text)
+    if match is None:
+        return None
+    day, hour, minute, second, fraction, offset = match.groups()
+    if offset is not None and len(offset) == 3:  # "+02" means "+02:00"
+        offset += ":00"
+    rfc3339 = (
+        f"{day}T{hour or '00'}:{minute or '00'}:{second or '00'}"
+        f"{'.' + fraction if fraction else ''}{offset or ''}"
+    )
+    try:
+        return msgspec.convert(rfc3339, datetime)
+    except msgspec.ValidationError:
+        return None

@@ -45,6 +45,9 @@ Entry = Track | Page | Identify
 """An entry of a request's ``events``, ``page_views`` or ``identifies``."""
 
 
+# Pre-drawn ids, shared by every client and thread. ``list.pop`` and ``list.extend`` are each
+# atomic under the GIL, so the hot path is one pop with no lock; a thread that finds the
+# list empty refills it (two may refill at once: harmless, every id is random).
 _ids: list[str] = []
 _BLOCK = 1024  # ids made at once, so each costs a share of one urandom call and 31 copies
 _TEMPLATE = b"00000000-0000-4000-8000-000000000000," * _BLOCK  # version 4, RFC 4122 variant
@@ -61,34 +64,48 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_message_id() -> str:
-    """Return a random UUID v4 string, several times faster than ``str(uuid.uuid4())``."""
-    if not _ids:
-        # The k-th hex digit of every id at once: one strided copy per digit position.
-        digits = os.urandom(16 * _BLOCK).hex().encode()
-        ids = bytearray(_TEMPLATE)
-        for k, at in enumerate(_HEX):
-            column = digits[k::32]
-            ids[at::37] = column.translate(_TO_VARIANT) if at == _VARIANT else column
-        _ids.extend(ids[:-1].decode().split(","))
-    return _ids.pop()
+    """Return a random UUID v4 string, several times faster than ``str(uuid.uuid4())``.
+
+    Safe to call from many threads: no check-then-act, only an atomic pop.
+    """
+    while True:
+        try:
+            return _ids.pop()
+        except IndexError:
+            _refill()
 
 
-_second = _millisecond = -1
-_second_text = _millisecond_text = ""
+def _refill() -> None:
+    """Draw a block of ids: the k-th hex digit of every id at once, one strided copy each."""
+    digits = os.urandom(16 * _BLOCK).hex().encode()
+    ids = bytearray(_TEMPLATE)
+    for k, at in enumerate(_HEX):
+        column = digits[k::32]
+        ids[at::37] = column.translate(_TO_VARIANT) if at == _VARIANT else column
+    _ids.extend(ids[:-1].decode().split(","))
+
+
+# The last millisecond and second formatted, each with its text in one tuple: a thread
+# replaces the whole tuple, so no reader can pair one thread's time with another's text.
+_millisecond: tuple[int, str] = (-1, "")
+_second: tuple[int, str] = (-1, "")
 
 
 def now_iso() -> str:
     """Return the current UTC time as ISO 8601 with milliseconds and ``Z``."""
-    global _second, _second_text, _millisecond, _millisecond_text
+    global _millisecond, _second
     millisecond = time.time_ns() // 1_000_000
-    if millisecond != _millisecond:  # many calls share a millisecond: format it once
-        second, fraction = divmod(millisecond, 1000)
-        if second != _second:
-            _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            _second = second
-        _millisecond_text = f"{_second_text}.{fraction:03d}Z"
-        _millisecond = millisecond
-    return _millisecond_text
+    cached, text = _millisecond
+    if millisecond == cached:  # many calls share a millisecond: format it once
+        return text
+    second, fraction = divmod(millisecond, 1000)
+    cached, second_text = _second
+    if second != cached:
+        second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, second_text)
+    text = f"{second_text}.{fraction:03d}Z"
+    _millisecond = (millisecond, text)
+    return text
 
 
 def body(head: bytes, arrays: tuple[tuple[bytes, bytes | bytearray | None], ...]) -> bytes:
