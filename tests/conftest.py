@@ -3,6 +3,7 @@ made keeps the stats invariant when the test ends."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ def every_client_keeps_the_invariant(monkeypatch: pytest.MonkeyPatch) -> Iterato
     made: list[KoalaClient] = []
     init = KoalaClient.__init__
 
+    @functools.wraps(init)  # inspect.signature(KoalaClient) still shows the real one
     def recording_init(self: KoalaClient, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         made.append(self)
