@@ -89,7 +89,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _checkpoint() -> None:
-    await anyio.lowlevel.checkpoint()
+    # The entry is queued by now: a cancellation here would tell the caller it was not,
+    # while it will be delivered. So yield without taking a cancellation.
+    await anyio.lowlevel.cancel_shielded_checkpoint()
 
 
 class KoalaClient:

@@ -102,7 +102,7 @@ async def test_send_says_what_went_wrong() -> None:
     async with fake.serve() as base_url:
         refused = await cli("send", "identify", "--email", "a@b.co", base_url=base_url)
     assert refused.returncode == 1
-    assert "does not know this public API key" in refused.stderr.decode()
+    assert "refused the public API key" in refused.stderr.decode()
     assert "pk_cli" not in refused.stderr.decode()
 
 
@@ -385,14 +385,12 @@ def test_the_eta_counts_entries_still_to_deliver_not_only_lines_read() -> None:
 async def test_an_import_stops_reading_when_koala_refuses_the_key_for_good(tmp_path: Path) -> None:
     source = tmp_path / "events.jsonl"
     ids = _write_lines(source, 30_000, people=1_000)
-    fake = FakeCollector(
-        responder=lambda received: Reply(400, body=b'{"error": "Koala ingest suspended"}')
-    )
+    fake = FakeCollector(responder=lambda received: Reply(401, body=b'{"error": "unauthorized"}'))
     async with fake.serve() as base_url:
         result = await cli("import", str(source), base_url=base_url)
     out = result.stdout.decode()
     assert result.returncode == 1, out
-    assert "ingest is suspended" in out
+    assert "refused the public API key" in out
     resume_at = int(out.rsplit("--start-line ", 1)[1].split()[0])
     assert resume_at < len(ids), "it stopped reading early"
     letters = (tmp_path / "events.jsonl.dead.jsonl").read_text().splitlines()

@@ -191,7 +191,7 @@ async def test_log_lines_name_the_program_once_and_count_entries_in_english(
     async with fake.serve() as base_url:
         result = await cli("import", str(source), base_url=base_url)
     err, out = result.stderr.decode(), result.stdout.decode()
-    assert "koala-async: warning: dropping entries (rejected)" in err
+    assert "koala-async: warning: dropped 1 entry (rejected)" in err
     assert "koala_async: " not in err
     assert "1 dead letter in" in out
     assert Counter(fake.message_ids().values()) == Counter()

@@ -24,7 +24,6 @@ import math
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,24 +293,21 @@ async def _run(
 
     async def watch() -> None:
         """Draw progress; stop reading, or give up, when the endpoint says so."""
-        first_error: float | None = None
+        opened: float | None = None  # when the circuit was first seen open
         while True:
             await anyio.sleep(0.1)
             write_letters()
             if progress.due():
                 progress.show(snapshot())
             stats = koala.stats()
-            circuit = getattr(stats, "circuit", None)  # the rebuilt core's circuit breaker
-            if stats.dropped["unauthorized"] or stats.dropped["suspended"] or circuit == "dead":
+            if stats.circuit == "dead":
                 reading.cancel()  # the key is refused for good: the queue drops at once
             if stats.delivered or args.dry_run or stats.last_error is None:
                 continue
-            first_error = first_error or time.monotonic()
-            if circuit is None:  # today's core: wait --timeout seconds for a first delivery
-                down = time.monotonic() - first_error >= args.timeout
-            else:
-                down = circuit in ("open", "dead")
-            if down:
+            # Down from the start: open for longer than a refusal takes to be confirmed (or
+            # than one probe), with nothing delivered. Stop reading and say why.
+            opened = opened or time.monotonic() if stats.circuit == "open" else None
+            if stats.circuit == "dead" or (opened and time.monotonic() - opened >= 2.0):
                 cause = f"nothing was delivered to {endpoint(args, public_key)}: {stats.last_error}"
                 tally.stopped = tally.stopped or f"Stopped: {cause}."
                 tally.gave_up = tally.gave_up or cause
