@@ -1,0 +1,113 @@
+"""The HTTP clients senders use, cheap to open and cheap per request.
+
+:class:`HttpFactory` makes each sender's one-connection ``httpx.AsyncClient``: over
+:class:`Http11Transport`, or over httpx's own transport when proxies are configured in the
+environment (it honours them). The SSL context (~18 ms: loading the CA store) is made only
+for an https base URL, once, when the first client is made, and shared by all of them.
+
+:func:`post` sends one batch. Through a client this module made, it builds the
+``httpx.Request`` from a URL and headers parsed once and hands it straight to the transport:
+the client layer (URL and header merging, auth and hook plumbing, cookie extraction, which
+builds urllib request objects on every response) has nothing to do for a client with none
+of those settings. Through a user's ``http_client=`` it goes the whole way, so their base
+URL, headers, cookies, auth, event hooks and timeouts all apply.
+
+Measured with benchmarks/httpx_layers.py (client CPU per request against the sink, on a
+busy 2-core machine; the relative figures are what matter): {{FIGURES}}
+"""
+
+from __future__ import annotations
+
+import urllib.request
+import weakref
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ._transport import Http11Transport
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["HttpFactory", "post"]
+
+# Clients made here, with the transport they were made with: only these may skip the client
+# layer. Weak, so a closed and dropped client is forgotten.
+_own: weakref.WeakKeyDictionary[httpx.AsyncClient, Http11Transport] = weakref.WeakKeyDictionary()
+_urls: dict[str, httpx.URL] = {}  # the SDK posts to two URLs; parsing one costs ~10 µs
+_timeouts: dict[float, dict[str, float]] = {}  # request.extensions["timeout"], by seconds
+_PHASES = ("connect", "read", "write", "pool")
+
+
+class HttpFactory:
+    """Makes the one-connection httpx.AsyncClient each sender uses."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        self._https = base_url.lower().startswith("https:")
+        self._timeout = timeout
+        self._ssl_context: ssl.SSLContext | None = None
+
+    def _ssl(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
+    def new_client(self) -> httpx.AsyncClient:
+        """A client for one sender: one connection, one request at a time.
+
+        httpcore's pool scans all its connections on every request and keeps bookkeeping a
+        single sender does not need, so senders use :class:`Http11Transport`, unless
+        proxies are configured in the environment: then httpx's own transport honours them.
+        """
+        if urllib.request.getproxies():
+            # httpx makes a context per proxy transport unless given one; a proxy may be
+            # https even for an http base URL, so this path always has one.
+            return httpx.AsyncClient(
+                timeout=self._timeout,
+                verify=self._ssl(),
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+        transport = Http11Transport(self._ssl() if self._https else None)
+        client = httpx.AsyncClient(timeout=self._timeout, transport=transport)
+        _own[client] = transport
+        return client
+
+
+async def post(
+    http: httpx.AsyncClient,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str] | httpx.Headers,
+    timeout: float,
+) -> httpx.Response:
+    """POST one batch through `http` (the SDK's own client or a user's http_client=) doing
+    as little client-layer work as httpx allows.
+
+    ``timeout`` bounds each phase (connect, write, read) of a request through a client
+    made by :class:`HttpFactory`; a user's client keeps the timeouts it was configured
+    with. Either way, the caller's own deadline bounds the whole request.
+
+    Raises:
+        httpx.TransportError: as ``httpx.AsyncClient.post`` would.
+        RuntimeError: the client is closed, as ``httpx.AsyncClient.post`` would.
+    """
+    transport = _own.get(http)
+    if transport is None:  # a user's client (or ours behind proxies): all of its settings
+        return await http.post(url, content=content, headers=headers)
+    if http.is_closed:
+        raise RuntimeError("Cannot send a request, as the client has been closed.")
+    parsed = _urls.get(url)
+    if parsed is None:
+        if len(_urls) > 64:  # only ever a few; never let a caller's variety grow it
+            _urls.clear()
+        parsed = _urls[url] = httpx.URL(url)
+    extensions = _timeouts.get(timeout)
+    if extensions is None:
+        extensions = _timeouts[timeout] = dict.fromkeys(
+            ("connect", "read", "write", "pool"), timeout
+        )
+    request = httpx.Request(
+        "POST", parsed, content=content, headers=headers, extensions={"timeout": extensions}
+    )
+    return await transport.handle_async_request(request)
