@@ -18,12 +18,16 @@ the same cases against httpx's transport):
 - ``request.extensions["timeout"]`` bounds connecting, each write and each read. There is
   no pool to wait for ("pool" does not apply): one request at a time, never shared.
 
-Why not h11 (measured with benchmarks/httpx_layers.py against benchmarks/sink.py, CPU per
-request through ``AsyncClient.post``, same run): this parser ~{{HAND}} µs, an h11-based
-one-connection transport ~{{H11}} µs, httpx's default (httpcore over h11) ~{{HTTPCORE}} µs.
-h11's state machine costs more per event than the few ``bytes`` operations a response
-needs here, and the cases h11 would add (1xx, caps, early answers, strict framing) are
-handled and tested below, so this parser stays.
+Why not h11 (measured 2026-12-01 with benchmarks/httpx_layers.py against benchmarks/sink.py,
+client CPU per request handed straight to the transport, the lowest of 5 interleaved
+rounds in one process, on a 2-core machine other jobs kept at load 8-10, so the figures are
+inflated ~3x and only their ratios count): this parser 494-629 µs (before this hardening
+444-536 µs: it adds ~3% Python calls, within the noise), a minimal h11-based one-connection
+transport 643-898 µs (+30-43%), and through ``AsyncClient.post`` httpcore (h11 under a
+pool) 2,600-3,100 µs. h11 would bring nothing the conformance suite does not already hold
+this parser to (1xx, framing errors, caps, trailers), and costs a third more per request,
+so the parser stays; the suite runs the same cases against httpx's transport to keep the
+two honest.
 """
 
 from __future__ import annotations
@@ -257,6 +261,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
             interim += 1
             if interim > 16:  # bounds the work an endless stream of them could cause
                 raise ValueError("too many interim responses")
+        buffer = self._buffer
+        if 0 <= length <= len(buffer) and length <= MAX_BODY:  # the usual case: all here
+            content = bytes(buffer[:length])
+            del buffer[:length]
+            return status, headers, content, close
         parts: list[bytes] = []
         try:
             if chunked:
