@@ -245,7 +245,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 length = int(value)
             elif lower == b"connection":
                 close = b"close" in value.lower()
-        if chunked or framed_by_close:
+        if status in (204, 304) or 100 <= status < 200:
+            length, chunked = 0, False  # never a body, whatever the headers say
+        elif chunked or framed_by_close:
             length = -1
         return status, headers, length, chunked, close
 
@@ -270,8 +272,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         try:
             if chunked:
                 complete = await self._read_chunked(parts)
-            elif length >= 0 or status in (204, 304):
-                complete = await self._read_exactly(max(length, 0), parts)
+            elif length >= 0:
+                complete = await self._read_exactly(length, parts)
             else:  # delimited by the end of the connection
                 close = True
                 complete = await self._read_to_end(parts)

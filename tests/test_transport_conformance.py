@@ -283,8 +283,9 @@ async def test_an_early_answer_before_the_body_is_read(kind: str) -> None:
     assert response.status_code == 413
 
 
-async def test_204_without_a_body_keeps_the_connection(kind: str) -> None:
-    reply = b"HTTP/1.1 204 No Content\r\n\r\n"
+@pytest.mark.parametrize("length", [b"", b"Content-Length: 5\r\n"], ids=["bare", "length"])
+async def test_204_without_a_body_keeps_the_connection(kind: str, length: bytes) -> None:
+    reply = b"HTTP/1.1 204 No Content\r\n" + length + b"\r\n"  # a 204 never has a body
     async with serving(answering(reply, reply, OK)) as server, client(kind) as http:
         responses = [await http.post(server.url(), content=b"{}") for _ in "abc"]
     assert [r.status_code for r in responses] == [204, 204, 200]
