@@ -15,10 +15,11 @@ URL, headers, cookies, auth, event hooks and timeouts all apply.
 Measured with ``benchmarks/httpx_layers.py --steps`` (client CPU per request against the
 sink, over Http11Transport, lowest of 3 interleaved rounds; two runs on a 2-core machine
 other jobs kept at load 10, so absolute figures are ~4x inflated and only the ratios count):
-``AsyncClient.post`` (before) 1082/1221 µs; ``build_request`` + ``send`` 1248/1077 (no gain:
-``post`` does just that); ``httpx.Request`` from a parsed URL and ``Headers`` + ``send``
-950/964 (-12%); that request straight to the transport 612/725 (-41%); :func:`post`
-614/783 (-36 to -43%). Cookie extraction and response wrapping go with the client layer.
+``AsyncClient.post`` (before) 1082/1221/925 µs; ``build_request`` + ``send``
+1248/1077/931 (no gain: ``post`` does just that); ``httpx.Request`` from a parsed URL and
+``Headers`` + ``send`` 950/964/653 (-12 to -29%); that request straight to the transport
+612/725/424 (-41 to -54%); :func:`post` 614/783/453 (-36 to -51%). Cookie extraction and
+response wrapping go with the client layer.
 """
 
 from __future__ import annotations

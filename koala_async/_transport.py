@@ -19,15 +19,15 @@ the same cases against httpx's transport):
   no pool to wait for ("pool" does not apply): one request at a time, never shared.
 
 Why not h11 (measured 2026-12-01 with benchmarks/httpx_layers.py against benchmarks/sink.py,
-client CPU per request handed straight to the transport, the lowest of 5 interleaved
-rounds in one process, on a 2-core machine other jobs kept at load 8-10, so the figures are
-inflated ~3x and only their ratios count): this parser 494-629 µs (before this hardening
-444-536 µs: it adds ~3% Python calls, within the noise), a minimal h11-based one-connection
-transport 643-898 µs (+30-43%), and through ``AsyncClient.post`` httpcore (h11 under a
-pool) 2,600-3,100 µs. h11 would bring nothing the conformance suite does not already hold
-this parser to (1xx, framing errors, caps, trailers), and costs a third more per request,
-so the parser stays; the suite runs the same cases against httpx's transport to keep the
-two honest.
+client CPU per request handed straight to the transport, the lowest of 3-5 interleaved
+rounds in one process, on a 2-core machine other jobs kept at load 2-10, so the figures are
+inflated ~2-3x and only their ratios count): this parser 431-629 µs (before this hardening
+325-536 µs: +10-33% across three runs, for +3.4% Python calls under cProfile; re-measure on
+a quiet machine), a minimal h11-based one-connection transport 643-898 µs (+30-67%), and
+through ``AsyncClient.post`` httpcore (h11 under a pool) 2,600-3,100 µs. h11 would bring
+nothing the conformance suite does not already hold this parser to (1xx, framing errors,
+caps, trailers) and costs a third or more per request, so the parser stays; the suite runs
+the same cases against httpx's transport to keep the two honest.
 """
 
 from __future__ import annotations
