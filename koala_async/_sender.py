@@ -57,6 +57,7 @@ class Sender:
         self._circuit = circuit
         self._backlog = backlog
         self._on_change = on_change  # the circuit changed: wake whoever waits on it
+        self._headers = httpx.Headers(config.headers)  # converted once, not per request
         self._changed = anyio.Event()
         self.paused_until = 0.0  # a 429 pauses every sender until then
         self._rate_streak = 0
@@ -121,6 +122,7 @@ class Sender:
         config, ledger, circuit = self._config, self._ledger, self._circuit
         url = config.urls[target.account]
         content = target.body(batch)
+        headers = self._headers
         tries = Tries(config.retry)
         sent = False
         while True:
@@ -138,7 +140,8 @@ class Sender:
             self.in_flight += 1
             started = time.monotonic()
             try:
-                response = await _http.post(http, url, content, config.headers, config.timeout)
+                with anyio.fail_after(config.timeout):  # the whole request, all told
+                    response = await _http.post(http, url, content, headers, config.timeout)
             except Exception as exc:  # transport errors, timeouts, a closed http_client, ...
                 verdict, error = classify_error(exc), exc
             except BaseException:

@@ -14,7 +14,6 @@ import trustme
 from anyio.abc import ByteStream, Listener, SocketAttribute
 from anyio.streams.tls import TLSListener
 
-from koala_async import KoalaClient
 from koala_async._transport import Http11Transport
 
 pytestmark = pytest.mark.anyio
@@ -124,20 +123,3 @@ async def test_tls_refuses_an_untrusted_certificate() -> None:
     async with raw_server(lambda n: answer, tls=server_context) as (port, _):
         with pytest.raises(httpx.ConnectError):
             await post(Http11Transport(ssl.create_default_context()), f"https://127.0.0.1:{port}/")
-
-
-async def test_proxies_in_the_environment_get_httpx_own_transport(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    async with KoalaClient(
-        "pk_test", base_url="http://127.0.0.1:9", max_concurrent_requests=1
-    ) as koala:
-        (http,) = koala._own_clients
-        assert not isinstance(http._transport, Http11Transport)
-    monkeypatch.delenv("HTTPS_PROXY")
-    async with KoalaClient(
-        "pk_test", base_url="http://127.0.0.1:9", max_concurrent_requests=1
-    ) as koala:
-        (http,) = koala._own_clients
-        assert isinstance(http._transport, Http11Transport)

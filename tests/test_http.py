@@ -1,0 +1,161 @@
+"""The per-sender client factory and post(): lazy SSL, proxies, and users' clients intact."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import trustme
+from test_transport import raw_server
+
+from koala_async import _http
+from koala_async._http import HttpFactory, post
+from koala_async._transport import Http11Transport
+
+pytestmark = pytest.mark.anyio
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+HEADERS = {"Content-Type": "application/json", "User-Agent": "acme koala-async/1"}
+
+
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def refuse_ssl(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        raise AssertionError("an SSL context was made")
+
+    monkeypatch.setattr(httpx, "create_ssl_context", refuse)
+    monkeypatch.setattr(ssl, "create_default_context", refuse)
+
+
+async def test_http_makes_no_ssl_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    refuse_ssl(monkeypatch)
+    async with raw_server(lambda n: OK) as (port, connections):
+        url = f"http://127.0.0.1:{port}/web/projects/k/batch"
+        factory = HttpFactory(f"http://127.0.0.1:{port}", 5.0)
+        clients = [factory.new_client() for _ in range(3)]
+        for http in clients:
+            response = await post(http, url, b"{}", HEADERS, 5.0)
+            assert (response.status_code, response.json()) == (200, {"ok": True})
+            await http.aclose()
+    assert len(connections) == 3
+
+
+async def test_the_factory_makes_nothing_until_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    refuse_ssl(monkeypatch)
+    HttpFactory("https://api2.getkoala.com", 10.0)  # no context yet: no client was made
+    factory = HttpFactory("https://api2.getkoala.com", 10.0)
+    with pytest.raises(AssertionError, match="SSL context"):
+        factory.new_client()
+
+
+async def test_https_shares_one_lazily_made_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    made: list[ssl.SSLContext] = []
+
+    def trusting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        made.append(context)
+        return context
+
+    monkeypatch.setattr(httpx, "create_ssl_context", trusting)
+    async with raw_server(lambda n: OK, tls=server_context) as (port, connections):
+        factory = HttpFactory(f"https://127.0.0.1:{port}", 5.0)
+        assert made == []
+        clients = [factory.new_client() for _ in range(3)]
+        url = f"https://127.0.0.1:{port}/web/projects/k/batch"
+        for http in clients:
+            assert (await post(http, url, b"{}", HEADERS, 5.0)).json() == {"ok": True}
+            assert http._transport._ssl_context is made[0]  # type: ignore[attr-defined]
+            await http.aclose()
+    assert len(made) == 1
+    assert len(connections) == 3
+
+
+async def test_proxies_in_the_environment_get_httpx_own_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    factory = HttpFactory("http://127.0.0.1:9", 5.0)
+    async with factory.new_client() as http:
+        assert isinstance(http._transport, Http11Transport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    async with factory.new_client() as http:
+        assert not isinstance(http._transport, Http11Transport)
+        proxied = http._transport_for_url(httpx.URL("http://127.0.0.1:9/batch"))
+        assert proxied is not http._transport, "requests go through the proxy's transport"
+        assert http not in _http._own, "post() must take the client layer, which routes"
+
+
+async def test_post_through_a_users_client_keeps_its_settings() -> None:
+    seen: list[httpx.Request] = []
+    hooks: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"ok": True}, headers={"Set-Cookie": "a=1"})
+
+    async def on_request(request: httpx.Request) -> None:
+        hooks.append(f"request {request.method}")
+
+    async def on_response(response: httpx.Response) -> None:
+        hooks.append(f"response {response.status_code}")
+
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler),
+        auth=("user", "secret"),
+        headers={"X-Team": "growth"},
+        event_hooks={"request": [on_request], "response": [on_response]},
+    ) as http:
+        response = await post(http, "https://collector.internal/batch", b"{}", HEADERS, 5.0)
+        assert http.cookies.get("a") == "1", "the user's client still extracts cookies"
+    assert response.status_code == 202
+    (request,) = seen
+    token = base64.b64encode(b"user:secret").decode()
+    assert request.headers["authorization"] == f"Basic {token}"
+    assert request.headers["x-team"] == "growth"
+    assert request.headers["user-agent"] == HEADERS["User-Agent"]
+    assert (str(request.url), request.content) == ("https://collector.internal/batch", b"{}")
+    assert hooks == ["request POST", "response 202"]
+
+
+async def test_post_through_our_client_sends_what_it_was_given() -> None:
+    async with raw_server(lambda n: OK) as (port, _):
+        url = f"http://127.0.0.1:{port}/web/projects/k/batch?x=1"
+        async with HttpFactory(url, 5.0).new_client() as http:
+            headers = httpx.Headers(HEADERS)
+            responses = [await post(http, url, b'{"n":%d}' % n, headers, 5.0) for n in range(3)]
+    assert [r.json() for r in responses] == [{"ok": True}] * 3
+    request = responses[0].request
+    assert (request.method, str(request.url)) == ("POST", url)
+    assert request.headers["user-agent"] == HEADERS["User-Agent"]
+    assert [r.request.content for r in responses] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+
+
+async def test_post_through_our_client_honours_its_timeout() -> None:
+    async with raw_server(lambda n: b"") as (port, _):  # reads the request, never answers
+        url = f"http://127.0.0.1:{port}/web/projects/k/batch"
+        async with HttpFactory(url, 60.0).new_client() as http:
+            with anyio.fail_after(10), pytest.raises(httpx.ReadTimeout):
+                await post(http, url, b"{}", HEADERS, 0.2)
+
+
+async def test_post_through_a_closed_client_fails_as_httpx_does() -> None:
+    async with raw_server(lambda n: OK) as (port, _):
+        url = f"http://127.0.0.1:{port}/web/projects/k/batch"
+        http = HttpFactory(url, 5.0).new_client()
+        assert (await post(http, url, b"{}", HEADERS, 5.0)).status_code == 200
+        await http.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await post(http, url, b"{}", HEADERS, 5.0)
