@@ -656,6 +656,12 @@ class KoalaClient:
         self, request: RequestContext | None, ip: object, context: object, *, top_level: bool
     ) -> tuple[str | None, dict[str, Any] | None]:
         """The ip sent top-level (persons only) and the entry's context, ``library`` added."""
+        if ip is None and context is None and self._config.send_ip:
+            # The common case in a web app: the request's context, checked and built once
+            # per request, sent as it is (it is encoded before anything could change it).
+            if request is None or not request.context:
+                return None, None
+            return request.ip, request.context
         extra: dict[str, Any] | None = None
         if context is not None:
             given = _validate.fields(context, "context")

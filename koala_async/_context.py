@@ -52,7 +52,8 @@ class RequestContext:
         profile_id: The visitor's ``ko_id`` (lowercase), or None.
         ip: The visitor's IP address, or None.
         context: What calls about this visitor send as ``context`` (Segment's key names:
-            ``ip``, ``userAgent``, ``page``), built once per request.
+            ``ip``, ``userAgent``, ``page``, and ``library``), built once per request and
+            sent as it is: empty when there is nothing to send.
     """
 
     profile_id: str | None
@@ -123,6 +124,8 @@ def set_request_context(
         shown = {k: v for k in _PAGE_KEYS if isinstance(v := page.get(k), str) and v}
         if shown:
             context["page"] = shown
+    if context:
+        context["library"] = LIBRARY
     return _request.set(RequestContext(profile_id, address, context))
 
 

@@ -150,7 +150,10 @@ def test_set_request_context_checks_what_it_is_given() -> None:
         set_request_context(profile_id="not-a-uuid")
     # What servers put where an address goes but is not one is left out.
     with request_context(ip="testclient", user_agent="", page={"url": "", "path": "/"}) as ctx:
-        assert (ctx.profile_id, ctx.ip, ctx.context) == (None, None, {"page": {"path": "/"}})
+        assert (ctx.profile_id, ctx.ip) == (None, None)
+        assert ctx.context == {"page": {"path": "/"}, "library": LIBRARY}
+    with request_context(user_agent="", page={}) as ctx:
+        assert ctx.context == {}  # nothing to send: calls send no context
 
 
 async def test_a_persons_entries_with_different_ips_go_in_different_requests(
