@@ -1,6 +1,7 @@
 """koala_async: send events, identifies, page views and account traits to Koala, asynchronously."""
 
-from ._client import KoalaClient
+from ._client import BeforeSend, KoalaClient
+from ._context import request_context, reset_request_context, set_request_context
 from ._exceptions import (
     ClientClosedError,
     DeliveryError,
@@ -15,6 +16,7 @@ from ._sync import KoalaSyncClient
 from ._version import __version__
 
 __all__ = [
+    "BeforeSend",
     "ClientClosedError",
     "DeliveryError",
     "DeliveryFailure",
@@ -29,6 +31,9 @@ __all__ = [
     "Stats",
     "ValidationError",
     "__version__",
+    "request_context",
+    "reset_request_context",
+    "set_request_context",
 ]
 
 # Show the supported path in reprs, tracebacks and docs (as httpx does).

@@ -33,7 +33,7 @@ EVENTS, IDENTIFIES, PAGE_VIEWS = 0, 1, 2
 
 PERSON_IDS = ("profile_id", "email")
 ACCOUNT_IDS = ("domain", "account_id")
-_COMMON = ("message_id", "sent_at")
+_COMMON = ("message_id", "sent_at", "ip", "context")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,7 @@ def track_entry(
     properties: Mapping[str, Any] | None,
     message_id: str | None,
     sent_at: datetime | str | None,
+    context: dict[str, Any] | None = None,
 ) -> Track:
     """Check a track call's arguments (a person's or an account's) and build its entry."""
     return Track(
@@ -101,14 +102,23 @@ def track_entry(
         properties=_validate.fields(properties, "properties"),
         message_id=_message_id(message_id),
         sent_at=_sent_at(sent_at),
+        context=context,
     )
 
 
 def identify_entry(
-    traits: dict[str, Any], message_id: str | None, sent_at: datetime | str | None
+    traits: dict[str, Any],
+    message_id: str | None,
+    sent_at: datetime | str | None,
+    context: dict[str, Any] | None = None,
 ) -> Identify:
     """Build an identify entry (a person's or an account's) from checked traits."""
-    return Identify(traits=traits, message_id=_message_id(message_id), sent_at=_sent_at(sent_at))
+    return Identify(
+        traits=traits,
+        message_id=_message_id(message_id),
+        sent_at=_sent_at(sent_at),
+        context=context,
+    )
 
 
 def page_entry(
@@ -116,6 +126,7 @@ def page_entry(
     properties: Mapping[str, Any] | None,
     message_id: str | None,
     sent_at: datetime | str | None,
+    context: dict[str, Any] | None = None,
 ) -> Page:
     """Check a page call's arguments and build its entry."""
     return Page(
@@ -123,6 +134,7 @@ def page_entry(
         name=None if name is None else _validate.text(name, "name"),
         properties=_validate.fields(properties, "properties"),
         sent_at=_sent_at(sent_at),
+        context=context,
     )
 
 

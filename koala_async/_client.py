@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -44,6 +44,8 @@ from ._calls import (
 )
 from ._circuit import CLOSED, DEAD, Circuit
 from ._config import Config, OnFull
+from ._context import LIBRARY, RequestContext, normalize_ip
+from ._context import current as _current
 from ._exceptions import ClientClosedError, DeliveryError, QueueFullError, ValidationError
 from ._http import HttpFactory
 from ._ledger import Ledger
@@ -56,7 +58,7 @@ from ._runtime import Runtime
 from ._sender import _DROPS, Sender
 from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
 from ._validate import Who
-from ._wire import Entry, encode
+from ._wire import Entry, Page, Track, encode
 
 __all__ = ["KoalaClient"]
 
@@ -64,6 +66,10 @@ logger = logging.getLogger("koala_async")
 
 _PACE_EVERY = 64  # calls between yields to the event loop (a power of two: a mask test)
 _INITIAL_LIMIT = 8  # requests in flight at first; the limiter grows it as the backlog asks
+_MAX_PROBLEMS = 64  # distinct bad-call problems logged apart; beyond, one kind per reason
+
+BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+"""``before_send``: takes a call's message as a dict, returns it (changed) or None to drop it."""
 
 
 class _State(enum.Enum):
@@ -104,7 +110,7 @@ class KoalaClient:
             await koala.track("Signed Up", email="ada@acme.com", properties={"plan": "pro"})
 
     Calls only validate, encode and queue: they cost microseconds and never wait for the
-    network. Bad input raises :class:`ValidationError` at the call.
+    network. A call with bad input is dropped and logged (``strict=True`` raises instead).
 
     Args:
         public_api_key: The workspace's public API key; defaults to ``KOALA_PUBLIC_API_KEY``.
@@ -126,6 +132,15 @@ class KoalaClient:
         retry: How hard to retry; see :class:`RetryPolicy`.
         on_error: Called (sync or async) with a :class:`DeliveryFailure` for every batch
             given up; what it raises is logged and ignored.
+        before_send: Called, in the caller, with every call as a dict (its wire fields and
+            its ids); returns it, changed or not, or None to drop it (counted as
+            ``filtered``). One that raises is logged and the message sent unchanged.
+        strict: Raise :class:`ValidationError` (bad input) and :class:`ClientClosedError` at
+            the call. By default such a call returns None and is dropped as ``invalid`` or
+            ``closed``, logged and given to ``on_error``: analytics never takes a request
+            handler down. Use it in tests and development.
+        send_ip: False never sends a visitor's IP address (neither ``ip`` nor
+            ``context.ip``), for privacy policies that forbid it.
 
     Raises:
         ValidationError: An option is wrong; the message says how to fix it.
@@ -147,6 +162,9 @@ class KoalaClient:
         shutdown_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         on_error: OnError | None = None,
+        before_send: BeforeSend | None = None,
+        strict: bool = False,
+        send_ip: bool = True,
     ) -> None:
         config = Config.build(
             public_api_key,
@@ -160,6 +178,8 @@ class KoalaClient:
             timeout=timeout,
             shutdown_timeout=shutdown_timeout,
             retry=retry,
+            strict=strict,
+            send_ip=send_ip,
         )
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise ValidationError(
@@ -167,8 +187,13 @@ class KoalaClient:
             )
         if on_error is not None and not callable(on_error):
             raise ValidationError("on_error must be a function taking a DeliveryFailure")
+        if before_send is not None and not callable(before_send):
+            raise ValidationError("before_send must be a function taking and returning a dict")
         self._config = config
         self._http = http_client
+        self._before_send = before_send
+        self._plain = before_send is None  # the calls' fast path needs no hook
+        self._problems: set[str] = set()  # bad-call problems already given a log kind
         # What _put compares pending with: 0 refuses everything (disabled, dead, forked).
         self._limit = config.max_queue_size if config.enabled else 0
         self._state = _State.UNOPENED
@@ -367,6 +392,10 @@ class KoalaClient:
         )
 
     # The calls
+    #
+    # Each call has a fast path (no ip, no context, no request context, no before_send) that
+    # does what it did before those existed, and a slower one that resolves them. A bad call
+    # is caught here: dropped and counted, or raised with strict=True.
 
     async def track(
         self,
@@ -377,32 +406,56 @@ class KoalaClient:
         properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Record that a person did something, e.g. ``"Created Account"``.
 
         Args:
             event: What they did.
             profile_id: The visitor's ``ko_id`` (a UUID). With ``email`` too, entries are
-                queued by profile_id and sent with both.
+                queued by profile_id and sent with both. Inside a request that the ``ko_id``
+                middleware handles, a call with neither id is about that request's visitor.
             email: The person's e-mail address; used alone when there is no profile_id.
             properties: JSON values (str, int, float, bool, None, lists and dicts of them).
             message_id: Koala drops repeats of one id; default: a new UUID v4.
             sent_at: When it happened (datetime or ISO 8601); default: now.
+            ip: The visitor's IP address, sent as the request's top-level ``ip``; default:
+                the request context's.
+            context: Segment-style context (``userAgent``, ``page``, ``locale``,
+                ``campaign``...), sent in the entry with ``library`` added; merged over the
+                request context's.
 
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``; None if the call was dropped (bad input, a closed
+            client, or ``before_send`` said so).
 
         Raises:
-            ValidationError: Bad input; the message says what to fix.
-            ClientClosedError: The client is not open.
+            ValidationError: Bad input, with ``strict=True``; the message says what to fix.
+            ClientClosedError: The client is not open, with ``strict=True``.
         """
-        if self._state is not _OPEN:
-            self._check_open()
-        who = _validate.person(profile_id, email)
-        entry = track_entry(event, properties, message_id, sent_at)
-        waiting = self._put(EVENTS, entry, who)
-        if waiting is not None:
-            await waiting
+        entry: Entry
+        try:
+            if self._state is not _OPEN:
+                self._check_open()
+            if self._plain and ip is None and context is None and _current() is None:
+                who = _validate.person(profile_id, email)
+                entry = track_entry(event, properties, message_id, sent_at)
+                waiting = self._put(EVENTS, entry, who)
+            else:
+                who, address, extra = self._person(profile_id, email, ip, context)
+                entry = track_entry(event, properties, message_id, sent_at, extra)
+                done = self._put_slow(EVENTS, entry, who, address)
+                if done is None:
+                    return None
+                entry, waiting = done
+            if waiting is not None:
+                await waiting
+        except (ValidationError, ClientClosedError) as exc:
+            if self._config.strict:
+                raise
+            self._bad_call(exc, "profile", profile_id=profile_id, email=email)
+            return None
         return entry.message_id
 
     async def identify(
@@ -413,24 +466,44 @@ class KoalaClient:
         traits: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Tell Koala who a visitor is and what they are like.
 
         With ids alone (no traits) it still records an identify, so it shows in Koala's
-        debugger; an email here ties the ``ko_id`` visitor to that person. Arguments as for
-        :meth:`track`; ``traits`` take the same values as properties.
+        debugger; an email here ties the ``ko_id`` visitor to that person: pass the
+        profile_id too (a request's visitor is not assumed when an email is given).
+        Arguments as for :meth:`track`; ``traits`` take the same values as properties.
 
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``, or None if the call was dropped.
         """
-        if self._state is not _OPEN:
-            self._check_open()
-        who = _validate.person(profile_id, email)
-        entry = identify_entry(_validate.fields(traits, "traits"), message_id, sent_at)
-        waiting = self._put(IDENTIFIES, entry, who)
-        if waiting is not None:
-            await waiting
-        return entry.message_id  # type: ignore[return-value]
+        entry: Entry
+        try:
+            if self._state is not _OPEN:
+                self._check_open()
+            if self._plain and ip is None and context is None and _current() is None:
+                who = _validate.person(profile_id, email)
+                entry = identify_entry(_validate.fields(traits, "traits"), message_id, sent_at)
+                waiting = self._put(IDENTIFIES, entry, who)
+            else:
+                who, address, extra = self._person(profile_id, email, ip, context)
+                entry = identify_entry(
+                    _validate.fields(traits, "traits"), message_id, sent_at, extra
+                )
+                done = self._put_slow(IDENTIFIES, entry, who, address)
+                if done is None:
+                    return None
+                entry, waiting = done
+            if waiting is not None:
+                await waiting
+        except (ValidationError, ClientClosedError) as exc:
+            if self._config.strict:
+                raise
+            self._bad_call(exc, "profile", profile_id=profile_id, email=email)
+            return None
+        return entry.message_id
 
     async def page(
         self,
@@ -441,19 +514,39 @@ class KoalaClient:
         properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Record a page view; put ``url``, ``referrer`` and ``title`` in ``properties``.
 
+        Inside a request the ``ko_id`` middleware handles, ``await koala.page(name="Home")``
+        is enough: the visitor, their ip and the page come from the request context.
+
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``, or None if the call was dropped.
         """
-        if self._state is not _OPEN:
-            self._check_open()
-        who = _validate.person(profile_id, email)
-        entry = page_entry(name, properties, message_id, sent_at)
-        waiting = self._put(PAGE_VIEWS, entry, who)
-        if waiting is not None:
-            await waiting
+        entry: Entry
+        try:
+            if self._state is not _OPEN:
+                self._check_open()
+            if self._plain and ip is None and context is None and _current() is None:
+                who = _validate.person(profile_id, email)
+                entry = page_entry(name, properties, message_id, sent_at)
+                waiting = self._put(PAGE_VIEWS, entry, who)
+            else:
+                who, address, extra = self._person(profile_id, email, ip, context)
+                entry = page_entry(name, properties, message_id, sent_at, extra)
+                done = self._put_slow(PAGE_VIEWS, entry, who, address)
+                if done is None:
+                    return None
+                entry, waiting = done
+            if waiting is not None:
+                await waiting
+        except (ValidationError, ClientClosedError) as exc:
+            if self._config.strict:
+                raise
+            self._bad_call(exc, "profile", profile_id=profile_id, email=email)
+            return None
         return entry.message_id
 
     async def account_identify(
@@ -465,23 +558,42 @@ class KoalaClient:
         group_id: str | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Set traits on a company account, keyed by ``domain`` (preferred) or ``account_id``.
 
         ``group_id`` tells apart tenants that share a domain (say, a customer's development
         and marketing workspaces); it is sent inside the traits, where Koala reads it.
+        Account requests have no top-level ``ip``: ``ip`` is sent as ``context.ip``. The
+        request context is not used: an account is not the request's visitor.
 
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``, or None if the call was dropped.
         """
-        if self._state is not _OPEN:
-            self._check_open()
-        who = _validate.account(domain, account_id)
-        entry = identify_entry(account_traits(traits, group_id), message_id, sent_at)
-        waiting = self._put(IDENTIFIES, entry, who)
-        if waiting is not None:
-            await waiting
-        return entry.message_id  # type: ignore[return-value]
+        entry: Entry
+        try:
+            if self._state is not _OPEN:
+                self._check_open()
+            who = _validate.account(domain, account_id)
+            if self._plain and ip is None and context is None:
+                entry = identify_entry(account_traits(traits, group_id), message_id, sent_at)
+                waiting = self._put(IDENTIFIES, entry, who)
+            else:
+                _, extra = self._context(None, ip, context, top_level=False)
+                entry = identify_entry(account_traits(traits, group_id), message_id, sent_at, extra)
+                done = self._put_slow(IDENTIFIES, entry, who, None)
+                if done is None:
+                    return None
+                entry, waiting = done
+            if waiting is not None:
+                await waiting
+        except (ValidationError, ClientClosedError) as exc:
+            if self._config.strict:
+                raise
+            self._bad_call(exc, "account", domain=domain, account_id=account_id)
+            return None
+        return entry.message_id
 
     async def account_track(
         self,
@@ -492,20 +604,191 @@ class KoalaClient:
         properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Record something a company account did, e.g. ``"Workspace Created"``.
 
+        ``ip`` and ``context`` as for :meth:`account_identify`.
+
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``, or None if the call was dropped.
         """
-        if self._state is not _OPEN:
-            self._check_open()
-        who = _validate.account(domain, account_id)
-        entry = track_entry(event, properties, message_id, sent_at)
-        waiting = self._put(EVENTS, entry, who)
-        if waiting is not None:
-            await waiting
+        entry: Entry
+        try:
+            if self._state is not _OPEN:
+                self._check_open()
+            who = _validate.account(domain, account_id)
+            if self._plain and ip is None and context is None:
+                entry = track_entry(event, properties, message_id, sent_at)
+                waiting = self._put(EVENTS, entry, who)
+            else:
+                _, extra = self._context(None, ip, context, top_level=False)
+                entry = track_entry(event, properties, message_id, sent_at, extra)
+                done = self._put_slow(EVENTS, entry, who, None)
+                if done is None:
+                    return None
+                entry, waiting = done
+            if waiting is not None:
+                await waiting
+        except (ValidationError, ClientClosedError) as exc:
+            if self._config.strict:
+                raise
+            self._bad_call(exc, "account", domain=domain, account_id=account_id)
+            return None
         return entry.message_id
+
+    # Request context, before_send and bad calls: off the fast path
+
+    def _person(
+        self, profile_id: str | None, email: str | None, ip: object, context: object
+    ) -> tuple[Who, str | None, dict[str, Any] | None]:
+        """A person call's target, top-level ip and context, from its arguments and the
+        request context. The request's visitor is assumed only when the call names nobody;
+        its ip and context go only with calls about that visitor, so an admin's request that
+        tracks another person by email never lends that person the admin's ip."""
+        request = _current()
+        if request is not None and profile_id is None and email is None:
+            profile_id = request.profile_id
+        who = _validate.person(profile_id, email)
+        if request is not None and request.profile_id not in (None, who[1]):
+            request = None
+        address, extra = self._context(request, ip, context, top_level=True)
+        return who, address, extra
+
+    def _context(
+        self, request: RequestContext | None, ip: object, context: object, *, top_level: bool
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """The ip sent top-level (persons only) and the entry's context, ``library`` added."""
+        if ip is None and context is None and self._config.send_ip:
+            # The common case in a web app: the request's context, checked and built once
+            # per request, sent as it is (it is encoded before anything could change it).
+            if request is None or not request.context:
+                return None, None
+            return request.ip, request.context
+        extra: dict[str, Any] | None = None
+        if context is not None:
+            given = _validate.fields(context, "context")
+            extra = {**request.context, **given} if request is not None else dict(given)
+        elif request is not None and request.context:
+            extra = dict(request.context)
+        address: str | None = None
+        if ip is not None:
+            address = normalize_ip(ip)
+            if address is None:
+                raise ValidationError(
+                    f"ip must be an IPv4 or IPv6 address such as '203.0.113.7', got {ip!r}"
+                )
+            if extra is not None or not top_level:
+                extra = {**(extra or {}), "ip": address}
+        elif extra is not None and "ip" in extra:
+            address = normalize_ip(extra["ip"])
+            if address is None:
+                raise ValidationError(
+                    f"context['ip'] must be an IPv4 or IPv6 address such as '203.0.113.7', "
+                    f"got {extra['ip']!r}"
+                )
+            extra["ip"] = address
+        if not self._config.send_ip:
+            address = None
+            if extra is not None:
+                extra.pop("ip", None)
+        if not extra:
+            return (address if top_level else None), None
+        extra.setdefault("library", LIBRARY)  # a wrapper (say, a sync client) may name itself
+        return (address if top_level else None), extra
+
+    def _put_slow(
+        self, kind: int, entry: Entry, who: Who, ip: str | None
+    ) -> tuple[Entry, Awaitable[None] | None] | None:
+        """:meth:`_put` after ``before_send``; None if it dropped the entry."""
+        if self._before_send is not None:
+            changed = self._filter(entry, who, ip)
+            if changed is None:
+                self._ledger.refuse("filtered")
+                return None
+            entry, who, ip = changed
+        return entry, self._put(kind, entry, who, ip)
+
+    def _filter(
+        self, entry: Entry, who: Who, ip: str | None
+    ) -> tuple[Entry, Who, str | None] | None:
+        """Run ``before_send`` on a call's message, and build what it returns.
+
+        The message is a fresh copy (decoded from the entry's JSON): the hook may change it
+        in place. What it returns is checked as the call's arguments are.
+        """
+        assert self._before_send is not None
+        field, key, secondary_name, secondary = who
+        message: dict[str, Any] = msgspec.json.decode(self._encode(entry))
+        message.update(profile_id=None, email=None, domain=None, account_id=None, ip=ip)
+        message[field] = key
+        if secondary is not None:
+            message[secondary_name] = secondary
+        try:
+            result = self._before_send(message)
+        except Exception as exc:
+            self._reporter.warn(
+                "before_send", f"before_send raised {exc!r}; the message was sent unchanged"
+            )
+            return entry, who, ip
+        if result is None:
+            return None
+        if not isinstance(result, dict):
+            self._reporter.warn(
+                "before_send",
+                f"before_send returned a {type(result).__name__}, not a dict or None; "
+                "the message was sent unchanged",
+            )
+            return entry, who, ip
+        get = result.get
+        extra = get("context")
+        extra = None if extra is None else dict(_validate.fields(extra, "context")) or None
+        if field in ("domain", "account_id"):
+            who, ip = _validate.account(get("domain"), get("account_id")), None
+        else:
+            who = _validate.person(get("profile_id"), get("email"))
+            ip = None if get("ip") is None else normalize_ip(get("ip"))
+            if ip is None and get("ip") is not None:
+                raise ValidationError(f"before_send returned ip {get('ip')!r}, not an IP address")
+        if not self._config.send_ip:
+            ip = None
+            if extra is not None:
+                extra.pop("ip", None)
+        ids = get("message_id"), get("sent_at")
+        if type(entry) is Track:
+            event: Any = get("event")  # checked by track_entry, like a call's
+            return track_entry(event, get("properties"), *ids, extra), who, ip
+        if type(entry) is Page:
+            return page_entry(get("name"), get("properties"), *ids, extra), who, ip
+        return identify_entry(_validate.fields(get("traits"), "traits"), *ids, extra), who, ip
+
+    def _bad_call(self, exc: ValidationError | ClientClosedError, kind: str, **ids: object) -> None:
+        """Drop a call with bad input, or on a client that is not open (without strict):
+        counted as ``invalid`` or ``closed``, logged (each problem once a minute at most)
+        and handed to ``on_error``."""
+        reason: DropReason = "closed" if isinstance(exc, ClientClosedError) else "invalid"
+        self._ledger.refuse(reason)
+        message = str(exc)
+        # One log line per problem, not per bad value; a bounded number of problems.
+        problem = f"{reason}: {message.split(', got ', 1)[0]}"
+        if problem not in self._problems:
+            if len(self._problems) >= _MAX_PROBLEMS:
+                problem = reason
+            else:
+                self._problems.add(problem)
+        self._reporter.warn(
+            problem, f"dropped a call ({reason}): {message}; strict=True raises this instead"
+        )
+        self._reporter.refused(
+            DeliveryFailure(
+                reason=reason,
+                kind="account" if kind == "account" else "profile",
+                ids={k: v for k, v in ids.items() if isinstance(v, str)},
+                entries=[],
+                exception=exc,
+            )
+        )
 
     # The queue
 
@@ -527,8 +810,10 @@ class KoalaClient:
             raise ClientClosedError(_ORPHANED)
         raise ClientClosedError("the KoalaClient is closed; create a new one to send again")
 
-    def _put(self, kind: int, entry: Entry, who: Who) -> Awaitable[None] | None:
-        """Encode an entry and queue it for the target ``who`` names.
+    def _put(
+        self, kind: int, entry: Entry, who: Who, ip: str | None = None
+    ) -> Awaitable[None] | None:
+        """Encode an entry and queue it for the target ``who`` names (and ``ip``).
 
         Returns None, or something the call must await: a yield to the event loop (every
         64th call), or a wait for room in a full queue.
@@ -539,9 +824,9 @@ class KoalaClient:
             raise _validate.unencodable(entry, exc) from None
         ledger = self._ledger
         if ledger.pending >= self._limit:  # full, disabled, dead or forked: one compare
-            return self._full(kind, raw, who)
+            return self._full(kind, raw, who, ip)
         ledger.accept()
-        if self._queue.put(kind, raw, who):
+        if self._queue.put(kind, raw, who, ip):
             self._runtime.dispatch()  # type: ignore[union-attr]
         self._calls = calls = self._calls + 1
         if calls % _PACE_EVERY:
@@ -554,7 +839,9 @@ class KoalaClient:
             return None
         return _checkpoint()
 
-    def _put_encoded(self, kind: int, raw: bytes, who: Who) -> Coroutine[Any, Any, None] | None:
+    def _put_encoded(
+        self, kind: int, raw: bytes, who: Who, ip: str | None = None
+    ) -> Coroutine[Any, Any, None] | None:
         """Queue an entry encoded elsewhere: :meth:`_put` without encoding or pacing.
 
         The one door :class:`~koala_async.KoalaSyncClient` uses: it validates and encodes in
@@ -562,13 +849,21 @@ class KoalaClient:
         Returns None, or a wait for room that the caller must await (the queue is full).
         """
         if self._ledger.pending >= self._limit:
-            return self._full(kind, raw, who)
+            return self._full(kind, raw, who, ip)
         self._ledger.accept()
-        if self._queue.put(kind, raw, who):
+        if self._queue.put(kind, raw, who, ip):
             self._runtime.dispatch()  # type: ignore[union-attr]
         return None
 
-    def _full(self, kind: int, raw: bytes, who: Who) -> Coroutine[Any, Any, None] | None:
+    def _encode(self, entry: Entry) -> bytes:
+        try:
+            return encode(entry)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _validate.unencodable(entry, exc) from None
+
+    def _full(
+        self, kind: int, raw: bytes, who: Who, ip: str | None
+    ) -> Coroutine[Any, Any, None] | None:
         """The queue is full (or the client takes nothing): drop, raise, or wait for room."""
         config = self._config
         if not config.enabled:
@@ -577,7 +872,7 @@ class KoalaClient:
             self._check_open()
         if self._circuit.state is DEAD:
             assert self._circuit.verdict is not None
-            self._refuse(_DROPS[self._circuit.verdict], raw, who)
+            self._refuse(_DROPS[self._circuit.verdict], raw, who, ip)
             return None
         if config.on_full == "raise":
             raise QueueFullError(
@@ -587,11 +882,11 @@ class KoalaClient:
         if config.on_full == "block" or (
             config.on_full == "pace" and self._circuit.state is CLOSED
         ):
-            return self._wait_then_put(kind, raw, who)
-        self._refuse("queue_full", raw, who)
+            return self._wait_then_put(kind, raw, who, ip)
+        self._refuse("queue_full", raw, who, ip)
         return None
 
-    async def _wait_then_put(self, kind: int, raw: bytes, who: Who) -> None:
+    async def _wait_then_put(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
         runtime = self._runtime
         assert runtime is not None
         runtime.flush_waiting()  # send partial batches now: room comes sooner
@@ -601,19 +896,19 @@ class KoalaClient:
                 if self._state is not _OPEN:
                     self._check_open()
                 assert self._circuit.verdict is not None
-                self._refuse(_DROPS[self._circuit.verdict], raw, who)
+                self._refuse(_DROPS[self._circuit.verdict], raw, who, ip)
                 return
             if self._config.on_full == "pace" and self._circuit.state is not CLOSED:
-                self._refuse("queue_full", raw, who)  # the endpoint is down: never wait on it
+                self._refuse("queue_full", raw, who, ip)  # the endpoint is down: never wait
                 return
             await runtime.room(limit - max(1, limit // 10))
             if self._state is not _OPEN:
                 self._check_open()
         self._ledger.accept()
-        if self._queue.put(kind, raw, who):
+        if self._queue.put(kind, raw, who, ip):
             runtime.dispatch()
 
-    def _refuse(self, reason: DropReason, raw: bytes, who: Who) -> None:
+    def _refuse(self, reason: DropReason, raw: bytes, who: Who, ip: str | None) -> None:
         """Drop an entry at the call: counted, logged (rate-limited), given to on_error."""
         self._ledger.refuse(reason)
         if reason == "queue_full":
@@ -629,6 +924,8 @@ class KoalaClient:
             )
         field, key, secondary_name, secondary = who
         ids = {field: key} if secondary is None else {field: key, secondary_name: secondary}
+        if ip is not None:
+            ids["ip"] = ip
         self._reporter.refused(
             DeliveryFailure(
                 reason=reason,

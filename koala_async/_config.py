@@ -41,6 +41,8 @@ class Config:
     timeout: float
     shutdown_timeout: float
     retry: RetryPolicy
+    strict: bool = False  # bad calls raise instead of being dropped as "invalid"/"closed"
+    send_ip: bool = True  # False: neither a top-level ip nor context.ip is ever sent
 
     @property
     def shown_url(self) -> str:
@@ -62,6 +64,8 @@ class Config:
         timeout: float,
         shutdown_timeout: float,
         retry: RetryPolicy | None,
+        strict: bool = False,
+        send_ip: bool = True,
     ) -> Config:
         key = public_api_key or os.environ.get("KOALA_PUBLIC_API_KEY")
         if not key or not isinstance(key, str) or any(c in key for c in "/?# \t\r\n\0"):
@@ -107,6 +111,9 @@ class Config:
         ):
             if type(count) is not int or count < 1:
                 raise ValidationError(f"{name} must be a whole number of at least 1, got {count!r}")
+        for name, flag in (("strict", strict), ("send_ip", send_ip)):
+            if type(flag) is not bool:
+                raise ValidationError(f"{name} must be True or False, got {flag!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValidationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
 
@@ -125,4 +132,6 @@ class Config:
             timeout=float(timeout),
             shutdown_timeout=float(shutdown_timeout),
             retry=retry or RetryPolicy(),
+            strict=strict,
+            send_ip=send_ip,
         )

@@ -5,8 +5,9 @@ No I/O and no event loop: the runtime feeds calls in and takes ready targets out
 Each person or account the client has heard from is a :class:`Target` holding its
 :class:`Batch` objects in the order their entries were made. New entries go into the last
 batch until it holds 30 of that kind, has been taken by a sender (sealed), or belongs to a
-different e-mail (or account id) than the entry; then a new batch is started. So every batch
-is, by construction, one valid request: one person, at most 30 of each kind.
+different e-mail (or account id), or a different visitor ``ip``, than the entry; then a new
+batch is started. So every batch is, by construction, one valid request: one person, at most
+30 of each kind.
 
 A target is *ready* when one of its batches is full, when its oldest entry has waited the
 flush interval (in eight age buckets, see :data:`TICKS`), on a flush, and at the close.
@@ -45,12 +46,13 @@ class Batch:
     visitor.
     """
 
-    __slots__ = ("buffers", "counts", "secondary", "size", "waiters")
+    __slots__ = ("buffers", "counts", "ip", "secondary", "size", "waiters")
 
-    def __init__(self, secondary: str | None = None) -> None:
+    def __init__(self, secondary: str | None = None, ip: str | None = None) -> None:
         self.buffers: list[bytes | bytearray | None] = [None, None, None]
         self.counts = 0  # one byte per kind: (counts >> 8 * kind) & 0xFF
         self.secondary = secondary
+        self.ip = ip  # the top-level ip of a person's request: one per request
         self.size = 0
         self.waiters: list[Waiter] | None = None
 
@@ -88,7 +90,7 @@ class Batch:
         waiters wait for both halves."""
         items = self.entries()
         middle = len(items) // 2
-        halves = Batch(self.secondary), Batch(self.secondary)
+        halves = Batch(self.secondary, self.ip), Batch(self.secondary, self.ip)
         for i, (kind, entry) in enumerate(items):
             halves[i >= middle].append(kind, entry)
         for waiter in self.waiters or ():
@@ -145,18 +147,25 @@ class Target:
     def account(self) -> bool:
         return self.field in _ACCOUNT_FIELDS
 
-    def add(self, kind: int, entry: bytes, secondary: str | None) -> bool:
-        """Queue an encoded entry; return True when its batch just became full."""
+    def add(self, kind: int, entry: bytes, secondary: str | None, ip: str | None = None) -> bool:
+        """Queue an encoded entry; return True when its batch just became full.
+
+        An entry without an email (or ip) joins a batch with one; entries with different
+        ones go in different batches, since a request carries one of each.
+        """
         batch = self.open
         if (
             batch is None
             or batch.count(kind) >= MAX_PER_KIND
             or (secondary is not None and batch.secondary not in (None, secondary))
+            or (ip is not None and batch.ip not in (None, ip))
         ):
             batch = self.open = Batch()
             self.batches.append(batch)
         if secondary is not None:
             batch.secondary = secondary
+        if ip is not None:
+            batch.ip = ip
         return batch.append(kind, entry) == MAX_PER_KIND
 
     def seal(self) -> Batch:
@@ -172,7 +181,9 @@ class Target:
 
     def body(self, batch: Batch) -> bytes:
         """The JSON request body for one of this target's batches."""
-        head = _wire.head(((self.field, self.key), (self.secondary_name, batch.secondary)))
+        head = _wire.head(
+            ((self.field, self.key), (self.secondary_name, batch.secondary), ("ip", batch.ip))
+        )
         return _wire.body(head, tuple(zip(_NAMES, batch.buffers, strict=True)))
 
     def ids(self, batch: Batch) -> dict[str, str]:
@@ -180,6 +191,8 @@ class Target:
         ids = {self.field: self.key}
         if batch.secondary is not None:
             ids[self.secondary_name] = batch.secondary
+        if batch.ip is not None:
+            ids["ip"] = batch.ip
         return ids
 
 
@@ -204,14 +217,15 @@ class Queue:
         self.ready: deque[Target] = deque()
         self.eager = False  # closing: every batch goes as soon as a sender is free
 
-    def put(self, kind: int, entry: bytes, who: Who) -> bool:
-        """Queue an encoded entry; return True when its target just became ready."""
+    def put(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> bool:
+        """Queue an encoded entry (``ip``: a person's, sent top-level); return True when its
+        target just became ready."""
         field, key, secondary_name, secondary = who
         targets = self.targets[field]
         target = targets.get(key)
         if target is None:
             target = targets[key] = Target(field, key, secondary_name)
-        if target.add(kind, entry, secondary):
+        if target.add(kind, entry, secondary, ip):
             if not target.scheduled:
                 target.scheduled = True
                 self.ready.append(target)

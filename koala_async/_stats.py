@@ -17,6 +17,9 @@ DropReason = Literal[
     "gone",
     "retries_exhausted",
     "shutdown_timeout",
+    "invalid",
+    "closed",
+    "filtered",
 ]
 DROP_REASONS: tuple[DropReason, ...] = DropReason.__args__  # type: ignore[attr-defined]
 
@@ -76,7 +79,10 @@ class DeliveryFailure:
     """A batch the client gave up on, handed to ``on_error``.
 
     Attributes:
-        reason: One of the drop reasons counted in :attr:`Stats.dropped`.
+        reason: One of the drop reasons counted in :attr:`Stats.dropped`. ``"invalid"`` and
+            ``"closed"`` are calls refused at the call (no ``strict``): their ``entries``
+            are empty, ``ids`` holds the id arguments that were strings, and ``exception``
+            is the :class:`ValidationError` or :class:`ClientClosedError` that says why.
         kind: ``"profile"`` (sent to ``/batch``) or ``"account"`` (``/accounts/batch``).
         ids: The batch's top-level id fields: profile_id and/or email, or domain and/or
             account_id.

@@ -163,7 +163,7 @@ class _Engine:
             try:
                 waiting = put(kind, raw, who)
             except KoalaError:  # on_full="raise", and callers raced past their check
-                self.core._refuse("queue_full", raw, who)
+                self.core._refuse("queue_full", raw, who, None)
                 continue
             if waiting is not None:  # full: its caller has moved on, so wait here
                 self._wait(waiting, None)

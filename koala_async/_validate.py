@@ -337,8 +337,12 @@ def unencodable(entry: Entry, exc: Exception) -> ValidationError:
         if entry.message_id is not None:
             _check_text(entry.message_id, "message_id")
         check_fields(entry.traits if isinstance(entry, Identify) else entry.properties, what)
+        if entry.context is not None:
+            check_fields(entry.context, "context")
     except ValidationError as error:
         return error
+    if entry.context is not None:
+        what += " or context"
     return ValidationError(
         f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, None, "
         "lists and dicts of them"

@@ -26,6 +26,7 @@ class Track(msgspec.Struct, tag_field="type", tag="track", kw_only=True, omit_de
     properties: dict[str, Any]
     message_id: str
     sent_at: str
+    context: dict[str, Any] | None = None  # last, and omitted when None: old bodies unchanged
 
 
 class Page(msgspec.Struct, tag_field="type", tag="page", kw_only=True, omit_defaults=True):
@@ -33,12 +34,14 @@ class Page(msgspec.Struct, tag_field="type", tag="page", kw_only=True, omit_defa
     name: str | None = None
     properties: dict[str, Any]
     sent_at: str
+    context: dict[str, Any] | None = None
 
 
 class Identify(msgspec.Struct, tag_field="type", tag="identify", kw_only=True, omit_defaults=True):
     traits: dict[str, Any]
     message_id: str | None = None
     sent_at: str
+    context: dict[str, Any] | None = None
 
 
 Entry = Track | Page | Identify

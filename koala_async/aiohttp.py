@@ -31,6 +31,7 @@ from aiohttp import web  # noqa: E402 - after the check that names the extra
 from aiohttp.typedefs import Middleware  # noqa: E402
 
 from ._client import KoalaClient  # noqa: E402
+from ._context import reset_request_context, set_request_context  # noqa: E402
 from ._cookie import COOKIE, TWO_YEARS, CookiePolicy, sets_ko_id  # noqa: E402
 
 __all__ = ["KOALA", "PROFILE_ID", "koala_context", "koala_middleware"]
@@ -63,6 +64,10 @@ def koala_middleware(
     responses raised as ``web.HTTPException``; a ``ko_id`` the handler sets itself wins).
     A response whose headers the handler sent itself (``await response.prepare(request)``)
     cannot take the cookie; that is logged once (websockets quietly get none, as in ASGI).
+    While the handler runs, the visitor's profile id, ip (``request.remote``: behind a proxy,
+    have a middleware before this one set it from the proxy's headers, as
+    ``examples/aiohttp_app.py`` does), user agent and page (url, path, and the ``Referer`` as
+    referrer) are the request context that the client's person calls use.
     Keywords are those of ``CookiePolicy``; a bad one raises ``ValidationError`` here.
     """
     policy = CookiePolicy(domain, path, max_age, same_site, secure, http_only)
@@ -92,15 +97,30 @@ def koala_middleware(
         cookies = "; ".join(request.headers.getall("Cookie", ()))
         profile_id, set_cookie = policy.resolve(cookies, request.secure)
         request[PROFILE_ID] = profile_id
-        if set_cookie is None:
-            return await handler(request)
+        headers = request.headers
+        token = set_request_context(
+            profile_id=profile_id,
+            ip=request.remote,
+            user_agent=headers.get("User-Agent"),
+            page={
+                "url": str(request.url),
+                "path": request.path,
+                "referrer": headers.get("Referer"),
+                "search": f"?{request.query_string}" if request.query_string else None,
+            },
+        )
         try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            add_cookie(request, exc, set_cookie)
-            raise
-        add_cookie(request, response, set_cookie)
-        return response
+            if set_cookie is None:
+                return await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                add_cookie(request, exc, set_cookie)
+                raise
+            add_cookie(request, response, set_cookie)
+            return response
+        finally:
+            reset_request_context(token)
 
     return middleware
 

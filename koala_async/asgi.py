@@ -6,13 +6,20 @@
 
     async def handler(request):
         profile_id = request.state.koala_profile_id
+        await koala.page(name="Pricing")  # the request's visitor, ip, user agent and page
+
+Behind a proxy, the visitor's address reaches the app only if the server trusts the proxy's
+headers: ``uvicorn --proxy-headers --forwarded-allow-ips <proxy ip>`` (hypercorn and others
+have the same switch) puts it in ``scope["client"]``, where this middleware reads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextvars import Token
 from typing import Any, Literal
 
+from ._context import RequestContext, reset_request_context, set_request_context
 from ._cookie import TWO_YEARS, CookiePolicy, sets_ko_id
 
 __all__ = ["KoalaMiddleware"]
@@ -30,8 +37,12 @@ class KoalaMiddleware:
     The id is put in ``scope["state"]["koala_profile_id"]`` (so ``request.state
     .koala_profile_id`` in Starlette and FastAPI); a new or invalid cookie is replaced with a
     ``Set-Cookie`` on the response, next to the app's own headers (a ``ko_id`` the app sets
-    itself wins). Websocket and lifespan scopes pass through untouched. Keywords are those of
-    ``CookiePolicy``; a bad one raises ``ValidationError`` when the middleware is built.
+    itself wins). While the app handles the request, the visitor's profile id, ip
+    (``scope["client"]``), user agent and page (url, path, and the ``Referer`` as referrer)
+    are the request context (see :func:`koala_async.set_request_context`) that the client's
+    person calls use. Websocket and lifespan scopes pass through untouched. Keywords are
+    those of ``CookiePolicy``; a bad one raises ``ValidationError`` when the middleware is
+    built.
     """
 
     def __init__(
@@ -56,6 +67,15 @@ class KoalaMiddleware:
         https = scope.get("scheme") == "https"
         profile_id, set_cookie = self.policy.resolve(cookies.decode("latin-1"), https)
         scope.setdefault("state", {})["koala_profile_id"] = profile_id
+        token = _set_context(scope, profile_id)
+        try:
+            await self._call(scope, receive, send, set_cookie)
+        finally:
+            reset_request_context(token)
+
+    async def _call(
+        self, scope: Scope, receive: Receive, send: Send, set_cookie: str | None
+    ) -> None:
         if set_cookie is None:
             await self.app(scope, receive, send)
             return
@@ -72,3 +92,35 @@ class KoalaMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)
+
+
+def _set_context(scope: Scope, profile_id: str) -> Token[RequestContext | None]:
+    """Make the visitor of an HTTP scope the request context."""
+    user_agent = referrer = host = None
+    for name, value in scope["headers"]:
+        if name == b"user-agent":
+            user_agent = value.decode("latin-1")
+        elif name == b"referer":
+            referrer = value.decode("latin-1")
+        elif name == b"host":
+            host = value.decode("latin-1")
+    if host is None and scope.get("server"):
+        server_host, port = scope["server"]
+        host = f"{server_host}:{port}" if port else server_host
+    path = scope.get("path", "/")
+    root = scope.get("root_path", "")
+    full = path if path.startswith(root) else root + path
+    query = scope.get("query_string", b"").decode("latin-1")
+    search = f"?{query}" if query else None
+    client = scope.get("client")
+    return set_request_context(
+        profile_id=profile_id,
+        ip=client[0] if client else None,
+        user_agent=user_agent,
+        page={
+            "url": f"{scope.get('scheme', 'http')}://{host}{full}{search or ''}" if host else None,
+            "path": path,
+            "referrer": referrer,
+            "search": search,
+        },
+    )

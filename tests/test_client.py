@@ -265,7 +265,7 @@ async def test_flush_delivers_what_was_queued_and_says_so(
 async def test_disabled_client_validates_but_sends_nothing(
     recorder: Recorder, http: httpx.AsyncClient
 ) -> None:
-    koala = KoalaClient("pk_test", http_client=http, enabled=False)
+    koala = KoalaClient("pk_test", http_client=http, enabled=False, strict=True)
     assert is_uuid4(await koala.track("A", email="a@b.co"))
     with pytest.raises(ValueError, match="email must be"):
         await koala.track("A", email="nope")
@@ -296,7 +296,7 @@ async def test_its_own_http_clients_are_closed() -> None:
 async def test_calls_after_close_raise_and_the_client_cannot_reopen(
     http: httpx.AsyncClient,
 ) -> None:
-    koala = KoalaClient("pk_test", http_client=http)
+    koala = KoalaClient("pk_test", http_client=http, strict=True)
     async with koala:
         pass
     with pytest.raises(ClientClosedError, match="closed; create a new one"):
@@ -343,7 +343,7 @@ async def test_the_api_key_never_shows(caplog: pytest.LogCaptureFixture) -> None
 async def test_a_client_opened_before_fork_refuses_calls_in_the_child(
     http: httpx.AsyncClient,
 ) -> None:
-    async with KoalaClient("pk_test", http_client=http) as koala:
+    async with KoalaClient("pk_test", http_client=http, strict=True) as koala:
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: report what a call does, and leave at once

@@ -36,7 +36,7 @@ async def test_a_busy_site_at_a_50ms_round_trip_loses_nothing_with_defaults(
     """Every 10 ms a burst of new visitors, 2 entries each: 1,000 entries/s for 2 s. A fixed
     8 requests in flight delivered 313 entries/s here and dropped over half at close."""
     fake, base_url = slow_collector
-    ids: list[str] = []
+    ids: list[str | None] = []
     async with KoalaClient("pk_test", base_url=base_url) as koala:
         for burst in range(200):
             for visitor in range(5):
@@ -115,7 +115,7 @@ async def test_an_outage_neither_blocks_calls_nor_storms_and_loses_nothing() -> 
             open_now[0] -= 1
             await stream.aclose()
 
-    ids: list[str] = []
+    ids: list[str | None] = []
     slowest = 0.0
     fake = FakeCollector()
     policy = RetryPolicy(backoff=0.1, max_backoff=1.0)

@@ -134,7 +134,9 @@ async def test_any_input_is_delivered_or_refused_at_the_call(
     accepted = 0
     async with (
         httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http,
-        KoalaClient("pk_test", http_client=http, retry=RetryPolicy(max_attempts=1)) as koala,
+        KoalaClient(
+            "pk_test", http_client=http, retry=RetryPolicy(max_attempts=1), strict=True
+        ) as koala,
     ):
         for method, kwargs in batch:
             try:

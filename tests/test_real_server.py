@@ -35,10 +35,10 @@ def settled(stats: Stats) -> None:
     assert stats.pending == 0, stats
 
 
-async def send_mix(koala: KoalaClient, people: int, seed: int = 0) -> list[str]:
+async def send_mix(koala: KoalaClient, people: int, seed: int = 0) -> list[str | None]:
     """Queue a mix of every kind for ``people`` people; return the message_ids made."""
     rng = random.Random(seed)
-    ids: list[str] = []
+    ids: list[str | None] = []
     for p in range(people):
         email = f"person{p}@acme.com"
         for _ in range(rng.randint(1, 4)):
@@ -86,7 +86,7 @@ def fail_some(rate: float, reply: Reply, seed: int = 7) -> Any:
 
 async def run(
     base_url: str, people: int = 200, **kwargs: Any
-) -> tuple[KoalaClient, list[str], list[DeliveryFailure]]:
+) -> tuple[KoalaClient, list[str | None], list[DeliveryFailure]]:
     failures: list[DeliveryFailure] = []
     kwargs.setdefault("retry", FAST)
     async with KoalaClient(

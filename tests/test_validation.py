@@ -22,7 +22,7 @@ async def koala() -> AsyncIterator[KoalaClient]:
     transport = httpx.MockTransport(lambda request: httpx.Response(200))
     async with (
         httpx.AsyncClient(transport=transport) as http,
-        KoalaClient("pk_test", http_client=http) as client,
+        KoalaClient("pk_test", http_client=http, strict=True) as client,
     ):
         yield client
         assert client.stats().accepted == 0, "rejected calls must not be queued"
@@ -157,7 +157,7 @@ def test_the_key_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_calls_before_opening_say_how_to_open() -> None:
-    client = KoalaClient("pk_test")
+    client = KoalaClient("pk_test", strict=True)
     with pytest.raises(ClientClosedError, match="async with KoalaClient"):
         await client.track("E", email="a@b.co")
 

@@ -83,5 +83,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def is_uuid4(value: str) -> bool:
-    return bool(_UUID4.match(value))
+def is_uuid4(value: str | None) -> bool:
+    """Whether a call returned a message id that is a UUID v4 (not None: a dropped call)."""
+    return value is not None and bool(_UUID4.match(value))

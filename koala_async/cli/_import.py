@@ -279,6 +279,7 @@ async def _run(
         retry=RetryPolicy(budget=args.timeout),
         shutdown_timeout=600,
         on_error=on_error,
+        strict=True,  # a bad line raises at its call, so it becomes a dead letter at once
     )
     reading, draining = anyio.CancelScope(), anyio.CancelScope()
     size = max(args.file.stat().st_size, 1)

@@ -88,6 +88,7 @@ async def _send(args: argparse.Namespace) -> int:
         retry=RetryPolicy(budget=args.timeout),
         shutdown_timeout=1.0,
         on_error=failures.append,
+        strict=True,  # bad input exits 2 with the message, rather than being counted
     ) as koala:
         message_id = await getattr(koala, call.name)(**kwargs)
         try:
