@@ -39,6 +39,6 @@ __all__ = [
 # Show the supported path in reprs, tracebacks and docs (as httpx does).
 for _name in __all__:
     _member = globals()[_name]
-    if isinstance(_member, type):
+    if isinstance(_member, type) or callable(_member) and hasattr(_member, "__code__"):
         _member.__module__ = "koala_async"
 del _name, _member
