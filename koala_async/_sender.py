@@ -189,6 +189,8 @@ class Sender:
             await anyio.sleep(self._cut(wait, config.retry.max_attempts - tries.attempts))
 
     def _record(self, status: int | None, error: BaseException | None, account: bool) -> None:
+        if self._circuit.state is DEAD:
+            return  # keep the message that says the endpoint is gone, and what to do
         if status is not None:
             what = f"HTTP {status} from {'/accounts' * account}/batch"
         else:
