@@ -79,7 +79,7 @@ def _ids(method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 async def test_what_cannot_be_encoded_is_refused_at_the_call(
     method: str, kwargs: dict[str, Any], message: str
 ) -> None:
-    koala = KoalaClient("pk_test", enabled=False)
+    koala = KoalaClient("pk_test", enabled=False, strict=True)
     with pytest.raises(ValidationError, match=message):
         await getattr(koala, method)(**kwargs, **_ids(method, kwargs))
     assert koala.stats().accepted == 0
@@ -103,7 +103,7 @@ def test_unencodable_names_the_value_the_encoder_refused(entry: _wire.Entry, mes
 
 
 async def test_number_keys_that_stay_distinct_are_accepted() -> None:
-    koala = KoalaClient("pk_test", enabled=False)
+    koala = KoalaClient("pk_test", enabled=False, strict=True)
     properties: dict[Any, Any] = {
         1: "a",
         "2": "b",
@@ -245,7 +245,7 @@ async def test_whatever_a_call_accepts_encodes_and_round_trips(
     call: tuple[str, dict[str, Any]],
 ) -> None:
     method, kwargs = call
-    koala = KoalaClient("pk_test", enabled=False)  # validates and encodes, sends nothing
+    koala = KoalaClient("pk_test", enabled=False, strict=True)  # validates and encodes, sends nothing
     try:
         await getattr(koala, method)(**kwargs)
     except ValidationError:
