@@ -39,6 +39,7 @@ TEST_DEPS = [
     "gunicorn>=22",
     "redis>=5",
 ]
+PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
 EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery]"
 FAST_TESTS = [
     "tests/test_validation.py",
@@ -85,7 +86,7 @@ _expose_pyenv_pythons()
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite on asyncio and trio (anyio's pytest plugin)."""
-    session.install("-e", EXTRAS, *TEST_DEPS)
+    session.install("-e", EXTRAS, *TEST_DEPS, *PEERS)  # the peers: benchmark pieces are tested
     session.run("pytest", *session.posargs)
 
 
@@ -114,5 +115,5 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks against Segment's and PostHog's clients, printed as a table of ratios."""
-    session.install("-e", ".", "segment-analytics-python==2.4.0", "posthog==7.91.1")
+    session.install("-e", ".", *PEERS)
     session.run("python", "benchmarks/run.py", *session.posargs)

@@ -245,7 +245,9 @@ async def test_whatever_a_call_accepts_encodes_and_round_trips(
     call: tuple[str, dict[str, Any]],
 ) -> None:
     method, kwargs = call
-    koala = KoalaClient("pk_test", enabled=False, strict=True)  # validates and encodes, sends nothing
+    koala = KoalaClient(
+        "pk_test", enabled=False, strict=True
+    )  # validates and encodes, sends nothing
     try:
         await getattr(koala, method)(**kwargs)
     except ValidationError:
