@@ -48,7 +48,7 @@ Who = tuple[str, str, str, str | None]
 # Ids (and event names) already checked, so a busy visitor costs one lookup rather than a
 # regex match. Bounded by characters held, not by count: a count alone let 8,000 distinct
 # 100 KB strings hold 764 MB. Readers never lock; a writer swaps in an empty cache when full.
-_CACHE_CHARS = 1_000_000
+_CACHE_CHARS = 200_000  # ~10,000 e-mails: repeat visitors hit; a crowd of new ones costs little
 _lock = threading.Lock()
 _profile_ids: dict[str, str] = {}
 _emails: set[str] = set()
