@@ -6,6 +6,7 @@ from ._exceptions import (
     DeliveryError,
     KoalaError,
     QueueFullError,
+    SpoolError,
     ValidationError,
 )
 from ._reporter import OnError
@@ -24,6 +25,7 @@ __all__ = [
     "OnError",
     "QueueFullError",
     "RetryPolicy",
+    "SpoolError",
     "Stats",
     "ValidationError",
     "__version__",

@@ -42,7 +42,7 @@ class Batch:
     object per entry, so a queued entry costs little more than its JSON.
     """
 
-    __slots__ = ("buffers", "counts", "secondary", "size", "waiters")
+    __slots__ = ("buffers", "counts", "secondary", "seqs", "size", "waiters")
 
     def __init__(self, secondary: str | None = None) -> None:
         self.buffers: list[bytearray | None] = [None, None, None]
@@ -50,6 +50,8 @@ class Batch:
         self.secondary = secondary
         self.size = 0
         self.waiters: list[Waiter] | None = None
+        # With a spool: each kind's entries' row numbers in it, in the order of the entries.
+        self.seqs: tuple[list[int], list[int], list[int]] | None = None
 
     def append(self, kind: int, entry: bytes) -> int:
         """Add an encoded entry of ``kind``; return how many of that kind the batch holds."""
@@ -81,6 +83,11 @@ class Batch:
         halves = Batch(self.secondary), Batch(self.secondary)
         for i, (kind, entry) in enumerate(items):
             halves[i >= middle].append(kind, entry)
+        if self.seqs is not None:  # entries() goes kind by kind: so do the seqs
+            for i, seq in enumerate(s for seqs in self.seqs for s in seqs):
+                half = halves[i >= middle]
+                half.seqs = half.seqs or ([], [], [])
+                half.seqs[items[i][0]].append(seq)
         for waiter in self.waiters or ():
             waiter.left -= 1
             waiter.add(halves[0])
