@@ -400,6 +400,7 @@ class Spool:
         self._parks: list[int] = []
         self._wake = anyio.Event()
         self.closed = False
+        self.commits = 0  # group commits made (what an entry made before two of them is on disk)
 
     # Called by the client and the sender (no I/O)
 
@@ -489,6 +490,7 @@ class Spool:
             self._deletes[:0] = deletes
             self._parks[:0] = parks
             raise
+        self.commits += 1
         for reason, count, why in (
             ("spool_full", full, f"it holds more than spool_max_bytes={options.max_bytes}"),
             ("expired", expired, f"they waited longer than spool_max_age={options.max_age:g}s"),
