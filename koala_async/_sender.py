@@ -217,9 +217,14 @@ class Sender:
         elif circuit.state is OPEN:
             self._reporter.warn(
                 "circuit",
-                f"cannot deliver to {url} ({error}); entries wait in memory (up to "
-                "max_queue_size) while one request at a time tests it. If this is not a "
-                f"passing outage, {_NEXT_STEP}",
+                f"cannot deliver to {url} ({error}); entries wait "
+                + (
+                    "in memory (up to max_queue_size)"
+                    if self.spool is None
+                    else f"in the spool {self.spool.options.path}"
+                )
+                + " while one request at a time tests it. If this is not a passing outage, "
+                f"{_NEXT_STEP}",
             )
 
     def settle(
