@@ -28,6 +28,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import anyio
@@ -66,6 +67,14 @@ CREATE TABLE entries (
 CREATE INDEX parked_seq ON entries(seq) WHERE parked = 1;
 """
 _COLUMNS = ["seq", "target", "key", "secondary", "kind", "raw", "created", "parked"]
+_ROWS = 200  # rows per INSERT statement (1,600 parameters, under SQLite's limit of 32,766)
+
+
+def _insert(rows: int) -> str:
+    return "INSERT INTO entries VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+
+
+_INSERT_MANY = _insert(_ROWS)
 
 Row = tuple[int, int, str, "str | None", int, bytes, float, int]
 Loaded = tuple[int, int, str, "str | None", int, bytes]
@@ -240,8 +249,7 @@ class SpoolFile:
                 gone = set(deletes)
                 writes = [row for row in writes if row[0] not in gone]
             if writes:
-                db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", writes)
-                self.rows += len(writes)
+                self._insert(writes)
             if parks:
                 db.executemany(
                     "UPDATE entries SET parked = 1 WHERE seq = ?", [(seq,) for seq in parks]
@@ -258,6 +266,20 @@ class SpoolFile:
             db.execute("ROLLBACK")
             raise
         return full, expired
+
+    def _insert(self, writes: list[Row]) -> None:
+        """Insert rows, _ROWS to a statement: sqlite3 lets go of the GIL for each statement
+        it runs and takes it back after, and a handoff per row would slow the event loop's
+        thread (it measured 2x on the calls) more than binding the parameters does."""
+        db = self._db
+        whole, rest = divmod(len(writes), _ROWS)
+        flat = list(chain.from_iterable(writes))
+        width = _ROWS * len(_COLUMNS)
+        if whole:
+            db.executemany(_INSERT_MANY, (flat[i * width : (i + 1) * width] for i in range(whole)))
+        if rest:
+            db.execute(_insert(rest), flat[whole * width :])
+        self.rows += len(writes)
 
     def _drop_through(self, seq: int) -> int:
         cursor = self._db.execute("DELETE FROM entries WHERE parked = 1 AND seq <= ?", (seq,))
@@ -399,6 +421,7 @@ class Spool:
         self._deletes: list[int] = []
         self._parks: list[int] = []
         self._wake = anyio.Event()
+        self._busy = anyio.Lock()  # one database operation at a time (the connection's rule)
         self.closed = False
         self.commits = 0  # group commits made (what an entry made before two of them is on disk)
 
@@ -454,7 +477,8 @@ class Spool:
             await self.commit()
             ledger = self._ledger
             while ledger.spooled and (room := self._max - ledger.pending) > 0:
-                rows = await anyio.to_thread.run_sync(self._file.load, min(room, _CHUNK))
+                async with self._busy:
+                    rows = await anyio.to_thread.run_sync(self._file.load, min(room, _CHUNK))
                 if not rows:
                     break
                 ready = False
@@ -477,14 +501,15 @@ class Spool:
         parks, self._parks = self._parks, []
         options = self.options
         try:
-            full, expired = await anyio.to_thread.run_sync(
-                self._file.commit,
-                writes,
-                deletes,
-                parks,
-                options.max_bytes,
-                time.time() - options.max_age,
-            )
+            async with self._busy:
+                full, expired = await anyio.to_thread.run_sync(
+                    self._file.commit,
+                    writes,
+                    deletes,
+                    parks,
+                    options.max_bytes,
+                    time.time() - options.max_age,
+                )
         except sqlite3.Error:
             queue.rows[:0] = writes  # rolled back: next time, in the same order
             self._deletes[:0] = deletes
@@ -525,7 +550,8 @@ class Spool:
                 "the last commit to the spool %s failed: %s", self.options.path, exc
             )
         finally:
-            await anyio.to_thread.run_sync(self._file.close)
+            async with self._busy:
+                await anyio.to_thread.run_sync(self._file.close)
 
 
 # Reading a spool from outside (the command line)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -86,3 +88,14 @@ def test_a_missing_spool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["spool", str(tmp_path / "nothing.db")]) == 2
     assert "there is no spool at" in capsys.readouterr().err
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_the_spool_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/spool.py --quick gives every figure (none is asserted on: timings)."""
+    out = tmp_path / "figures.json"
+    script = Path(__file__).parent.parent / "benchmarks" / "spool.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], check=True)
+    figures = json.loads(out.read_text())
+    assert figures["calls"] == 2000
+    assert figures["bytes_per_entry_pages"] > 179  # the entry, and the row around it
+    assert {"hot_ratio", "cpu_ratio", "write_entries_per_s_client"} <= set(figures)
