@@ -251,14 +251,9 @@ class SpoolFile:
             if writes:
                 self._insert(writes)
             if parks:
-                db.executemany(
-                    "UPDATE entries SET parked = 1 WHERE seq = ?", [(seq,) for seq in parks]
-                )
+                self._each("UPDATE entries SET parked = 1 WHERE seq IN ", parks)
             if deletes:
-                cursor = db.executemany(
-                    "DELETE FROM entries WHERE seq = ?", [(seq,) for seq in deletes]
-                )
-                self.rows -= cursor.rowcount
+                self.rows -= self._each("DELETE FROM entries WHERE seq IN ", deletes)
             expired = self._expire(cutoff)
             full = self._cap(max_bytes)
             db.execute("COMMIT")
@@ -280,6 +275,15 @@ class SpoolFile:
         if rest:
             db.execute(_insert(rest), flat[whole * width :])
         self.rows += len(writes)
+
+    def _each(self, statement: str, seqs: list[int]) -> int:
+        """Run ``statement (?, ?, ...)`` for every seq, _ROWS at a time; return the rows changed."""
+        changed = 0
+        for start in range(0, len(seqs), _ROWS):
+            chunk = seqs[start : start + _ROWS]
+            marks = ",".join("?" * len(chunk))
+            changed += self._db.execute(f"{statement}({marks})", chunk).rowcount
+        return changed
 
     def _drop_through(self, seq: int) -> int:
         cursor = self._db.execute("DELETE FROM entries WHERE parked = 1 AND seq <= ?", (seq,))

@@ -21,6 +21,7 @@ from wire_check import free_port, invariant
 
 from koala_async import KoalaClient, RetryPolicy, SpoolError, Stats
 from koala_async._queue import Batch
+from koala_async._spool import inspect
 from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
@@ -97,6 +98,7 @@ async def test_endpoint_down_for_a_whole_run_then_a_second_client_delivers_all(
     assert (stats.accepted, stats.delivered, stats.recovered, stats.spooled) == (300, 300, 300, 0)
     once(fake, ids)
     in_order(fake)
+    assert inspect(str(path)).entries == 0  # delivered, so deleted
 
 
 async def test_ten_times_the_memory_queue_during_an_outage(tmp_path: Path) -> None:
