@@ -630,11 +630,11 @@ class KoalaClient:
             return None
         if self._state is not _OPEN:
             self._check_open()
-        if self._circuit.state is DEAD:
+        if self._circuit.state is DEAD and self._spool is None:
             assert self._circuit.verdict is not None
             self._refuse(_DROPS[self._circuit.verdict], raw, who)
             return None
-        if self._spool is not None:  # memory is full, or older entries wait on disk
+        if self._spool is not None:  # memory is full, older entries wait on disk, or it is dead
             self._spool.park(kind, raw, who)
             self._overflow(True)
             self._calls = calls = self._calls + 1
@@ -703,6 +703,8 @@ class KoalaClient:
         runtime = self._runtime
         assert runtime is not None
         if self._circuit.state is DEAD:
+            if self._spool is not None:
+                self._spool.paused = True  # later calls wait on disk, for a fixed key or URL
             self._limit = 0  # every later call is dropped at once, with the reason
             runtime.flush_waiting()  # and what is queued, rather than at the next tick
         runtime.wake_room()

@@ -51,7 +51,11 @@ FIELDS = ("profile_id", "email", "domain", "account_id")
 SECONDARY = ("email", "email", "account_id", "account_id")
 _CODES = {field: code for code, field in enumerate(FIELDS)}
 _CHUNK = 5000  # rows read back into memory at once
-_KEEP: frozenset[DropReason | None] = frozenset(("retries_exhausted", "shutdown_timeout"))
+# Outcomes that leave the entries on disk: a later try, or a later run, may deliver them. A
+# dead endpoint is one: a wrong key or URL on one deploy must not empty the spool.
+_KEEP: frozenset[DropReason | None] = frozenset(
+    ("retries_exhausted", "shutdown_timeout", "unauthorized", "gone")
+)
 
 _SCHEMA = """
 CREATE TABLE entries (
@@ -426,6 +430,7 @@ class Spool:
         self._parks: list[int] = []
         self._wake = anyio.Event()
         self._busy = anyio.Lock()  # one database operation at a time (the connection's rule)
+        self.paused = False  # the endpoint is dead: read nothing back, for it would be dropped
         self.closed = False
         self.commits = 0  # group commits made (what an entry made before two of them is on disk)
 
@@ -444,7 +449,7 @@ class Spool:
             return False
         if reason in _KEEP:
             self._park(batch)
-            if reason == "retries_exhausted":
+            if reason != "shutdown_timeout":
                 # The person's later batches follow it to disk, so they stay behind it.
                 for later in target.batches[1:]:
                     self._park(later)
@@ -480,7 +485,7 @@ class Spool:
         try:
             await self.commit()
             ledger = self._ledger
-            while ledger.spooled and (room := self._max - ledger.pending) > 0:
+            while not self.paused and ledger.spooled and (room := self._max - ledger.pending) > 0:
                 async with self._busy:
                     rows = await anyio.to_thread.run_sync(self._file.load, min(room, _CHUNK))
                 if not rows:
@@ -535,7 +540,7 @@ class Spool:
     async def drained(self, settled: Callable[[], Any]) -> None:
         """Wait until nothing is pending, in memory or on disk."""
         ledger = self._ledger
-        while ledger.pending or ledger.spooled:
+        while ledger.pending or (ledger.spooled and not self.paused):
             if ledger.pending:
                 await settled()
             else:

@@ -172,6 +172,29 @@ async def test_refused_batches_leave_the_spool(tmp_path: Path) -> None:
     assert again.stats().recovered == 0
 
 
+async def test_a_dead_endpoint_empties_nothing(tmp_path: Path) -> None:
+    """A refused key drops nothing with a spool: the next client, with the right key, sends all."""
+    path = tmp_path / "spool.db"
+    fake = FakeCollector()
+    fake.fail_next(1000, status=401)
+    async with fake.serve() as url:
+        async with client(url, path, shutdown_timeout=0.5) as koala:
+            ids = await produce(koala, 100)
+            with anyio.fail_after(10):
+                while koala.stats().circuit != "dead":  # noqa: ASYNC110 - as a user would
+                    await anyio.sleep(0.02)
+            ids += await produce(koala, 20, start=100)  # later calls too
+        stats = koala.stats()
+        invariant(stats)
+        assert (stats.dropped_total, stats.spooled) == (0, 120)
+        fake.reset()
+        async with client(url, path) as again:
+            await wait_settled(again)
+    invariant(again.stats())
+    once(fake, ids)
+    in_order(fake)
+
+
 async def test_the_size_cap_drops_the_oldest(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     url, port = down_url()
