@@ -7,6 +7,7 @@ and foreign files; the stats invariant after each, and each person's entries in 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -349,3 +350,30 @@ def test_stats_defaults_without_a_spool() -> None:
     stats = KoalaClient("pk_test").stats()
     assert isinstance(stats, Stats)
     assert (stats.spooled, stats.recovered) == (0, 0)
+
+
+async def test_the_readme_adopts_dead_workers_spools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(  async def adopt_dead_workers.*?)```", readme, re.S)
+    namespace: dict[str, object] = {"KoalaClient": KoalaClient, "SpoolError": SpoolError}
+    exec(textwrap.dedent(block), namespace)
+    adopt = namespace["adopt_dead_workers_spools"]
+    url, port = down_url()
+    dead = tmp_path / "koala-101.db"
+    async with client(url, dead, shutdown_timeout=0.1) as koala:  # a worker that is gone
+        ids = await produce(koala, 40)
+    monkeypatch.setenv("KOALA_PUBLIC_API_KEY", "pk_test")
+    monkeypatch.setenv("KOALA_BASE_URL", url)
+    fake = FakeCollector()
+    async with (
+        fake.serve(port=port),
+        client(url, tmp_path / "koala-102.db") as live,  # a live worker's: left alone
+        client(url, tmp_path / "koala-103.db"),  # this worker's own
+    ):
+        await produce(live, 5, start=1000)
+        await adopt(tmp_path, tmp_path / "koala-103.db")  # type: ignore[operator]
+        received = fake.message_ids()
+    assert [received[i] for i in ids] == [1] * len(ids)  # the live worker's may arrive too
+    assert inspect(str(dead)).entries == 0
