@@ -503,28 +503,38 @@ class Spool:
             )
 
     async def commit(self) -> None:
-        """Write, park and delete what accumulated since the last commit; apply the caps."""
-        queue = self._queue
-        writes, queue.rows = queue.rows, []
-        deletes, self._deletes = self._deletes, []
-        parks, self._parks = self._parks, []
-        options = self.options
-        try:
-            async with self._busy:
-                full, expired = await anyio.to_thread.run_sync(
-                    self._file.commit,
-                    writes,
-                    deletes,
-                    parks,
-                    options.max_bytes,
-                    time.time() - options.max_age,
-                )
-        except sqlite3.Error:
-            queue.rows[:0] = writes  # rolled back: next time, in the same order
-            self._deletes[:0] = deletes
-            self._parks[:0] = parks
-            raise
+        """Write, park and delete what accumulated since the last commit; apply the caps.
+
+        Cancellation (the client stopping its tasks) can come before the worker thread runs,
+        or after it ran: the rows go back to the lists in the first case, and the outcome is
+        counted in the second, so the last commit at close finds everything.
+        """
+        queue, options = self._queue, self.options
+        outcome: list[tuple[int, int]] = []  # filled by the thread once the commit is done
+
+        def work(writes: list[Row], deletes: list[int], parks: list[int]) -> None:
+            cutoff = time.time() - options.max_age
+            outcome.append(self._file.commit(writes, deletes, parks, options.max_bytes, cutoff))
+
+        async with self._busy:
+            writes, queue.rows = queue.rows, []
+            deletes, self._deletes = self._deletes, []
+            parks, self._parks = self._parks, []
+            try:
+                await anyio.to_thread.run_sync(work, writes, deletes, parks)
+            except BaseException:
+                if not outcome:  # not committed (rolled back, or never run): next time
+                    queue.rows[:0] = writes
+                    self._deletes[:0] = deletes
+                    self._parks[:0] = parks
+                raise
+            finally:
+                if outcome:
+                    self._committed(*outcome[0])
+
+    def _committed(self, full: int, expired: int) -> None:
         self.commits += 1
+        options = self.options
         for reason, count, why in (
             ("spool_full", full, f"it holds more than spool_max_bytes={options.max_bytes}"),
             ("expired", expired, f"they waited longer than spool_max_age={options.max_age:g}s"),
