@@ -7,6 +7,7 @@ from ._exceptions import (
     DeliveryError,
     KoalaError,
     QueueFullError,
+    SpoolError,
     ValidationError,
 )
 from ._reporter import OnError
@@ -28,6 +29,7 @@ __all__ = [
     "OnError",
     "QueueFullError",
     "RetryPolicy",
+    "SpoolError",
     "Stats",
     "ValidationError",
     "__version__",
@@ -39,6 +41,6 @@ __all__ = [
 # Show the supported path in reprs, tracebacks and docs (as httpx does).
 for _name in __all__:
     _member = globals()[_name]
-    if isinstance(_member, type) or callable(_member) and hasattr(_member, "__code__"):
+    if isinstance(_member, type) or (callable(_member) and hasattr(_member, "__code__")):
         _member.__module__ = "koala_async"
 del _name, _member

@@ -12,7 +12,8 @@ Delivery is a pipeline of small parts, each with one job:
   answer means and how long to wait; how many requests may be in flight; whether the
   endpoint is up;
 - :mod:`._sender` performs those decisions for one batch; :mod:`._runtime` runs the workers,
-  the ticker and the drain; :mod:`._reporter` logs and calls ``on_error``.
+  the ticker and the drain; :mod:`._reporter` logs and calls ``on_error``;
+- :mod:`._spool` (opt-in) keeps accepted entries on disk until they are settled.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from ._reporter import OnError, Reporter
 from ._retry import RetryPolicy
 from ._runtime import Runtime
 from ._sender import _DROPS, Sender
+from ._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions
 from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
 from ._validate import Who
 from ._wire import Entry, Page, Track, encode
@@ -141,6 +143,15 @@ class KoalaClient:
             handler down. Use it in tests and development.
         send_ip: False never sends a visitor's IP address (neither ``ip`` nor
             ``context.ip``), for privacy policies that forbid it.
+        spool: A file path: keep accepted entries on disk (SQLite) until Koala took them, so
+            an outage, a full queue, the shutdown deadline or a crash loses nothing; the
+            next client opened on it sends what it holds first. See "Durable spool".
+        spool_commit_interval: Seconds between the spool's group commits: what a kill -9
+            may lose.
+        spool_max_bytes: The spool's size cap; past it the oldest entries are dropped
+            (``spool_full``).
+        spool_max_age: Seconds an entry may wait in the spool; older ones are dropped
+            (``expired``).
 
     Raises:
         ValidationError: An option is wrong; the message says how to fix it.
@@ -165,6 +176,10 @@ class KoalaClient:
         before_send: BeforeSend | None = None,
         strict: bool = False,
         send_ip: bool = True,
+        spool: str | os.PathLike[str] | None = None,
+        spool_commit_interval: float = 0.2,
+        spool_max_bytes: int = 1 << 30,
+        spool_max_age: float = 7 * 86400.0,
     ) -> None:
         config = Config.build(
             public_api_key,
@@ -190,6 +205,12 @@ class KoalaClient:
         if before_send is not None and not callable(before_send):
             raise ValidationError("before_send must be a function taking and returning a dict")
         self._config = config
+        self._spool_options = (
+            None
+            if spool is None
+            else SpoolOptions.build(spool, spool_commit_interval, spool_max_bytes, spool_max_age)
+        )
+        self._spool: Spool | None = None
         self._http = http_client
         self._before_send = before_send
         self._plain = before_send is None  # the calls' fast path needs no hook
@@ -224,6 +245,8 @@ class KoalaClient:
         config = self._config
         if config.enabled:
             self._token = anyio.lowlevel.current_token()
+            if self._spool_options is not None:
+                await self._open_spool(self._spool_options)
             self._sender = Sender(
                 config,
                 self._ledger,
@@ -245,9 +268,45 @@ class KoalaClient:
                 on_death=self._orphaned,
             )
             await self._runtime.start()
+            if self._spool is not None:
+                self._sender.spool = self._spool
+                self._runtime._spawn(self._spool.run)
             _open_clients.add(self)
         self._state = _State.OPEN
         return self
+
+    async def _open_spool(self, options: SpoolOptions) -> None:
+        """Open the spool file and take over what an earlier run left in it."""
+        file, held = await anyio.to_thread.run_sync(SpoolFile.open, options.path)
+        self._queue = queue = SpooledQueue(file.last_seq)
+        self._spool = Spool(
+            options,
+            file,
+            queue,
+            self._ledger,
+            self._reporter,
+            self._config.max_queue_size,
+            overflow=self._overflow,
+            loaded=self._spool_loaded,
+        )
+        if held:
+            self._ledger.recover(held)
+            self._overflow(True)
+            logger.info("%d entries wait in the spool %s: sending them first", held, options.path)
+
+    def _overflow(self, on: bool) -> None:
+        """With a spool: park every new entry on disk (on), or let memory take them again.
+        A limit of -1 sends every call to :meth:`_full`, which parks it."""
+        if on and self._limit > 0:
+            self._limit = -1
+        elif not on and self._limit == -1:
+            self._limit = self._config.max_queue_size
+
+    def _spool_loaded(self, ready: bool) -> None:
+        """Entries came back from the spool: they waited already, so send them now."""
+        runtime = self._runtime
+        if runtime is not None:
+            runtime.flush_waiting()
 
     async def __aexit__(
         self,
@@ -272,7 +331,7 @@ class KoalaClient:
         if self._state is not _OPEN:
             if self._state in (_State.UNOPENED, _State.ORPHANED):
                 await self._abandon()
-            return FlushResult(delivered=0, dropped=0, pending=self._ledger.pending)
+            return self._result(0, 0)
         self._check_loop()
         self._state = _State.CLOSING
         ledger, runtime, sender = self._ledger, self._runtime, self._sender
@@ -284,10 +343,16 @@ class KoalaClient:
                 sender.deadline = time.monotonic() + deadline
                 self._queue.eager = True
                 runtime.flush_waiting()
-                cancelled = await _wait_shielded(runtime.settled, deadline)
+                spool = self._spool
+                cancelled = await _wait_shielded(
+                    runtime.settled if spool is None else lambda: spool.drained(runtime.settled),
+                    deadline,
+                )
                 with anyio.CancelScope(shield=True):
                     await runtime.stop()
                     self._drop_leftovers(sender)
+                    if spool is not None:
+                        await spool.close()
                     await runtime.release()
                 await runtime.leave()
         finally:
@@ -311,12 +376,24 @@ class KoalaClient:
                 why,
                 hint,
             )
+        if ledger.spooled and self._spool is not None:
+            logger.info(
+                "%d entries wait in the spool %s for the next client opened on it",
+                ledger.spooled,
+                self._spool.options.path,
+            )
         if cancelled is not None:
             raise cancelled  # the owner was cancelled while we flushed: tell it, now we are done
+        return self._result(delivered, dropped)
+
+    def _result(self, delivered: int, dropped: int) -> FlushResult:
+        """What a flush or close achieved, given the counters when it began."""
+        ledger = self._ledger
         return FlushResult(
             delivered=ledger.delivered - delivered,
             dropped=ledger.dropped_total - dropped,
-            pending=ledger.pending,
+            pending=ledger.pending + ledger.spooled,
+            spooled=ledger.spooled,
         )
 
     def _drop_leftovers(self, sender: Sender) -> None:
@@ -370,11 +447,7 @@ class KoalaClient:
         if self._circuit.state is DEAD:
             assert self._sender is not None
             raise DeliveryError(self._sender.last_error or "the endpoint is gone")
-        return FlushResult(
-            delivered=ledger.delivered - delivered,
-            dropped=ledger.dropped_total - dropped,
-            pending=ledger.pending,
-        )
+        return self._result(delivered, dropped)
 
     def stats(self) -> Stats:
         """A snapshot of the counters; see :class:`Stats`."""
@@ -383,12 +456,14 @@ class KoalaClient:
             accepted=ledger.accepted,
             delivered=ledger.delivered,
             dropped=dict(ledger.dropped),
-            pending=ledger.pending,
+            pending=ledger.pending + ledger.spooled,
             requests=ledger.requests,
             retries=ledger.retries,
             last_error=None if self._sender is None else self._sender.last_error,
             circuit=self._circuit.state,
             concurrency=self._limiter.limit,
+            spooled=ledger.spooled,
+            recovered=ledger.recovered,
         )
 
     # The calls
@@ -870,10 +945,15 @@ class KoalaClient:
             return None
         if self._state is not _OPEN:
             self._check_open()
-        if self._circuit.state is DEAD:
+        if self._circuit.state is DEAD and self._spool is None:
             assert self._circuit.verdict is not None
             self._refuse(_DROPS[self._circuit.verdict], raw, who, ip)
             return None
+        if self._spool is not None:  # memory is full, older entries wait on disk, or it is dead
+            self._spool.park(kind, raw, who, ip)
+            self._overflow(True)
+            self._calls = calls = self._calls + 1
+            return None if calls % _PACE_EVERY else _checkpoint()
         if config.on_full == "raise":
             raise QueueFullError(
                 f"{self._ledger.pending} entries are queued, the most max_queue_size allows; "
@@ -940,6 +1020,8 @@ class KoalaClient:
         runtime = self._runtime
         assert runtime is not None
         if self._circuit.state is DEAD:
+            if self._spool is not None:
+                self._spool.paused = True  # later calls wait on disk, for a fixed key or URL
             self._limit = 0  # every later call is dropped at once, with the reason
             runtime.flush_waiting()  # and what is queued, rather than at the next tick
         runtime.wake_room()

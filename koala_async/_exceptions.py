@@ -6,12 +6,20 @@
     ├── ValidationError     (also a ValueError) bad input, raised at the call
     ├── ClientClosedError   the client is not open: not entered yet, closing, closed, or forked
     ├── QueueFullError      the queue is full and ``on_full="raise"``
-    └── DeliveryError       Koala refused the key for good (HTTP 401, or ingest suspended)
+    ├── DeliveryError       Koala refused the key for good (HTTP 401, or ingest suspended)
+    └── SpoolError          the spool file is another process's, corrupt, or not a spool
 """
 
 from __future__ import annotations
 
-__all__ = ["ClientClosedError", "DeliveryError", "KoalaError", "QueueFullError", "ValidationError"]
+__all__ = [
+    "ClientClosedError",
+    "DeliveryError",
+    "KoalaError",
+    "QueueFullError",
+    "SpoolError",
+    "ValidationError",
+]
 
 
 class KoalaError(Exception):
@@ -32,3 +40,8 @@ class QueueFullError(KoalaError):
 
 class DeliveryError(KoalaError):
     """Koala refuses every request made with this key; nothing more will be sent."""
+
+
+class SpoolError(KoalaError):
+    """The spool file cannot be used: another live client owns it, or it is not a readable
+    spool (corrupt, or another program's file). Nothing in it is touched."""

@@ -46,7 +46,7 @@ class Batch:
     visitor.
     """
 
-    __slots__ = ("buffers", "counts", "ip", "secondary", "size", "waiters")
+    __slots__ = ("buffers", "counts", "ip", "secondary", "seqs", "size", "waiters")
 
     def __init__(self, secondary: str | None = None, ip: str | None = None) -> None:
         self.buffers: list[bytes | bytearray | None] = [None, None, None]
@@ -55,6 +55,8 @@ class Batch:
         self.ip = ip  # the top-level ip of a person's request: one per request
         self.size = 0
         self.waiters: list[Waiter] | None = None
+        # With a spool: each kind's entries' row numbers in it, in the order of the entries.
+        self.seqs: tuple[list[int], list[int], list[int]] | None = None
 
     def count(self, kind: int) -> int:
         """How many entries of ``kind`` the batch holds."""
@@ -93,6 +95,11 @@ class Batch:
         halves = Batch(self.secondary, self.ip), Batch(self.secondary, self.ip)
         for i, (kind, entry) in enumerate(items):
             halves[i >= middle].append(kind, entry)
+        if self.seqs is not None:  # entries() goes kind by kind: so do the seqs
+            for i, seq in enumerate(s for seqs in self.seqs for s in seqs):
+                half = halves[i >= middle]
+                half.seqs = half.seqs or ([], [], [])
+                half.seqs[items[i][0]].append(seq)
         for waiter in self.waiters or ():
             waiter.left -= 1
             waiter.add(halves[0])

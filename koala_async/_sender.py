@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -23,6 +24,9 @@ from ._redact import redact_text
 from ._reporter import Reporter
 from ._retry import FATAL, Tries, Verdict, classify, classify_error, rate_limit_wait, retry_after
 from ._stats import DropReason
+
+if TYPE_CHECKING:
+    from ._spool import Spool
 
 __all__ = ["Sender"]
 
@@ -64,6 +68,7 @@ class Sender:
         self.in_flight = 0
         self.deadline = math.inf  # set when closing: waits are cut to fit before it
         self.last_error: str | None = None
+        self.spool: Spool | None = None  # with one, some outcomes park a batch on disk
 
     # Waiting
 
@@ -217,9 +222,14 @@ class Sender:
         elif circuit.state is OPEN:
             self._reporter.warn(
                 "circuit",
-                f"cannot deliver to {url} ({error}); entries wait in memory (up to "
-                "max_queue_size) while one request at a time tests it. If this is not a "
-                f"passing outage, {_NEXT_STEP}",
+                f"cannot deliver to {url} ({error}); entries wait "
+                + (
+                    "in memory (up to max_queue_size)"
+                    if self.spool is None
+                    else f"in the spool {self.spool.options.path}"
+                )
+                + " while one request at a time tests it. If this is not a passing outage, "
+                f"{_NEXT_STEP}",
             )
 
     def settle(
@@ -231,6 +241,8 @@ class Sender:
         error: BaseException | None = None,
     ) -> None:
         """Count a batch's outcome, tell the reporter of a drop, then wake its waiters."""
+        if self.spool is not None and self.spool.settled(target, batch, reason):
+            return  # it waits on disk, for later in this run or the next
         if reason is not None and batch.size:
             self._reporter.dropped(target, batch, reason, status, error, self.last_error)
         self._ledger.settle(batch, reason)

@@ -20,6 +20,8 @@ DropReason = Literal[
     "invalid",
     "closed",
     "filtered",
+    "spool_full",
+    "expired",
 ]
 DROP_REASONS: tuple[DropReason, ...] = DropReason.__args__  # type: ignore[attr-defined]
 
@@ -42,6 +44,9 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
             failing; one probe at a time tests it) or ``"dead"`` (the key is refused or the
             endpoint is not Koala's; nothing more is sent).
         concurrency: Requests that may be in flight now (the adaptive limit).
+        spooled: Of ``pending``, the entries waiting on disk only, in the spool (0 without one).
+        recovered: Entries this client found in its spool at open, left by an earlier run
+            (counted in ``accepted`` too).
     """
 
     accepted: int
@@ -53,6 +58,8 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None
     circuit: str = "closed"
     concurrency: int = 0
+    spooled: int = 0
+    recovered: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -66,12 +73,15 @@ class FlushResult(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         delivered: Entries delivered while it ran.
         dropped: Entries given up while it ran.
-        pending: Entries still queued or in flight when it returned (0 after a clean close).
+        pending: Entries still queued or in flight when it returned (0 after a clean close
+            without a spool; with one, what waits in the spool for the next run).
+        spooled: Of ``pending``, the entries waiting on disk only, in the spool.
     """
 
     delivered: int
     dropped: int
     pending: int
+    spooled: int = 0
 
 
 @dataclass(frozen=True)

@@ -41,5 +41,5 @@ def every_client_keeps_the_invariant(monkeypatch: pytest.MonkeyPatch) -> Iterato
     for client in made:
         stats = client.stats()
         invariant(stats)
-        if client._state.value == "closed":
-            assert stats.pending == 0, f"closed with entries unaccounted for: {stats}"
+        if client._state.value == "closed":  # what is still pending waits in the spool
+            assert stats.pending == stats.spooled, f"closed with entries unaccounted for: {stats}"

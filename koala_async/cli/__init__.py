@@ -1,4 +1,4 @@
-"""The ``koala-async`` command: collector, send, import and demo. Standard library only.
+"""The ``koala-async`` command: collector, send, import, demo and spool. Standard library only.
 
 One module per command, each with an ``add_parser`` that wires its options and sets the
 coroutine that runs it; the calls' arguments come from ``koala_async._calls.CALLS``.
@@ -15,7 +15,7 @@ import anyio
 
 from .._exceptions import KoalaError
 from .._version import __version__
-from . import _collector, _demo, _import, _send
+from . import _collector, _demo, _import, _send, _spool
 from ._options import LogFormatter
 
 __all__ = ["main"]
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"koala-async {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    for module in (_demo, _collector, _send, _import):
+    for module in (_demo, _collector, _send, _import, _spool):
         command = module.add_parser(commands)
         # -v after the command too
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)

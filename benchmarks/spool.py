@@ -1,0 +1,159 @@
+"""What the durable spool costs: the hot path with and without it, write throughput, disk use.
+
+    python benchmarks/spool.py [--quick] [--json out.json]
+
+- hot: µs per ``track()`` call (3 properties, 10 events per person), timed around runs of
+  100 calls, the loop yielding between runs as a request handler would; the endpoint is a
+  closed port, so no sender competes for the CPU, while the spool's writer commits in its
+  thread as it would in production (its share of the GIL is part of the cost). Best of 3.
+- write: entries per second the spool commits: through the client (calls until every entry
+  is committed), and the database alone (``SpoolFile.commit`` with 10,000-row commits).
+- disk: bytes per entry, as pages in use and as the file's size (WAL checkpointed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from koala_async import KoalaClient, RetryPolicy
+from koala_async._spool import SpoolFile
+
+PROPS = {"plan": "pro", "seats": 12, "trial": False}
+CHUNK = 100
+
+
+def _down() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def _hot(n: int, spool: str | None) -> tuple[float, float]:
+    """µs per track() call: wall time inside the calls, and the process's CPU time (every
+    thread: the spool's writer included, its last commit too) over the whole run."""
+    koala = KoalaClient(
+        "pk_bench",
+        base_url=_down(),
+        max_queue_size=n + 1,
+        shutdown_timeout=0,
+        retry=RetryPolicy(backoff=60, max_backoff=60),
+        spool=spool,
+    )
+    spent = 0.0
+    async with koala:
+        cpu = time.process_time()
+        for start in range(0, n, CHUNK):
+            began = time.perf_counter()
+            for i in range(start, start + CHUNK):
+                await koala.track(
+                    "Created Account", email=f"user{i // 10}@acme.com", properties=PROPS
+                )
+            spent += time.perf_counter() - began
+            await anyio.lowlevel.checkpoint()
+        if koala._spool is not None:
+            await koala._spool.commit()
+        cpu = time.process_time() - cpu
+    return spent / n * 1e6, cpu / n * 1e6
+
+
+async def _through_client(n: int, path: str) -> float:
+    """Entries per second from the first call until every entry is committed."""
+    koala = KoalaClient(
+        "pk_bench",
+        base_url=_down(),
+        max_queue_size=n + 1,
+        shutdown_timeout=0,
+        retry=RetryPolicy(backoff=60, max_backoff=60),
+        spool=path,
+    )
+    async with koala:
+        spool = koala._spool
+        assert spool is not None
+        began = time.perf_counter()
+        for i in range(n):
+            await koala.track("Created Account", email=f"user{i // 10}@acme.com", properties=PROPS)
+        await spool.commit()  # what is left since the last group commit
+        elapsed = time.perf_counter() - began
+    return n / elapsed
+
+
+def _database_alone(n: int, path: str) -> tuple[float, float, float]:
+    """Entries/s committing 10,000-row batches; bytes per entry in pages and in the file."""
+    raw = (
+        b'{"type":"track","event":"Created Account","properties":{"plan":"pro","seats":12,'
+        b'"trial":false},"message_id":"3e6a2c18-3b02-40c4-b8d2-1842c193d3ba",'
+        b'"sent_at":"2026-01-01T00:00:00.000Z"}'
+    )
+    file, _ = SpoolFile.open(path)
+    now = time.time()
+    rows = [(i, 1, f"user{i // 10}@acme.com", None, 0, raw, now, 0, None) for i in range(1, n + 1)]
+    began = time.perf_counter()
+    for start in range(0, n, 10_000):
+        file.commit(rows[start : start + 10_000], [], [], 1 << 40, 0.0)
+    rate = n / (time.perf_counter() - began)
+    used = file.used() / n
+    file._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = os.path.getsize(path) / n
+    file.close()
+    return rate, used, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls (a smoke run)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    logging.getLogger("koala_async").setLevel(logging.CRITICAL)  # the endpoint is down on purpose
+    n = 2_000 if args.quick else 50_000
+    with tempfile.TemporaryDirectory() as tmp:
+        without: list[tuple[float, float]] = []
+        with_spool: list[tuple[float, float]] = []
+        for round_ in range(1 if args.quick else 3):
+            without.append(anyio.run(_hot, n, None))
+            with_spool.append(anyio.run(_hot, n, f"{tmp}/hot{round_}.db"))
+        client_rate = anyio.run(_through_client, n, f"{tmp}/client.db")
+        db_rate, used, size = _database_alone(n * 4, f"{tmp}/alone.db")
+    figures: dict[str, Any] = {
+        "calls": n,
+        "hot_us_without_spool": round(min(w for w, _ in without), 3),
+        "hot_us_with_spool": round(min(w for w, _ in with_spool), 3),
+        "cpu_us_without_spool": round(min(c for _, c in without), 3),
+        "cpu_us_with_spool": round(min(c for _, c in with_spool), 3),
+        "write_entries_per_s_client": round(client_rate),
+        "write_entries_per_s_database": round(db_rate),
+        "bytes_per_entry_pages": round(used, 1),
+        "bytes_per_entry_file": round(size, 1),
+    }
+    for name in ("hot", "cpu"):
+        ratio = figures[f"{name}_ratio"] = round(
+            figures[f"{name}_us_with_spool"] / figures[f"{name}_us_without_spool"], 3
+        )
+        print(f"{'hot path (wall)' if name == 'hot' else 'CPU, all threads'}: "
+              f"{figures[f'{name}_us_without_spool']} µs/call without a spool, "
+              f"{figures[f'{name}_us_with_spool']} with one: {ratio}x "
+              f"(target ≤ 1.5x: {'pass' if ratio <= 1.5 else 'MISS'})")  # fmt: skip
+    client, alone = figures["write_entries_per_s_client"], figures["write_entries_per_s_database"]
+    print(f"spool writes: {client:,} entries/s through the client; {alone:,} the database alone")
+    print(f"disk: {figures['bytes_per_entry_pages']} bytes/entry in pages, "
+          f"{figures['bytes_per_entry_file']} in the file (a 179-byte entry)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

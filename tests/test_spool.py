@@ -1,0 +1,398 @@
+"""The durable spool against a real HTTP server on 127.0.0.1 that each test starts and stops.
+
+An outage for a whole run, a kill -9, a flood ten times the memory queue, the caps, two owners
+and foreign files; the stats invariant after each, and each person's entries in order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+from wire_check import free_port, invariant
+
+from koala_async import KoalaClient, RetryPolicy, SpoolError, Stats
+from koala_async._queue import Batch
+from koala_async._spool import inspect
+from koala_async.testing import FakeCollector
+
+pytestmark = pytest.mark.anyio
+FAST = RetryPolicy(backoff=0.02, max_backoff=0.1, max_attempts=20)
+TICK = 0.02  # spool_commit_interval in tests
+
+
+def client(base_url: str, path: Path, **options: object) -> KoalaClient:
+    return KoalaClient(
+        "pk_test",
+        base_url=base_url,
+        spool=path,
+        spool_commit_interval=TICK,
+        retry=FAST,
+        flush_interval=0.05,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def produce(koala: KoalaClient, count: int, people: int = 7, start: int = 0) -> list[str]:
+    """``count`` events spread over ``people`` people, with message_ids that say their order."""
+    ids = []
+    for i in range(start, start + count):
+        mid = await koala.track("Step", email=f"p{i % people}@acme.com", message_id=f"m-{i:05d}")
+        assert mid is not None, "accepted"
+        ids.append(mid)
+    return ids
+
+
+async def wait_settled(koala: KoalaClient) -> None:
+    with anyio.fail_after(30):
+        while koala.stats().pending:  # noqa: ASYNC110 - what a user of stats() would do
+            await anyio.sleep(0.02)
+
+
+def in_order(fake: FakeCollector) -> None:
+    """Each person's entries arrived in the order they were made (ids sort as made)."""
+    for person, entries in fake.by_person().items():
+        ids = [e.message_id for e in entries]
+        assert ids == sorted(ids), person  # type: ignore[type-var]
+
+
+def once(fake: FakeCollector, ids: list[str]) -> None:
+    assert fake.message_ids() == Counter(dict.fromkeys(ids, 1))
+    assert fake.violations == []
+
+
+def down_url() -> tuple[str, int]:
+    port = free_port()
+    return f"http://127.0.0.1:{port}", port
+
+
+async def test_endpoint_down_for_a_whole_run_then_a_second_client_delivers_all(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    async with client(url, path, max_queue_size=50, shutdown_timeout=0.2) as koala:
+        ids = await produce(koala, 300)
+    result = await koala.aclose()
+    stats = koala.stats()
+    invariant(stats)
+    assert stats.delivered == 0
+    assert stats.dropped_total == 0  # neither queue_full nor shutdown_timeout: all on disk
+    assert stats.spooled == stats.pending == 300
+    assert result.spooled == 300
+
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:
+        assert again.stats().recovered == 300
+        await wait_settled(again)
+    stats = again.stats()
+    invariant(stats)
+    assert (stats.accepted, stats.delivered, stats.recovered, stats.spooled) == (300, 300, 300, 0)
+    once(fake, ids)
+    in_order(fake)
+    assert inspect(str(path)).entries == 0  # delivered, so deleted
+
+
+async def test_the_visitors_ip_survives_the_spool(tmp_path: Path) -> None:
+    """Entries in memory and entries parked on disk alike come back with their ip, and a
+    person's entries with different ips still go in different requests."""
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    async with client(url, path, max_queue_size=2, shutdown_timeout=0.2) as koala:
+        for i in range(6):  # 2 fit in memory; 4 are parked on disk only
+            await koala.track("Step", email="ada@acme.com", ip=f"203.0.113.{i % 2 + 1}")
+    assert koala.stats().spooled == 6
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:
+        await wait_settled(again)
+    sent = Counter(
+        (received.body.get("ip"), len(received.body["events"])) for received in fake.requests
+    )
+    assert sum(count * n for (_, n), count in sent.items()) == 6
+    assert {ip for ip, _ in sent} == {"203.0.113.1", "203.0.113.2"}
+
+
+async def test_ten_times_the_memory_queue_during_an_outage(tmp_path: Path) -> None:
+    url, port = down_url()
+    async with client(url, tmp_path / "spool.db", max_queue_size=100) as koala:
+        ids = []
+        for chunk in range(10):
+            ids += await produce(koala, 100, start=chunk * 100)
+            stats = koala.stats()
+            assert stats.pending - stats.spooled <= 100  # memory stays bounded
+            invariant(stats)
+        assert koala.stats().dropped_total == 0
+        fake = FakeCollector()
+        async with fake.serve(port=port):
+            await wait_settled(koala)
+    stats = koala.stats()
+    invariant(stats)
+    assert (stats.delivered, stats.spooled, stats.dropped_total) == (1000, 0, 0)
+    once(fake, ids)
+    in_order(fake)
+
+
+async def test_new_entries_wait_behind_recovered_ones(tmp_path: Path) -> None:
+    """Replay first: a person's entries of the last run arrive before those of this one."""
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    async with client(url, path, shutdown_timeout=0.1) as koala:
+        ids = await produce(koala, 60, people=3)
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:
+        ids += await produce(again, 60, people=3, start=60)
+        await wait_settled(again)
+    invariant(again.stats())
+    once(fake, ids)
+    in_order(fake)
+
+
+async def test_batches_out_of_retries_wait_on_disk_and_keep_their_order(tmp_path: Path) -> None:
+    fake = FakeCollector()
+    fake.fail_next(6, status=500)  # two attempts each: three batches run out
+    policy = RetryPolicy(backoff=0, max_attempts=2)
+    async with fake.serve() as url:
+        koala = KoalaClient(
+            "pk_test", base_url=url, spool=tmp_path / "s.db", spool_commit_interval=TICK,
+            retry=policy, flush_interval=0.05,
+        )  # fmt: skip
+        async with koala:
+            ids = await produce(koala, 200, people=3)
+            await wait_settled(koala)
+    stats = koala.stats()
+    invariant(stats)
+    assert stats.dropped["retries_exhausted"] == 0
+    assert stats.delivered == 200
+    once(fake, ids)
+    in_order(fake)
+
+
+async def test_refused_batches_leave_the_spool(tmp_path: Path) -> None:
+    """400 and 413 cannot be fixed by retrying: dropped and deleted, not replayed."""
+    path = tmp_path / "spool.db"
+    fake = FakeCollector()
+    fake.fail_next(1, status=400)
+    async with fake.serve() as url:
+        async with client(url, path) as koala:
+            await produce(koala, 10, people=1)  # one batch
+            await wait_settled(koala)
+        async with client(url, path) as again:
+            pass
+    assert koala.stats().dropped["rejected"] == 10
+    invariant(koala.stats())
+    assert again.stats().recovered == 0
+
+
+async def test_a_dead_endpoint_empties_nothing(tmp_path: Path) -> None:
+    """A refused key drops nothing with a spool: the next client, with the right key, sends all."""
+    path = tmp_path / "spool.db"
+    fake = FakeCollector()
+    fake.fail_next(1000, status=401)
+    async with fake.serve() as url:
+        async with client(url, path, shutdown_timeout=0.5) as koala:
+            ids = await produce(koala, 100)
+            with anyio.fail_after(10):
+                while koala.stats().circuit != "dead":  # noqa: ASYNC110 - as a user would
+                    await anyio.sleep(0.02)
+            ids += await produce(koala, 20, start=100)  # later calls too
+        stats = koala.stats()
+        invariant(stats)
+        assert (stats.dropped_total, stats.spooled) == (0, 120)
+        fake.reset()
+        async with client(url, path) as again:
+            await wait_settled(again)
+    invariant(again.stats())
+    once(fake, ids)
+    in_order(fake)
+
+
+async def test_the_size_cap_drops_the_oldest(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    padding = "x" * 1000
+    async with client(
+        url, path, max_queue_size=20, shutdown_timeout=0.1, spool_max_bytes=65536
+    ) as koala:
+        ids: list[str] = []
+        for i in range(300):
+            mid = await koala.track(
+                "Big", email="a@acme.com", properties={"pad": padding}, message_id=f"m-{i:05d}"
+            )
+            assert mid is not None, "accepted"
+            ids.append(mid)
+    stats = koala.stats()
+    invariant(stats)
+    full = stats.dropped["spool_full"]
+    assert full > 0
+    assert full + stats.spooled == 300
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:
+        await wait_settled(again)
+    invariant(again.stats())
+    # The oldest waiting on disk were dropped; the 20 in memory were on their way, exempt.
+    once(fake, ids[:20] + ids[20 + full :])
+
+
+async def test_entries_older_than_max_age_expire(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    url, _ = down_url()
+    async with client(url, path, max_queue_size=10, shutdown_timeout=0.1) as koala:
+        await produce(koala, 50)
+    assert koala.stats().spooled == 50
+    await anyio.sleep(0.3)
+    # Opened again with a shorter max age: the next commit finds them all too old.
+    async with client(url, path, spool_max_age=0.2, shutdown_timeout=0.1) as again:
+        with anyio.fail_after(10):
+            while again.stats().spooled:  # noqa: ASYNC110 - what a user of stats() would do
+                await anyio.sleep(0.02)
+    stats = again.stats()
+    invariant(stats)
+    assert stats.dropped["expired"] == 50
+    assert (stats.recovered, stats.delivered, stats.pending) == (50, 0, 0)
+
+
+async def test_two_owners(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    url, _ = down_url()
+    async with client(url, path, shutdown_timeout=0):
+        second = client(url, path)
+        with pytest.raises(SpoolError, match=f"in use by process {os.getpid()}"):
+            await second.__aenter__()
+        invariant(second.stats())
+    async with client(url, path, shutdown_timeout=0):
+        pass  # free again once the owner closed
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"hello, not a database" * 100, id="garbage"),
+        pytest.param(None, id="foreign"),
+        pytest.param(b"SQLite format 3\x00" + b"\xff" * 4000, id="corrupt-header"),
+    ],
+)
+async def test_a_corrupt_or_foreign_file_is_refused_untouched(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    path = tmp_path / "spool.db"
+    if content is None:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE notes (body TEXT)")
+            db.execute("INSERT INTO notes VALUES ('mine')")
+        db.close()
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    url, _ = down_url()
+    koala = client(url, path)
+    with pytest.raises(SpoolError, match="not a koala-async spool") as caught:
+        await koala.__aenter__()
+    assert str(path) in str(caught.value)
+    assert path.read_bytes() == before
+    invariant(koala.stats())
+
+
+def test_halves_carry_their_entries_seqs() -> None:
+    batch = Batch()
+    batch.seqs = ([], [], [])
+    for seq, kind in enumerate([0, 1, 0, 2, 0, 1], 1):
+        batch.append(kind, b'{"n":%d}' % seq)
+        batch.seqs[kind].append(seq)
+    for half in batch.halves():
+        assert half.seqs is not None
+        for kind, raw in half.entries():
+            assert int(raw[5:-1]) in half.seqs[kind]
+        assert sum(map(len, half.seqs)) == half.size
+
+
+_CHILD = """
+import sys, anyio
+from koala_async import KoalaClient
+
+async def main(path, url):
+    async with KoalaClient("pk_test", base_url=url, spool=path, spool_commit_interval=0.02,
+                           max_queue_size=50) as koala:
+        spool = koala._spool
+        i = 0
+        while True:
+            for _ in range(50):
+                await koala.track("Step", email=f"p{i % 5}@acme.com", message_id=f"m-{i:06d}")
+                i += 1
+            commits = spool.commits
+            while spool.commits < commits + 2:  # everything made so far is on disk now
+                await anyio.sleep(0.005)
+            print(i, flush=True)
+
+anyio.run(main, sys.argv[1], sys.argv[2], backend=sys.argv[3])
+"""
+
+
+async def test_kill_9_mid_stream_loses_only_the_last_commit_window(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    with subprocess.Popen(  # noqa: ASYNC220 - nothing else runs yet; the reads wait for the child
+        [sys.executable, "-c", textwrap.dedent(_CHILD), str(path), url, anyio_backend],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            for _ in range(4):
+                durable = int(child.stdout.readline())
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:  # the dead owner's lock: ours
+        await wait_settled(again)
+    stats = again.stats()
+    invariant(stats)
+    received = sorted(fake.message_ids())
+    assert received[:durable] == [f"m-{i:06d}" for i in range(durable)]
+    assert received == [f"m-{i:06d}" for i in range(len(received))]  # a prefix: nothing skipped
+    assert stats.delivered == stats.recovered == len(received)
+    in_order(fake)
+
+
+def test_stats_defaults_without_a_spool() -> None:
+    stats = KoalaClient("pk_test").stats()
+    assert isinstance(stats, Stats)
+    assert (stats.spooled, stats.recovered) == (0, 0)
+
+
+async def test_the_readme_adopts_dead_workers_spools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(  async def adopt_dead_workers.*?)```", readme, re.S)
+    namespace: dict[str, object] = {"KoalaClient": KoalaClient, "SpoolError": SpoolError}
+    exec(textwrap.dedent(block), namespace)
+    adopt = namespace["adopt_dead_workers_spools"]
+    url, port = down_url()
+    dead = tmp_path / "koala-101.db"
+    async with client(url, dead, shutdown_timeout=0.1) as koala:  # a worker that is gone
+        ids = await produce(koala, 40)
+    monkeypatch.setenv("KOALA_PUBLIC_API_KEY", "pk_test")
+    monkeypatch.setenv("KOALA_BASE_URL", url)
+    fake = FakeCollector()
+    async with (
+        fake.serve(port=port),
+        client(url, tmp_path / "koala-102.db") as live,  # a live worker's: left alone
+        client(url, tmp_path / "koala-103.db"),  # this worker's own
+    ):
+        await produce(live, 5, start=1000)
+        await adopt(tmp_path, tmp_path / "koala-103.db")  # type: ignore[operator]
+        received = fake.message_ids()
+    assert [received[i] for i in ids] == [1] * len(ids)  # the live worker's may arrive too
+    assert inspect(str(dead)).entries == 0
