@@ -92,9 +92,12 @@ class Reporter:
             )
 
     def refused(self, failure: DeliveryFailure) -> None:
-        """An entry was dropped at the call: hand it to ``on_error``."""
+        """An entry was dropped at the call: hand it to ``on_error``, unless it is closed."""
         if self._send is not None:
-            self._send.send_nowait(failure)
+            try:
+                self._send.send_nowait(failure)
+            except anyio.ClosedResourceError:  # a call after close: on_error has stopped
+                pass
 
     async def pump(self) -> None:
         """Run ``on_error`` for every failure until :meth:`close`; shielded by the caller."""

@@ -700,8 +700,8 @@ class KoalaSyncClient:
         if engine is None:  # disabled, or closed before a call here: no thread to go to
             with self._lock:
                 refuse(self._core or self._proto)  # the proto: a forked child's, uncounted
-        elif engine.on_loop() or not engine.call(refuse, engine.core):
-            with self._lock:  # the loop has closed: nothing else writes the counters now
+        elif engine.on_loop() or engine.closed.done() or not engine.call(refuse, engine.core):
+            with self._lock:  # closed: the delivery thread writes no counter any more
                 refuse(engine.core)
 
 
