@@ -7,6 +7,7 @@ deadlock the client.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -94,10 +95,8 @@ class Reporter:
     def refused(self, failure: DeliveryFailure) -> None:
         """An entry was dropped at the call: hand it to ``on_error``, unless it is closed."""
         if self._send is not None:
-            try:
+            with contextlib.suppress(anyio.ClosedResourceError):  # a call after close
                 self._send.send_nowait(failure)
-            except anyio.ClosedResourceError:  # a call after close: on_error has stopped
-                pass
 
     async def pump(self) -> None:
         """Run ``on_error`` for every failure until :meth:`close`; shielded by the caller."""

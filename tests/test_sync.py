@@ -140,7 +140,7 @@ def test_sixteen_threads_deliver_every_id_exactly_once() -> None:
     sink = CountingTransport()
     http = httpx.AsyncClient(transport=sink)
     koala = KoalaSyncClient("pk_test", http_client=http, max_queue_size=1_000_000)
-    ids: list[list[str]] = [[] for _ in range(16)]
+    ids: list[list[str | None]] = [[] for _ in range(16)]
     snapshots: list[Stats] = []
     running = True
 

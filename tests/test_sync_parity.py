@@ -52,7 +52,14 @@ from test_strict import (
     test_strict_raises_bad_data_at_the_call,
 )
 
-from koala_async import ClientClosedError, DeliveryFailure, KoalaClient, KoalaSyncClient, Stats
+from koala_async import (
+    ClientClosedError,
+    DeliveryFailure,
+    KoalaClient,
+    KoalaSyncClient,
+    Stats,
+    ValidationError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -229,8 +236,11 @@ def test_the_wsgi_middleware_makes_calls_about_the_visitor(recorder: Recorder) -
         start_response("200 OK", [])
         return [b""]
 
-    KoalaMiddleware(app)(wsgi_environ(), lambda status, headers, exc_info=None: None)
-    with pytest.raises(Exception, match="pass profile_id"):
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+        return lambda data: None
+
+    KoalaMiddleware(app)(wsgi_environ(), start_response)
+    with pytest.raises(ValidationError, match="pass profile_id"):
         koala.page(name="After the request")  # the context ended with it
     koala.close()
     [body] = recorder.bodies()
