@@ -18,39 +18,7 @@ import pytest
 import test_before_send
 import test_context
 import test_strict
-from test_before_send import (
-    test_it_must_be_callable,
-    test_it_scrubs_and_enriches,
-    test_it_sees_each_calls_wire_fields_and_ids,
-    test_one_that_raises_is_logged_and_the_message_sent_unchanged,
-    test_one_that_returns_something_else_changes_nothing,
-    test_returning_none_drops_the_call_as_filtered,
-    test_what_it_returns_is_checked_like_a_call,
-)
-from test_context import (
-    LIBRARY,
-    OTHER,
-    PID,
-    Recorder,
-    recorder,
-    test_a_call_about_someone_else_gets_nothing_from_the_request,
-    test_a_call_without_ip_or_context_sends_the_same_bytes_as_before,
-    test_a_callers_library_is_kept,
-    test_a_persons_entries_with_different_ips_go_in_different_requests,
-    test_account_calls_send_ip_in_context_and_ignore_the_request,
-    test_bad_ip_or_context_is_refused,
-    test_calls_in_a_request_context_are_about_its_visitor,
-    test_context_is_copied_at_the_call,
-    test_explicit_ip_and_context_are_sent_with_the_library,
-    test_send_ip_false_sends_no_ip_anywhere,
-    test_the_request_context_follows_child_tasks_and_ends_with_the_request,
-)
-from test_strict import (
-    test_by_default_bad_data_is_dropped_counted_logged_and_reported,
-    test_configuration_mistakes_still_raise_at_once,
-    test_distinct_problems_are_each_logged,
-    test_strict_raises_bad_data_at_the_call,
-)
+from test_context import LIBRARY, OTHER, PID, Recorder
 
 from koala_async import (
     ClientClosedError,
@@ -63,31 +31,42 @@ from koala_async import (
 
 pytestmark = pytest.mark.anyio
 
-REUSED = [
-    test_it_must_be_callable,
-    test_it_scrubs_and_enriches,
-    test_it_sees_each_calls_wire_fields_and_ids,
-    test_one_that_raises_is_logged_and_the_message_sent_unchanged,
-    test_one_that_returns_something_else_changes_nothing,
-    test_returning_none_drops_the_call_as_filtered,
-    test_what_it_returns_is_checked_like_a_call,
-    test_a_call_about_someone_else_gets_nothing_from_the_request,
-    test_a_call_without_ip_or_context_sends_the_same_bytes_as_before,
-    test_a_callers_library_is_kept,
-    test_a_persons_entries_with_different_ips_go_in_different_requests,
-    test_account_calls_send_ip_in_context_and_ignore_the_request,
-    test_bad_ip_or_context_is_refused,
-    test_calls_in_a_request_context_are_about_its_visitor,
-    test_context_is_copied_at_the_call,
-    test_explicit_ip_and_context_are_sent_with_the_library,
-    test_send_ip_false_sends_no_ip_anywhere,
-    test_the_request_context_follows_child_tasks_and_ends_with_the_request,
-    test_by_default_bad_data_is_dropped_counted_logged_and_reported,
-    test_configuration_mistakes_still_raise_at_once,
-    test_distinct_problems_are_each_logged,
-    test_strict_raises_bad_data_at_the_call,
-]
-__all__ = [test.__name__ for test in REUSED] + ["recorder"]
+REUSED = {
+    test_strict: (
+        "test_strict_raises_bad_data_at_the_call",
+        "test_by_default_bad_data_is_dropped_counted_logged_and_reported",
+        "test_distinct_problems_are_each_logged",
+        "test_configuration_mistakes_still_raise_at_once",
+    ),
+    test_before_send: (
+        "test_it_sees_each_calls_wire_fields_and_ids",
+        "test_it_scrubs_and_enriches",
+        "test_returning_none_drops_the_call_as_filtered",
+        "test_one_that_raises_is_logged_and_the_message_sent_unchanged",
+        "test_one_that_returns_something_else_changes_nothing",
+        "test_what_it_returns_is_checked_like_a_call",
+        "test_it_must_be_callable",
+    ),
+    test_context: (
+        "test_a_call_without_ip_or_context_sends_the_same_bytes_as_before",
+        "test_explicit_ip_and_context_are_sent_with_the_library",
+        "test_a_callers_library_is_kept",
+        "test_calls_in_a_request_context_are_about_its_visitor",
+        "test_a_call_about_someone_else_gets_nothing_from_the_request",
+        "test_the_request_context_follows_child_tasks_and_ends_with_the_request",
+        "test_a_persons_entries_with_different_ips_go_in_different_requests",
+        "test_account_calls_send_ip_in_context_and_ignore_the_request",
+        "test_send_ip_false_sends_no_ip_anywhere",
+        "test_bad_ip_or_context_is_refused",
+        "test_context_is_copied_at_the_call",
+    ),
+}
+"""The async client's tests that hold for the sync client as written. Left out: those of a
+client not yet opened and of calls during ``aclose`` (the sync client opens itself)."""
+recorder = test_context.recorder  # the fixture, for these tests and ours
+globals().update(
+    {name: getattr(module, name) for module, names in REUSED.items() for name in names}
+)
 
 
 class SyncAsAsync:
@@ -126,7 +105,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def sync_client(monkeypatch: pytest.MonkeyPatch) -> None:
-    for module in (test_strict, test_before_send, test_context):
+    for module in REUSED:
         monkeypatch.setattr(module, "KoalaClient", SyncAsAsync)
 
 
@@ -273,31 +252,34 @@ def test_flask_sets_the_context_after_proxyfix(recorder: Recorder) -> None:
     assert body["events"][0]["context"] == {**VISITOR, "ip": "198.51.100.7"}
 
 
-@pytest.fixture
-def django_settings() -> None:
-    pytest.importorskip("django")
+def through_django(recorder: Recorder, path: str, **meta: Any) -> dict[str, Any]:
+    """The body sent for a track call in a view behind the Django middleware."""
+    django = pytest.importorskip("django")
     from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(ALLOWED_HOSTS=["acme.com"], KOALA={"enabled": False})
-    return
-
-
-def test_django_middleware_makes_calls_about_the_visitor(
-    recorder: Recorder, django_settings: None
-) -> None:
     from django.http import HttpResponse
-    from django.test import RequestFactory
+    from django.test import RequestFactory, override_settings
 
     from koala_async.django import KoalaMiddleware
 
+    if not settings.configured:
+        settings.configure(KOALA={"enabled": False})
+        django.setup()
     koala = sync(recorder, strict=True)
 
     def view(request: Any) -> HttpResponse:
-        koala.track("Viewed Pricing")
+        koala.track("Viewed")
         return HttpResponse()
 
-    request = RequestFactory().get(
+    with override_settings(ALLOWED_HOSTS=["acme.com"]):
+        KoalaMiddleware(view)(RequestFactory().get(path, **meta))
+    koala.close()
+    [body] = recorder.bodies()
+    return body
+
+
+def test_django_middleware_makes_calls_about_the_visitor(recorder: Recorder) -> None:
+    body = through_django(
+        recorder,
         "/pricing?plan=pro",
         HTTP_HOST="acme.com",
         REMOTE_ADDR="203.0.113.9",
@@ -306,28 +288,11 @@ def test_django_middleware_makes_calls_about_the_visitor(
         HTTP_COOKIE=f"ko_id={OTHER}",
         secure=True,
     )
-    KoalaMiddleware(view)(request)
-    koala.close()
-    [body] = recorder.bodies()
     assert body == {"profile_id": OTHER, "ip": "203.0.113.9", "events": body["events"]}
     assert body["events"][0]["context"] == VISITOR
 
 
-def test_a_request_with_an_unknown_host_sends_no_url(
-    recorder: Recorder, django_settings: None
-) -> None:
-    from django.http import HttpResponse
-    from django.test import RequestFactory
-
-    from koala_async.django import KoalaMiddleware
-
-    koala = sync(recorder, strict=True)
-
-    def view(request: Any) -> HttpResponse:
-        koala.track("X")
-        return HttpResponse()
-
-    KoalaMiddleware(view)(RequestFactory().get("/x", HTTP_HOST="evil.example"))
-    koala.close()
-    [body] = recorder.bodies()
+def test_a_django_request_for_an_unknown_host_sends_no_url(recorder: Recorder) -> None:
+    body = through_django(recorder, "/x", HTTP_HOST="evil.example", REMOTE_ADDR="bad")
+    assert "ip" not in body
     assert body["events"][0]["context"]["page"] == {"path": "/x"}
