@@ -246,6 +246,8 @@ def test_flask_sets_the_context_after_proxyfix(recorder: Recorder) -> None:
 
     headers = {"X-Forwarded-For": "198.51.100.7", "User-Agent": "UA/1", "Referer": "https://g.co/"}
     app.test_client().get("/pricing?plan=pro", headers=headers, base_url="https://acme.com")
+    with pytest.raises(ValidationError, match="pass profile_id"):
+        koala.track("After the request")  # teardown ended the context
     koala.close()
     [body] = recorder.bodies()
     assert body["ip"] == "198.51.100.7"
@@ -272,6 +274,8 @@ def through_django(recorder: Recorder, path: str, **meta: Any) -> dict[str, Any]
 
     with override_settings(ALLOWED_HOSTS=["acme.com"]):
         KoalaMiddleware(view)(RequestFactory().get(path, **meta))
+    with pytest.raises(ValidationError, match="pass profile_id"):
+        koala.track("After the request")  # the context ended with it
     koala.close()
     [body] = recorder.bodies()
     return body
