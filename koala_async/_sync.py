@@ -268,10 +268,9 @@ class KoalaSyncClient:
     Django or Flask integration handles, calls that name nobody are about its visitor, with
     their ip, user agent and page. Calls validate and encode in your thread (microseconds)
     and never wait for the network; a daemon thread, started on the first call in each
-    process, delivers. At interpreter
-    exit the client is closed within ``shutdown_timeout``; :meth:`flush` and :meth:`close`
-    block at most their ``timeout``. ``on_error`` runs on the delivery thread. Any number
-    of threads may share one client.
+    process, delivers. At interpreter exit the client is closed within
+    ``shutdown_timeout``; :meth:`flush` and :meth:`close` block at most their ``timeout``.
+    ``on_error`` runs on the delivery thread. Any number of threads may share one client.
 
     Raises:
         ValidationError: An option is wrong; the message says how to fix it.
