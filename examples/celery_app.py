@@ -31,6 +31,6 @@ connect(koala)
 
 
 @app.task  # type: ignore[untyped-decorator]
-def charge(email: str, cents: int, message_id: str | None = None) -> str:
+def charge(email: str, cents: int, message_id: str | None = None) -> str | None:
     """Charge a customer (not really) and tell Koala."""
     return koala.track("Charged", email=email, properties={"cents": cents}, message_id=message_id)

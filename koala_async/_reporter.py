@@ -7,6 +7,7 @@ deadlock the client.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -92,9 +93,10 @@ class Reporter:
             )
 
     def refused(self, failure: DeliveryFailure) -> None:
-        """An entry was dropped at the call: hand it to ``on_error``."""
+        """An entry was dropped at the call: hand it to ``on_error``, unless it is closed."""
         if self._send is not None:
-            self._send.send_nowait(failure)
+            with contextlib.suppress(anyio.ClosedResourceError):  # a call after close
+                self._send.send_nowait(failure)
 
     async def pump(self) -> None:
         """Run ``on_error`` for every failure until :meth:`close`; shielded by the caller."""

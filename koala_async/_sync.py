@@ -3,11 +3,14 @@
 One delivery engine (issue 13): a :class:`KoalaClient` running on an asyncio event loop in a
 daemon thread of its own, so limiter, circuit, retries and accounting are the async
 client's, not a copy. The hot path never waits for that thread: a call validates and
-encodes in the caller's thread, exactly as ``KoalaClient`` does (same errors), appends
-``(kind, raw, who)`` to a deque (an atomic append) and wakes the loop only when nobody has
-yet, so a burst of calls costs one wake-up. The loop thread moves the inbox into the
-client's queue through ``KoalaClient._put_encoded``. Only a full queue makes a call hop to
-the loop, to drop, raise or wait as ``on_full`` says.
+encodes in the caller's thread, exactly as ``KoalaClient`` does, with the core's own
+helpers for the request context, ``ip``, ``context`` and ``before_send`` (same errors, same
+drops), appends ``(kind, raw, who, ip)`` to a deque (an atomic append) and wakes the loop
+only when nobody has yet, so a burst of calls costs one wake-up. The loop thread moves the
+inbox into the client's queue through ``KoalaClient._put_encoded``. Only a full queue makes
+a call hop to the loop, to drop, raise or wait as ``on_full`` says. Drops at the call
+(``invalid``, ``closed``, ``filtered``) are counted on the loop thread too, where the
+counters are written.
 
 The traps peers fell into, and what this does about each:
 
@@ -32,7 +35,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -52,15 +55,16 @@ from ._calls import (
     page_entry,
     track_entry,
 )
-from ._client import KoalaClient
+from ._client import BeforeSend, KoalaClient
 from ._config import OnFull
-from ._exceptions import ClientClosedError, KoalaError
+from ._context import current as _current
+from ._exceptions import ClientClosedError, KoalaError, ValidationError
 from ._redact import redact
 from ._reporter import OnError
 from ._retry import RetryPolicy
 from ._stats import DROP_REASONS, FlushResult, Stats
 from ._validate import Who
-from ._wire import Entry, encode, new_message_id
+from ._wire import Entry, encode
 
 __all__ = ["KoalaSyncClient"]
 
@@ -72,7 +76,7 @@ _STATS_TIMEOUT = 1.0  # seconds stats() waits for the loop before reading the co
 _BOOKKEEPING = 0.2  # seconds of a close's timeout kept for counting and logging the drops
 _POLL = 0.25  # seconds between checks that the engine is alive, while a call waits for room
 
-_Item = tuple[int, bytes, Who]
+_Item = tuple[int, bytes, Who, str | None]  # kind, encoded entry, target, top-level ip
 
 
 class _Engine:
@@ -159,11 +163,11 @@ class _Engine:
             return
         inbox, put = self.inbox, self.core._put_encoded
         while inbox:
-            kind, raw, who = inbox.popleft()
+            kind, raw, who, ip = inbox.popleft()
             try:
-                waiting = put(kind, raw, who)
+                waiting = put(kind, raw, who, ip)
             except KoalaError:  # on_full="raise", and callers raced past their check
-                self.core._refuse("queue_full", raw, who, None)
+                self.core._refuse("queue_full", raw, who, ip)
                 continue
             if waiting is not None:  # full: its caller has moved on, so wait here
                 self._wait(waiting, None)
@@ -258,12 +262,15 @@ class KoalaSyncClient:
         def signup(request):
             koala.track("Signed Up", email=request.user.email, properties={"plan": "pro"})
 
-    The same options, calls, return values, errors and :meth:`stats` as ``KoalaClient``.
-    Calls validate and encode in your thread (microseconds) and never wait for the network;
-    a daemon thread, started on the first call in each process, delivers. At interpreter
-    exit the client is closed within ``shutdown_timeout``; :meth:`flush` and :meth:`close`
-    block at most their ``timeout``. ``on_error`` runs on the delivery thread. Any number
-    of threads may share one client.
+    The same options, calls, return values, errors and :meth:`stats` as ``KoalaClient``:
+    a call with bad input returns None and is dropped as ``invalid`` (``strict=True``
+    raises); ``before_send`` runs in the caller's thread; inside a request that the WSGI,
+    Django or Flask integration handles, calls that name nobody are about its visitor, with
+    their ip, user agent and page. Calls validate and encode in your thread (microseconds)
+    and never wait for the network; a daemon thread, started on the first call in each
+    process, delivers. At interpreter exit the client is closed within
+    ``shutdown_timeout``; :meth:`flush` and :meth:`close` block at most their ``timeout``.
+    ``on_error`` runs on the delivery thread. Any number of threads may share one client.
 
     Raises:
         ValidationError: An option is wrong; the message says how to fix it.
@@ -285,6 +292,9 @@ class KoalaSyncClient:
         shutdown_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         on_error: OnError | None = None,
+        before_send: BeforeSend | None = None,
+        strict: bool = False,
+        send_ip: bool = True,
     ) -> None:
         options: dict[str, Any] = {
             "base_url": base_url,
@@ -299,10 +309,18 @@ class KoalaSyncClient:
             "shutdown_timeout": shutdown_timeout,
             "retry": retry,
             "on_error": on_error,
+            "before_send": before_send,
+            "strict": strict,
+            "send_ip": send_ip,
         }
         # Built now to check the options (same errors as KoalaClient); opened on first use.
         self._core: KoalaClient | None = KoalaClient(public_api_key, **options)
         self._config = self._core._config
+        # Its pure helpers (request context, ip, context, before_send) serve every call,
+        # in the caller's thread, whichever core delivers in this process.
+        self._proto = self._core
+        self._plain = before_send is None
+        self._strict = self._config.strict
         self._key = public_api_key
         self._options = options
         self._engine: _Engine | None = None
@@ -358,8 +376,9 @@ class KoalaSyncClient:
             self._engine = engine
             return engine
 
-    def _hand(self, kind: int, entry: Entry, who: Who) -> None:
-        """Encode an entry and hand it to the engine: the hot path, no waiting."""
+    def _hand(self, kind: int, entry: Entry, who: Who, ip: str | None = None) -> str | None:
+        """Encode an entry and hand it to the engine: the hot path, no waiting. Returns
+        the entry's message id."""
         try:
             raw = encode(entry)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -368,14 +387,15 @@ class KoalaSyncClient:
         if engine is None or engine.pid != _getpid():
             engine = self._start()
             if engine is None:
-                return  # disabled: validated, and that is all
+                return entry.message_id  # disabled: validated, and that is all
         if engine.ledger.pending + len(engine.inbox) >= engine.core._limit:
-            self._put_full(engine, (kind, raw, who))  # full, dead or closing: rare
-            return
-        engine.inbox.append((kind, raw, who))
+            self._put_full(engine, (kind, raw, who, ip))  # full, dead or closing: rare
+            return entry.message_id
+        engine.inbox.append((kind, raw, who, ip))
         if not engine.woken:
             engine.woken = True
             engine.call(engine.wake.set)  # False: closed under us; counted at the close
+        return entry.message_id
 
     def _put_full(self, engine: _Engine, item: _Item) -> None:
         """Let the engine drop, raise or wait for room, as ``on_full`` says."""
@@ -437,7 +457,6 @@ class KoalaSyncClient:
         """
         with self._lock:
             engine, self._engine, self._closed = self._engine, None, True
-            self._core = None
             if engine is not None and engine.pid == _getpid():
                 self._final = engine  # for stats() after the close
         if engine is None or engine.pid != _getpid() or not engine.running:
@@ -486,6 +505,10 @@ class KoalaSyncClient:
         return engine.snapshot()
 
     # The calls
+    #
+    # As KoalaClient's: a fast path when no ip, context, request context or before_send is
+    # in play, and the core's own helpers for the rest (run here, in the caller's thread).
+    # A bad call is dropped and counted, or raised with strict=True.
 
     def track(
         self,
@@ -496,20 +519,31 @@ class KoalaSyncClient:
         properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Record that a person did something; see :meth:`KoalaClient.track`.
 
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``; None if the call was dropped (bad input, a closed
+            client, or ``before_send`` said so).
 
         Raises:
-            ValidationError: Bad input; the message says what to fix.
-            ClientClosedError: The client is closed.
+            ValidationError: Bad input, with ``strict=True``; the message says what to fix.
+            ClientClosedError: The client is closed, with ``strict=True``.
         """
-        who = _validate.person(profile_id, email)
-        entry = track_entry(event, properties, _message_id(message_id), sent_at)
-        self._hand(EVENTS, entry, who)
-        return entry.message_id
+        try:
+            if self._plain and ip is None and context is None and _current() is None:
+                who = _validate.person(profile_id, email)
+                return self._hand(EVENTS, track_entry(event, properties, message_id, sent_at), who)
+            who, address, extra = self._proto._person(profile_id, email, ip, context)
+            entry = track_entry(event, properties, message_id, sent_at, extra)
+            return self._hand_slow(EVENTS, entry, who, address)
+        except (ValidationError, ClientClosedError) as exc:
+            if self._strict:
+                raise
+            self._drop(exc, "profile", profile_id=profile_id, email=email)
+            return None
 
     def identify(
         self,
@@ -519,16 +553,28 @@ class KoalaSyncClient:
         traits: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Tell Koala who a visitor is; see :meth:`KoalaClient.identify`.
 
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``, or None if the call was dropped.
         """
-        who = _validate.person(profile_id, email)
-        entry = identify_entry(_validate.fields(traits, "traits"), _message_id(message_id), sent_at)
-        self._hand(IDENTIFIES, entry, who)
-        return entry.message_id  # type: ignore[return-value]
+        try:
+            if self._plain and ip is None and context is None and _current() is None:
+                who = _validate.person(profile_id, email)
+                fields = _validate.fields(traits, "traits")
+                return self._hand(IDENTIFIES, identify_entry(fields, message_id, sent_at), who)
+            who, address, extra = self._proto._person(profile_id, email, ip, context)
+            fields = _validate.fields(traits, "traits")
+            entry = identify_entry(fields, message_id, sent_at, extra)
+            return self._hand_slow(IDENTIFIES, entry, who, address)
+        except (ValidationError, ClientClosedError) as exc:
+            if self._strict:
+                raise
+            self._drop(exc, "profile", profile_id=profile_id, email=email)
+            return None
 
     def page(
         self,
@@ -539,16 +585,29 @@ class KoalaSyncClient:
         properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
-        """Record a page view; see :meth:`KoalaClient.page`.
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Record a page view; see :meth:`KoalaClient.page`. In a request the ``ko_id``
+        middleware handles, ``koala.page(name="Home")`` is enough.
 
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``, or None if the call was dropped.
         """
-        who = _validate.person(profile_id, email)
-        entry = page_entry(name, properties, _message_id(message_id), sent_at)
-        self._hand(PAGE_VIEWS, entry, who)
-        return entry.message_id
+        try:
+            if self._plain and ip is None and context is None and _current() is None:
+                who = _validate.person(profile_id, email)
+                return self._hand(
+                    PAGE_VIEWS, page_entry(name, properties, message_id, sent_at), who
+                )
+            who, address, extra = self._proto._person(profile_id, email, ip, context)
+            entry = page_entry(name, properties, message_id, sent_at, extra)
+            return self._hand_slow(PAGE_VIEWS, entry, who, address)
+        except (ValidationError, ClientClosedError) as exc:
+            if self._strict:
+                raise
+            self._drop(exc, "profile", profile_id=profile_id, email=email)
+            return None
 
     def account_identify(
         self,
@@ -559,16 +618,24 @@ class KoalaSyncClient:
         group_id: str | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Set traits on a company account; see :meth:`KoalaClient.account_identify`.
 
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``, or None if the call was dropped.
         """
-        who = _validate.account(domain, account_id)
-        entry = identify_entry(account_traits(traits, group_id), _message_id(message_id), sent_at)
-        self._hand(IDENTIFIES, entry, who)
-        return entry.message_id  # type: ignore[return-value]
+        try:
+            who = _validate.account(domain, account_id)
+            extra = self._account_context(ip, context)
+            entry = identify_entry(account_traits(traits, group_id), message_id, sent_at, extra)
+            return self._hand_slow(IDENTIFIES, entry, who, None)
+        except (ValidationError, ClientClosedError) as exc:
+            if self._strict:
+                raise
+            self._drop(exc, "account", domain=domain, account_id=account_id)
+            return None
 
     def account_track(
         self,
@@ -579,16 +646,62 @@ class KoalaSyncClient:
         properties: Mapping[str, Any] | None = None,
         message_id: str | None = None,
         sent_at: datetime | str | None = None,
-    ) -> str:
+        ip: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
         """Record something a company account did; see :meth:`KoalaClient.account_track`.
 
         Returns:
-            The entry's ``message_id``.
+            The entry's ``message_id``, or None if the call was dropped.
         """
-        who = _validate.account(domain, account_id)
-        entry = track_entry(event, properties, _message_id(message_id), sent_at)
-        self._hand(EVENTS, entry, who)
-        return entry.message_id
+        try:
+            who = _validate.account(domain, account_id)
+            extra = self._account_context(ip, context)
+            entry = track_entry(event, properties, message_id, sent_at, extra)
+            return self._hand_slow(EVENTS, entry, who, None)
+        except (ValidationError, ClientClosedError) as exc:
+            if self._strict:
+                raise
+            self._drop(exc, "account", domain=domain, account_id=account_id)
+            return None
+
+    # Off the fast path: the core's helpers, and drops counted where the counters live
+
+    def _account_context(self, ip: object, context: object) -> dict[str, Any] | None:
+        """An account call's context (its ip goes in it); the request context is not used."""
+        if ip is None and context is None:
+            return None
+        return self._proto._context(None, ip, context, top_level=False)[1]
+
+    def _hand_slow(self, kind: int, entry: Entry, who: Who, ip: str | None) -> str | None:
+        """:meth:`_hand` after ``before_send`` (run here, in the caller); None if it dropped
+        the entry."""
+        proto = self._proto
+        if proto._before_send is not None:
+            changed = proto._filter(entry, who, ip)
+            if changed is None:
+                self._count(lambda core: core._ledger.refuse("filtered"))
+                return None
+            entry, who, ip = changed
+        return self._hand(kind, entry, who, ip)
+
+    def _drop(self, exc: ValidationError | ClientClosedError, kind: str, **ids: object) -> None:
+        """A bad call, or one on a closed client: dropped as ``invalid`` or ``closed``,
+        logged and handed to ``on_error`` by the core, as KoalaClient does."""
+        self._count(lambda core: core._bad_call(exc, kind, **ids))
+
+    def _count(self, refuse: Callable[[KoalaClient], None]) -> None:
+        """Run ``refuse`` on this process's core where its counters are written: on the
+        delivery thread (they are not locked), or here if that thread has stopped."""
+        engine = self._engine or self._final
+        if engine is None or engine.pid != _getpid():
+            engine = None if self._closed else self._start()
+        if engine is None:  # disabled, or closed before a call here: no thread to go to
+            with self._lock:
+                refuse(self._core or self._proto)  # the proto: a forked child's, uncounted
+        elif engine.on_loop() or engine.closed.done() or not engine.call(refuse, engine.core):
+            with self._lock:  # closed: the delivery thread writes no counter any more
+                refuse(engine.core)
 
 
 _CLOSED = "the KoalaSyncClient is closed; create a new one to send again"
@@ -601,21 +714,6 @@ _EMPTY = Stats(  # a forked child before its first call: nothing accepted here y
     retries=0,
     last_error=None,
 )
-
-
-def _message_id(given: str | None) -> str:
-    """``given``, or a new message id (the entry builders check a given one).
-
-    The pool of pre-drawn ids is shared by every thread: another thread may take the last
-    one between this one's check and its pop, and the next try draws a fresh block.
-    """
-    if given is not None:
-        return given
-    while True:
-        try:
-            return new_message_id()
-        except IndexError:
-            continue
 
 
 async def _flush(engine: _Engine, timeout: float) -> FlushResult:

@@ -11,13 +11,17 @@
 
     @app.post("/signup")
     def signup():
-        get_koala().track("Signed Up", profile_id=g.koala_profile_id)
+        get_koala().track("Signed Up")  # the request's visitor, ip, user agent and page
+
+Behind a proxy, let werkzeug's ``ProxyFix`` set the visitor's address from the headers of
+the proxies you trust: ``app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+from ._context import reset_request_context
 from ._optional import require
 
 require("flask", "flask")
@@ -26,7 +30,7 @@ from flask import Flask, current_app, g, request  # noqa: E402 - after the check
 
 from ._cookie import TWO_YEARS  # noqa: E402
 from ._sync import KoalaSyncClient  # noqa: E402
-from .wsgi import PROFILE_ID, KoalaMiddleware  # noqa: E402
+from .wsgi import PROFILE_ID, KoalaMiddleware, set_environ_context  # noqa: E402
 
 __all__ = ["Koala", "get_koala"]
 
@@ -39,8 +43,10 @@ class Koala:
     The client is ``client`` if given, else made from ``app.config["KOALA"]`` (a dict of
     KoalaSyncClient's keywords; the key and URL default to ``KOALA_PUBLIC_API_KEY`` and
     ``KOALA_BASE_URL``). It is closed at interpreter exit, within its ``shutdown_timeout``.
-    Each request gets ``g.koala_profile_id``; the cookie keywords are the WSGI
-    ``KoalaMiddleware``'s.
+    Each request gets ``g.koala_profile_id``, and its visitor (profile id, ip from
+    ``request.remote_addr``, user agent and page) is the request context while Flask
+    handles it, so person calls that name nobody are about that visitor. The cookie keywords
+    are the WSGI ``KoalaMiddleware``'s.
     """
 
     def __init__(
@@ -71,8 +77,13 @@ class Koala:
         """Give ``app`` its client, the cookie middleware and ``g.koala_profile_id``."""
         client = self._client or KoalaSyncClient(**app.config.get("KOALA", {}))
         app.extensions[EXTENSION] = client
-        app.wsgi_app = KoalaMiddleware(app.wsgi_app, **self._cookie)  # type: ignore[method-assign]
-        app.before_request(_profile_id_to_g)
+        # The context is set in before_request, not in the WSGI middleware: by then every
+        # middleware has run, ProxyFix too, wherever it was added.
+        app.wsgi_app = KoalaMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app, request_context=False, **self._cookie
+        )
+        app.before_request(_begin)
+        app.teardown_request(_end)
 
     @property
     def client(self) -> KoalaSyncClient:
@@ -80,9 +91,16 @@ class Koala:
         return get_koala()
 
 
-def _profile_id_to_g() -> None:
-    g.koala_profile_id = request.environ[PROFILE_ID]
-    # Request context (ip, userAgent, page) for koala_async._context would be set here.
+def _begin() -> None:
+    g.koala_profile_id = profile_id = request.environ[PROFILE_ID]
+    g.koala_context = set_environ_context(request.environ, profile_id)
+
+
+def _end(exc: BaseException | None) -> None:
+    # Flask runs before_request, the view and teardown in one thread and one context.
+    token = g.pop("koala_context", None)
+    if token is not None:
+        reset_request_context(token)
 
 
 def get_koala() -> KoalaSyncClient:
