@@ -72,7 +72,7 @@ async def test_a_failing_sibling_in_a_task_group_still_flushes(
                 await _fill(koala)
                 await anyio.sleep(30)
 
-    with pytest.raises(Exception, match="TaskGroup|Trio nursery"):  # an ExceptionGroup
+    with pytest.raises(Exception, match=r"TaskGroup|Trio nursery"):  # an ExceptionGroup
         await owner()
     await _after_close(fake, koala)
 
