@@ -38,9 +38,11 @@ __all__ = [
     "set_request_context",
 ]
 
+from types import FunctionType as _FunctionType
+
 # Show the supported path in reprs, tracebacks and docs (as httpx does).
 for _name in __all__:
     _member = globals()[_name]
-    if isinstance(_member, type) or (callable(_member) and hasattr(_member, "__code__")):
+    if isinstance(_member, (type, _FunctionType)):  # the type aliases' is read-only on 3.10
         _member.__module__ = "koala_async"
-del _name, _member
+del _name, _member, _FunctionType

@@ -27,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(LogFormatter())
     logging.basicConfig(handlers=[handler], level=logging.INFO if args.verbose else None)
+    core = logging.getLogger("koala_async")
+    level = core.level  # commands quieten the core; main() called in-process must not leak it
     try:
         return int(anyio.run(args.run, args))
     except KoalaError as exc:
@@ -34,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        core.setLevel(level)
 
 
 def _parser() -> argparse.ArgumentParser:
