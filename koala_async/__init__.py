@@ -43,6 +43,8 @@ from types import FunctionType as _FunctionType
 # Show the supported path in reprs, tracebacks and docs (as httpx does).
 for _name in __all__:
     _member = globals()[_name]
-    if isinstance(_member, (type, _FunctionType)):  # the type aliases' is read-only on 3.10
+    # Not the type aliases (OnError, BeforeSend, DropReason): on 3.10 a Callable alias even
+    # passes isinstance(..., type), and its __module__ is read-only.
+    if isinstance(_member, (type, _FunctionType)) and not hasattr(_member, "__origin__"):
         _member.__module__ = "koala_async"
 del _name, _member, _FunctionType
