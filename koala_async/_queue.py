@@ -293,10 +293,6 @@ class Queue:
         if targets.get(target.key) is target:
             del targets[target.key]
 
-    def giveback(self, target: Target) -> None:
-        """A sender took ``target`` but did not send it (the client is stopping)."""
-        self.ready.appendleft(target)
-
     def batches(self) -> Iterator[tuple[Target, Batch]]:
         """Every queued batch (in flight included), with its target."""
         for targets in self.targets.values():

@@ -91,7 +91,6 @@ class Verdict(enum.Enum):
     GONE = "gone"  # 404, 410, or a TLS certificate error: the endpoint is not Koala's
 
 
-_FAILURES = frozenset((Verdict.RETRY, Verdict.UNREACHABLE))
 FATAL = frozenset((Verdict.UNAUTHORIZED, Verdict.GONE))
 
 
@@ -197,8 +196,3 @@ def rate_limit_wait(policy: RetryPolicy, server_wait: float | None, streak: int)
     if server_wait is None:
         return floor
     return max(floor, min(server_wait, policy.max_retry_after))
-
-
-def is_failure(verdict: Verdict) -> bool:
-    """True for the answers that say the endpoint, not the batch, is in trouble."""
-    return verdict in _FAILURES
