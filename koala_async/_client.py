@@ -219,7 +219,6 @@ class KoalaClient:
         self._limit = config.max_queue_size if config.enabled else 0
         self._state = _State.UNOPENED
         self._calls = 0
-        self._turns = -1  # the runtime's turns when a call last looked
         self._token: object = None
         self._queue = Queue()
         self._ledger = Ledger()
@@ -904,13 +903,9 @@ class KoalaClient:
         if self._queue.put(kind, raw, who, ip):
             self._runtime.dispatch()  # type: ignore[union-attr]
         self._calls = calls = self._calls + 1
-        if calls % _PACE_EVERY:
-            return None
-        # Yield only if the background tasks have not had a turn since we last looked: a
-        # request handler returns to the loop anyway; a bare loop must let them run.
-        turns = self._runtime.turns  # type: ignore[union-attr]
-        if turns != self._turns:
-            self._turns = turns
+        # Yield only if the event loop has not run since we last looked: a request handler
+        # returns to it anyway; a bare loop must let the senders run.
+        if calls % _PACE_EVERY or self._runtime.loop_ran():  # type: ignore[union-attr]
             return None
         return _checkpoint()
 
@@ -958,7 +953,9 @@ class KoalaClient:
             self._spool.park(kind, raw, who, ip)
             self._overflow(True)
             self._calls = calls = self._calls + 1
-            return None if calls % _PACE_EVERY else _checkpoint()
+            if calls % _PACE_EVERY or self._runtime.loop_ran():  # type: ignore[union-attr]
+                return None
+            return _checkpoint()
         if config.on_full == "raise":
             raise QueueFullError(
                 f"{self._ledger.pending} entries are queued, the most max_queue_size allows; "

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import anyio
 import httpx
+import sniffio
 from anyio.abc import TaskGroup
 
 from ._http import HttpFactory
@@ -28,6 +29,17 @@ __all__ = ["Runtime"]
 logger = logging.getLogger("koala_async")
 
 CALLBACK_GRACE = 1.0  # seconds on_error may take, past the deadline, to hear of the last drops
+
+
+def _call_soon() -> Callable[[Callable[[], None]], object]:
+    """The running event loop's way to run a callback at its next turn."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    import asyncio
+
+    return asyncio.get_running_loop().call_soon
 
 
 class Runtime:
@@ -58,7 +70,8 @@ class Runtime:
         self._scopes: set[anyio.CancelScope] = set()
         self._tasks = 0
         self.workers = 0
-        self.turns = 0  # counts the background tasks' turns: has the event loop run lately?
+        self._ran = True  # the marker below ran: the event loop has had a turn since
+        self._soon: Callable[[Callable[[], None]], object] | None = None
         self._stopping = False
         self._stopped: anyio.Event | None = None
         self._group: TaskGroup | None = None
@@ -69,6 +82,7 @@ class Runtime:
     async def start(self) -> None:
         """Enter the task group (in the caller's task) and start the ticker and the pump."""
         self._stopped = anyio.Event()
+        self._soon = _call_soon()
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
@@ -98,6 +112,25 @@ class Runtime:
             if not self._tasks and self._stopped is not None:
                 self._stopped.set()
 
+    def loop_ran(self) -> bool:
+        """Has the event loop had a turn since the last call that said so?
+
+        A marker callback is scheduled on the loop after each True; until it runs, the answer
+        is False. So a caller that never yields (a bare ``await track()`` loop) reads False,
+        and one that returns to the loop now and then (a request handler) reads True.
+        """
+        if not self._ran:
+            return False
+        self._ran = False
+        try:
+            self._soon(self._mark)  # type: ignore[misc]
+        except RuntimeError:  # the loop is closed: nothing to yield to either
+            self._ran = True
+        return True
+
+    def _mark(self) -> None:
+        self._ran = True
+
     # Dispatch
 
     def dispatch(self) -> None:
@@ -126,7 +159,6 @@ class Runtime:
         http = self._client()
         try:
             while True:
-                self.turns += 1
                 target = queue.take()
                 if target is None:
                     event = anyio.Event()
@@ -152,7 +184,6 @@ class Runtime:
     async def _tick_forever(self) -> None:
         while True:
             await anyio.sleep(self._flush_interval / TICKS)
-            self.turns += 1
             if self._queue.tick():
                 self.dispatch()
 
