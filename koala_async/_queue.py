@@ -32,7 +32,8 @@ from ._wire import MAX_PER_KIND
 
 __all__ = ["EVENTS", "IDENTIFIES", "PAGE_VIEWS", "Batch", "Queue", "Target", "Waiter"]
 
-_NAMES = (b"events", b"identifies", b"page_views")
+_SLOTS = ("events", "identifies", "page_views")  # by kind
+_NAMES = tuple(name.encode() for name in _SLOTS)
 _ACCOUNT_FIELDS = frozenset(("domain", "account_id"))
 
 
@@ -43,20 +44,40 @@ class Batch:
     its JSON array: no object per entry, so a queued entry costs little more than its JSON.
     A kind's first entry is kept as the very ``bytes`` the call encoded (no copy); a second
     one turns it into a bytearray. Memory matters here: a busy site queues one batch per
-    visitor.
+    visitor, so the three kinds are slots rather than a list, and a target's batches are
+    linked through ``next`` rather than listed.
     """
 
-    __slots__ = ("buffers", "counts", "ip", "secondary", "seqs", "size", "waiters")
+    __slots__ = (
+        "counts",
+        "events",
+        "identifies",
+        "ip",
+        "next",
+        "page_views",
+        "secondary",
+        "seqs",
+        "size",
+        "waiters",
+    )
 
     def __init__(self, secondary: str | None = None, ip: str | None = None) -> None:
-        self.buffers: list[bytes | bytearray | None] = [None, None, None]
+        self.events: bytes | bytearray | None = None
+        self.identifies: bytes | bytearray | None = None
+        self.page_views: bytes | bytearray | None = None
         self.counts = 0  # one byte per kind: (counts >> 8 * kind) & 0xFF
         self.secondary = secondary
         self.ip = ip  # the top-level ip of a person's request: one per request
         self.size = 0
         self.waiters: list[Waiter] | None = None
+        self.next: Batch | None = None  # the target's next batch
         # With a spool: each kind's entries' row numbers in it, in the order of the entries.
         self.seqs: tuple[list[int], list[int], list[int]] | None = None
+
+    @property
+    def buffers(self) -> tuple[bytes | bytearray | None, ...]:
+        """Each kind's comma-joined entries, by kind."""
+        return self.events, self.identifies, self.page_views
 
     def count(self, kind: int) -> int:
         """How many entries of ``kind`` the batch holds."""
@@ -64,14 +85,15 @@ class Batch:
 
     def append(self, kind: int, entry: bytes) -> int:
         """Add an encoded entry of ``kind``; return how many of that kind the batch holds."""
-        buffers = self.buffers
-        buffer = buffers[kind]
+        name = _SLOTS[kind]
+        buffer = getattr(self, name)
         if buffer is None:
-            buffers[kind] = entry
+            setattr(self, name, entry)
         else:
             if type(buffer) is bytes:
-                buffer = buffers[kind] = bytearray(buffer)
-            buffer.append(44)  # type: ignore[union-attr]  # b","
+                buffer = bytearray(buffer)
+                setattr(self, name, buffer)
+            buffer.append(44)  # b","
             buffer += entry
         self.size += 1
         shift = kind << 3
@@ -136,16 +158,17 @@ class Target:
 
     ``field`` and ``key`` say what the queue is keyed by (profile_id, else email; domain,
     else account_id); ``secondary_name`` is the other id field, whose value may differ from
-    batch to batch.
+    batch to batch. The batches are a linked list from ``head``, oldest first; new entries
+    join ``open``, the newest, until it is sealed.
     """
 
-    __slots__ = ("batches", "field", "key", "open", "scheduled", "secondary_name", "waits")
+    __slots__ = ("field", "head", "key", "open", "scheduled", "secondary_name", "waits")
 
     def __init__(self, field: str, key: str, secondary_name: str) -> None:
         self.field = field
         self.key = key
         self.secondary_name = secondary_name
-        self.batches: list[Batch] = []
+        self.head: Batch | None = None  # the oldest batch: the next to send
         self.open: Batch | None = None  # the batch new entries join; None once it is sealed
         self.scheduled = False  # waiting in the ready FIFO, or being sent
         self.waits = False  # in one of the queue's age buckets
@@ -154,37 +177,57 @@ class Target:
     def account(self) -> bool:
         return self.field in _ACCOUNT_FIELDS
 
-    def add(self, kind: int, entry: bytes, secondary: str | None, ip: str | None = None) -> bool:
-        """Queue an encoded entry; return True when its batch just became full.
+    def batches(self) -> Iterator[Batch]:
+        """The queued batches, oldest first."""
+        batch = self.head
+        while batch is not None:
+            yield batch
+            batch = batch.next
 
-        An entry without an email (or ip) joins a batch with one; entries with different
-        ones go in different batches, since a request carries one of each.
-        """
-        batch = self.open
-        if (
-            batch is None
-            or batch.count(kind) >= MAX_PER_KIND
-            or (secondary is not None and batch.secondary not in (None, secondary))
-            or (ip is not None and batch.ip not in (None, ip))
-        ):
-            batch = self.open = Batch()
-            self.batches.append(batch)
-        if secondary is not None:
-            batch.secondary = secondary
-        if ip is not None:
-            batch.ip = ip
-        return batch.append(kind, entry) == MAX_PER_KIND
+    def last(self) -> Batch | None:
+        """The newest batch: the one the latest entry joined."""
+        if self.open is not None:
+            return self.open
+        batch = self.head  # all sealed: one in flight, or the halves of one
+        while batch is not None and batch.next is not None:
+            batch = batch.next
+        return batch
+
+    def _start(self, secondary: str | None, ip: str | None) -> Batch:
+        batch = Batch(secondary, ip)
+        last = self.last()
+        if last is None:
+            self.head = batch
+        else:
+            last.next = batch
+        self.open = batch
+        return batch
 
     def seal(self) -> Batch:
         """Take the first batch for sending; no entry joins it after this."""
-        batch = self.batches[0]
+        batch = self.head
+        assert batch is not None
         if self.open is batch:
             self.open = None
         return batch
 
     def split(self) -> None:
         """Replace the first (sealed) batch by its two halves, for a 413."""
-        self.batches[0:1] = self.batches[0].halves()
+        batch = self.head
+        assert batch is not None
+        first, second = batch.halves()
+        first.next, second.next = second, batch.next
+        self.head = first
+
+    def cut(self) -> Iterator[Batch]:
+        """Unlink every batch after the first; yield them, oldest first."""
+        batch = self.head
+        assert batch is not None
+        later, batch.next = batch.next, None
+        self.open = None
+        while later is not None:
+            yield later
+            later = later.next
 
     def body(self, batch: Batch) -> bytes:
         """The JSON request body for one of this target's batches."""
@@ -226,13 +269,30 @@ class Queue:
 
     def put(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> bool:
         """Queue an encoded entry (``ip``: a person's, sent top-level); return True when its
-        target just became ready."""
+        target just became ready.
+
+        The entry joins the target's open batch unless that holds 30 of its kind, or has
+        another e-mail (or account id) or ip than the entry: a request carries one of each.
+        """
         field, key, secondary_name, secondary = who
         targets = self.targets[field]
         target = targets.get(key)
         if target is None:
             target = targets[key] = Target(field, key, secondary_name)
-        if target.add(kind, entry, secondary, ip):
+        batch = target.open
+        if (
+            batch is None
+            or (batch.counts >> (kind << 3)) & 0xFF >= MAX_PER_KIND
+            or (secondary is not None and batch.secondary not in (None, secondary))
+            or (ip is not None and batch.ip not in (None, ip))
+        ):
+            batch = target._start(secondary, ip)
+        else:  # an entry without an email (or ip) joins a batch with one
+            if secondary is not None:
+                batch.secondary = secondary
+            if ip is not None:
+                batch.ip = ip
+        if batch.append(kind, entry) == MAX_PER_KIND:
             if not target.scheduled:
                 target.scheduled = True
                 self.ready.append(target)
@@ -262,7 +322,7 @@ class Queue:
         ready = 0
         for target in bucket:
             target.waits = False
-            if target.batches and not target.scheduled:
+            if target.head is not None and not target.scheduled:
                 target.scheduled = True
                 self.ready.append(target)
                 ready += 1
@@ -276,10 +336,9 @@ class Queue:
         """A sender settled ``target``'s first batch: put the target back at the end of the
         FIFO if its next batch is due (full, awaited by a flush, or the client is closing),
         in the newest age bucket if it is still filling, else forget it."""
-        del target.batches[0]
-        batches = target.batches
-        if batches:
-            first = batches[0]
+        assert target.head is not None
+        target.head = first = target.head.next
+        if first is not None:
             if first is not target.open or first.waiters or self.eager:
                 self.ready.append(target)
             else:
@@ -297,7 +356,7 @@ class Queue:
         """Every queued batch (in flight included), with its target."""
         for targets in self.targets.values():
             for target in targets.values():
-                for batch in target.batches:
+                for batch in target.batches():
                     yield target, batch
 
     def clear(self) -> None:

@@ -169,7 +169,7 @@ class Runtime:
                     await sender.send(http, target)
                 except Exception:  # a bug: the worker must outlive it, and the batch be counted
                     logger.exception("unexpected error delivering a batch; dropped")
-                    sender.settle(target, target.batches[0], "rejected")
+                    sender.settle(target, target.seal(), "rejected")
                 queue.done(target)
                 self._after_settle()
                 if self.workers > self._limiter.limit:  # the limit was cut: retire

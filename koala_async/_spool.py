@@ -398,7 +398,8 @@ class SpooledQueue(Queue):
         return ready
 
     def _mark(self, field: str, key: str, kind: int, seq: int) -> None:
-        batch = self.targets[field][key].batches[-1]  # an entry always joins the last batch
+        batch = self.targets[field][key].last()  # an entry always joins the last batch
+        assert batch is not None
         seqs = batch.seqs
         if seqs is None:
             batch.seqs = seqs = ([], [], [])
@@ -452,10 +453,8 @@ class Spool:
             self._park(batch)
             if reason != "shutdown_timeout":
                 # The person's later batches follow it to disk, so they stay behind it.
-                for later in target.batches[1:]:
+                for later in target.cut():
                     self._park(later)
-                del target.batches[1:]
-                target.open = None
             self._overflow(True)
             return True
         for kind_seqs in seqs:

@@ -13,7 +13,7 @@ import pytest
 from wire_check import PROFILE, is_uuid4
 
 from koala_async import _wire
-from koala_async._queue import EVENTS, IDENTIFIES, PAGE_VIEWS, Target
+from koala_async._queue import EVENTS, IDENTIFIES, PAGE_VIEWS, Queue, Target
 from koala_async._validate import normalize_domain
 from koala_async._wire import new_message_id, now_iso
 
@@ -54,50 +54,71 @@ def test_now_iso_is_utc_with_milliseconds() -> None:
     assert before <= datetime.fromisoformat(text.replace("Z", "+00:00")) <= after
 
 
-def _target() -> Target:
-    return Target("profile_id", PID, "email")
+def _queued(kind: int = EVENTS) -> tuple[Queue, Target]:
+    queue = Queue()
+    queue.put(kind, b"{}", ("profile_id", PID, "email", None))
+    return queue, queue.targets["profile_id"][PID]
+
+
+def _put(queue: Queue, kind: int, raw: bytes, email: str | None) -> bool:
+    return queue.put(kind, raw, ("profile_id", PID, "email", email))
 
 
 def test_a_batch_holds_at_most_30_of_each_kind() -> None:
-    target = _target()
-    full = [
-        target.add(EVENTS, b'{"type":"track","event":"e","message_id":"m"}', None)
+    queue = Queue()
+    ready = [
+        _put(queue, EVENTS, b'{"type":"track","event":"e","message_id":"m"}', None)
         for _ in range(65)
     ]
-    assert full.count(True) == 2
-    assert full[29]
-    assert full[59]
+    assert ready == [False] * 29 + [True] + [False] * 35  # ready once: then it is scheduled
     for _ in range(3):
-        target.add(IDENTIFIES, b'{"type":"identify"}', None)
-    sizes = [[batch.count(k) for k in (EVENTS, IDENTIFIES, PAGE_VIEWS)] for batch in target.batches]
+        _put(queue, IDENTIFIES, b'{"type":"identify"}', None)
+    target = queue.targets["profile_id"][PID]
+    kinds = (EVENTS, IDENTIFIES, PAGE_VIEWS)
+    sizes = [[batch.count(k) for k in kinds] for batch in target.batches()]
     assert sizes == [[30, 0, 0], [30, 0, 0], [5, 3, 0]]
 
 
 def test_a_sealed_batch_takes_no_more_entries() -> None:
-    target = _target()
-    target.add(PAGE_VIEWS, b"{}", None)
-    assert target.seal() is target.batches[0]
-    target.add(PAGE_VIEWS, b"{}", None)
-    assert [b.size for b in target.batches] == [1, 1]
+    queue, target = _queued(PAGE_VIEWS)
+    assert target.seal() is target.head
+    _put(queue, PAGE_VIEWS, b"{}", None)
+    assert [b.size for b in target.batches()] == [1, 1]
 
 
 def test_a_different_email_starts_a_new_batch() -> None:
-    target = _target()
-    target.add(EVENTS, b"{}", None)
-    target.add(EVENTS, b"{}", "a@x.io")
-    target.add(EVENTS, b"{}", None)
-    target.add(EVENTS, b"{}", "b@x.io")
-    assert [(b.size, b.secondary) for b in target.batches] == [(3, "a@x.io"), (1, "b@x.io")]
+    queue, target = _queued()
+    _put(queue, EVENTS, b"{}", "a@x.io")
+    _put(queue, EVENTS, b"{}", None)
+    _put(queue, EVENTS, b"{}", "b@x.io")
+    assert [(b.size, b.secondary) for b in target.batches()] == [(3, "a@x.io"), (1, "b@x.io")]
+
+
+def test_a_split_in_flight_batch_keeps_the_order_and_new_entries_go_last() -> None:
+    queue, target = _queued()
+    _put(queue, EVENTS, b"{}", None)
+    target.seal()
+    _put(queue, EVENTS, b"[]", None)
+    target.split()
+    _put(queue, EVENTS, b"1", None)
+    entries = [b.entries() for b in target.batches()]
+    assert entries == [[(0, b"{}")], [(0, b"{}")], [(0, b"[]"), (0, b"1")]]
+    assert target.last() is target.open
+    later = list(target.batches())[1:]
+    assert list(target.cut()) == later
+    assert [b.size for b in target.batches()] == [1]
 
 
 def test_body_is_valid_json_that_matches_the_spec() -> None:
-    target = _target()
+    queue = Queue()
     event = json.dumps(
         {"type": "track", "event": "E", "message_id": "m", "sent_at": "2024-01-01T00:00:00.000Z"}
     ).encode()
-    target.add(EVENTS, event, "ada@acme.com")
-    target.add(IDENTIFIES, b'{"type":"identify","traits":{"a":1}}', None)
-    body = json.loads(target.body(target.batches[0]))
+    _put(queue, EVENTS, event, "ada@acme.com")
+    _put(queue, IDENTIFIES, b'{"type":"identify","traits":{"a":1}}', None)
+    target = queue.targets["profile_id"][PID]
+    assert target.head is not None
+    body = json.loads(target.body(target.head))
     PROFILE.validate(body)
     assert body == {
         "profile_id": PID,
@@ -108,11 +129,13 @@ def test_body_is_valid_json_that_matches_the_spec() -> None:
 
 
 def test_halves_split_by_count_and_keep_order() -> None:
-    target = _target()
+    queue = Queue()
     for i in range(3):
-        target.add(EVENTS, str(i).encode(), "a@x.io")
-    target.add(IDENTIFIES, b"9", None)
-    first, second = target.batches[0].halves()
+        _put(queue, EVENTS, str(i).encode(), "a@x.io")
+    _put(queue, IDENTIFIES, b"9", None)
+    head = queue.targets["profile_id"][PID].head
+    assert head is not None
+    first, second = head.halves()
     assert (first.entries(), second.entries()) == ([(0, b"0"), (0, b"1")], [(0, b"2"), (1, b"9")])
     assert first.secondary == second.secondary == "a@x.io"
     assert first.size + second.size == 4
