@@ -119,6 +119,7 @@ async def steps(n: int, port: int, rounds: int) -> dict[str, float]:
 
     url = f"http://127.0.0.1:{port}/web/projects/bench-key/batch"
     parsed, headers = httpx.URL(url), httpx.Headers(HEADERS)
+    route = _http.Route(url, HEADERS)
     timeouts = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), 10.0)}
     own = _http.HttpFactory(url, 10.0).new_client()
     plain = httpx.AsyncClient(transport=Http11Transport())
@@ -141,7 +142,7 @@ async def steps(n: int, port: int, rounds: int) -> dict[str, float]:
         return (await transport.handle_async_request(request)).content
 
     async def sdk_post() -> object:
-        return (await _http.post(own, url, BODY, headers, 10.0)).content
+        return await _http.post(own, route, BODY, 10.0)
 
     async def h11_post() -> object:
         return (await h11_client.post(url, content=BODY, headers=HEADERS)).content

@@ -61,7 +61,8 @@ class Sender:
         self._circuit = circuit
         self._backlog = backlog
         self._on_change = on_change  # the circuit changed: wake whoever waits on it
-        self._headers = httpx.Headers(config.headers)  # converted once, not per request
+        # by Target.account: prepared once, not per request
+        self._routes = tuple(_http.Route(url, config.headers) for url in config.urls)
         self._changed = anyio.Event()
         self.paused_until = 0.0  # a 429 pauses every sender until then
         self._rate_streak = 0
@@ -125,9 +126,8 @@ class Sender:
     ) -> tuple[DropReason | None, int | None, BaseException | None]:
         """Send one batch until it is accepted or given up; return why it was given up."""
         config, ledger, circuit = self._config, self._ledger, self._circuit
-        url = config.urls[target.account]
+        route = self._routes[target.account]
         content = target.body(batch)
-        headers = self._headers
         tries = Tries(config.retry)
         sent = False
         while True:
@@ -146,7 +146,10 @@ class Sender:
             started = time.monotonic()
             try:
                 with anyio.fail_after(config.timeout):  # the whole request, all told
-                    response = await _http.post(http, url, content, headers, config.timeout)
+                    status, header = await _http.post(http, route, content, config.timeout)
+            except TimeoutError:  # the deadline above: no (complete) answer in time
+                verdict = Verdict.RETRY
+                error = TimeoutError(f"no complete answer within {config.timeout:g} s")
             except Exception as exc:  # transport errors, timeouts, a closed http_client, ...
                 verdict, error = classify_error(exc), exc
             except BaseException:
@@ -154,9 +157,7 @@ class Sender:
                     circuit.abandon()
                 raise
             else:
-                status = response.status_code
                 verdict = classify(status)
-                header = response.headers.get("retry-after")
             finally:
                 self.in_flight -= 1
             now = time.monotonic()

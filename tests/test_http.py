@@ -7,13 +7,14 @@ import ssl
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 import trustme
 from test_transport import raw_server
 
 from koala_async import _http
-from koala_async._http import HttpFactory, post
+from koala_async._http import HttpFactory, Route, post
 from koala_async._transport import Http11Transport
 
 pytestmark = pytest.mark.anyio
@@ -43,8 +44,7 @@ async def test_http_makes_no_ssl_context(monkeypatch: pytest.MonkeyPatch) -> Non
         factory = HttpFactory(f"http://127.0.0.1:{port}", 5.0)
         clients = [factory.new_client() for _ in range(3)]
         for http in clients:
-            response = await post(http, url, b"{}", HEADERS, 5.0)
-            assert (response.status_code, response.json()) == (200, {"ok": True})
+            assert await post(http, Route(url, HEADERS), b"{}", 5.0) == (200, None)
             await http.aclose()
     assert len(connections) == 3
 
@@ -76,7 +76,7 @@ async def test_https_shares_one_lazily_made_context(monkeypatch: pytest.MonkeyPa
         clients = [factory.new_client() for _ in range(3)]
         url = f"https://127.0.0.1:{port}/web/projects/k/batch"
         for http in clients:
-            assert (await post(http, url, b"{}", HEADERS, 5.0)).json() == {"ok": True}
+            assert await post(http, Route(url, HEADERS), b"{}", 5.0) == (200, None)
             assert http._transport._ssl_context is made[0]  # type: ignore[attr-defined]
             await http.aclose()
     assert len(made) == 1
@@ -104,7 +104,7 @@ async def test_post_through_a_users_client_keeps_its_settings() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(202, json={"ok": True}, headers={"Set-Cookie": "a=1"})
+        return httpx.Response(429, headers={"Set-Cookie": "a=1", "Retry-After": "7"})
 
     async def on_request(request: httpx.Request) -> None:
         hooks.append(f"request {request.method}")
@@ -118,44 +118,65 @@ async def test_post_through_a_users_client_keeps_its_settings() -> None:
         headers={"X-Team": "growth"},
         event_hooks={"request": [on_request], "response": [on_response]},
     ) as http:
-        response = await post(http, "https://collector.internal/batch", b"{}", HEADERS, 5.0)
+        route = Route("https://collector.internal/batch", HEADERS)
+        assert await post(http, route, b"{}", 5.0) == (429, "7")
         assert http.cookies.get("a") == "1", "the user's client still extracts cookies"
-    assert response.status_code == 202
     (request,) = seen
     token = base64.b64encode(b"user:secret").decode()
     assert request.headers["authorization"] == f"Basic {token}"
     assert request.headers["x-team"] == "growth"
     assert request.headers["user-agent"] == HEADERS["User-Agent"]
     assert (str(request.url), request.content) == ("https://collector.internal/batch", b"{}")
-    assert hooks == ["request POST", "response 202"]
+    assert hooks == ["request POST", "response 429"]
 
 
 async def test_post_through_our_client_sends_what_it_was_given() -> None:
-    async with raw_server(lambda n: OK) as (port, _):
-        url = f"http://127.0.0.1:{port}/web/projects/k/batch?x=1"
+    received: list[bytes] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            for n in range(3):
+                data = b""
+                while not data.endswith(b"}"):  # every body here is one JSON object
+                    data += await stream.receive()
+                received.append(data)
+                await stream.send(b"HTTP/1.1 429 Too Many\r\nretry-AFTER: %d\r\n" % n)
+                await stream.send(b"Content-Length: 0\r\n\r\n")
+
+    url = f"http://127.0.0.1:{port}/web/projects/k/batch?x=1"
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, serve)
         async with HttpFactory(url, 5.0).new_client() as http:
-            headers = httpx.Headers(HEADERS)
-            responses = [await post(http, url, b'{"n":%d}' % n, headers, 5.0) for n in range(3)]
-    assert [r.json() for r in responses] == [{"ok": True}] * 3
-    request = responses[0].request
-    assert (request.method, str(request.url)) == ("POST", url)
-    assert request.headers["user-agent"] == HEADERS["User-Agent"]
-    assert [r.request.content for r in responses] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+            route = Route(url, HEADERS)
+            answers = [await post(http, route, b'{"n":%d}' % n, 5.0) for n in range(3)]
+        tasks.cancel_scope.cancel()
+    assert answers == [(429, "0"), (429, "1"), (429, "2")]
+    assert received == [
+        b"POST /web/projects/k/batch?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+        b"Content-Type: application/json\r\nUser-Agent: acme koala-async/1\r\n"
+        b'Content-Length: 7\r\n\r\n{"n":%d}' % (port, n)
+        for n in range(3)
+    ]
 
 
-async def test_post_through_our_client_honours_its_timeout() -> None:
-    async with raw_server(lambda n: b"") as (port, _):  # reads the request, never answers
+async def test_a_request_cut_by_its_deadline_leaves_no_connection_behind() -> None:
+    answers = iter([b""])  # the first request gets no answer; every later one gets OK
+    async with raw_server(lambda n: next(answers, OK)) as (port, connections):
         url = f"http://127.0.0.1:{port}/web/projects/k/batch"
         async with HttpFactory(url, 60.0).new_client() as http:
-            with anyio.fail_after(10), pytest.raises(httpx.ReadTimeout):
-                await post(http, url, b"{}", HEADERS, 0.2)
+            with pytest.raises(TimeoutError), anyio.fail_after(0.3):
+                await post(http, Route(url, HEADERS), b"{}", 5.0)
+            assert await post(http, Route(url, HEADERS), b"{}", 5.0) == (200, None)
+    assert len(connections) == 2, "the cut request's connection must not be reused"
 
 
 async def test_post_through_a_closed_client_fails_as_httpx_does() -> None:
     async with raw_server(lambda n: OK) as (port, _):
         url = f"http://127.0.0.1:{port}/web/projects/k/batch"
         http = HttpFactory(url, 5.0).new_client()
-        assert (await post(http, url, b"{}", HEADERS, 5.0)).status_code == 200
+        assert await post(http, Route(url, HEADERS), b"{}", 5.0) == (200, None)
         await http.aclose()
         with pytest.raises(RuntimeError, match="closed"):
-            await post(http, url, b"{}", HEADERS, 5.0)
+            await post(http, Route(url, HEADERS), b"{}", 5.0)
