@@ -67,7 +67,7 @@ __all__ = ["KoalaClient"]
 logger = logging.getLogger("koala_async")
 
 _PACE_EVERY = 64  # calls between yields to the event loop (a power of two: a mask test)
-_INITIAL_LIMIT = 8  # requests in flight at first; the limiter grows it as the backlog asks
+_INITIAL_LIMIT = 32  # requests in flight at first; the limiter grows it as the backlog asks
 _MAX_PROBLEMS = 64  # distinct bad-call problems logged apart; beyond, one kind per reason
 
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
