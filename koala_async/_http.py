@@ -53,6 +53,7 @@ class HttpFactory:
         self._https = base_url.lower().startswith("https:")
         self._timeout = timeout
         self._ssl_context: ssl.SSLContext | None = None
+        self._proxied: bool | None = None  # the environment names proxies; read once
 
     def _ssl(self) -> ssl.SSLContext:
         if self._ssl_context is None:
@@ -64,9 +65,13 @@ class HttpFactory:
 
         httpcore's pool scans all its connections on every request and keeps bookkeeping a
         single sender does not need, so senders use :class:`Http11Transport`, unless
-        proxies are configured in the environment: then httpx's own transport honours them.
+        proxies are configured in the environment (read once, at the first client: it costs
+        ~150 µs, and a burst of new senders would pay it each): then httpx's own transport
+        honours them.
         """
-        if urllib.request.getproxies():
+        if self._proxied is None:
+            self._proxied = bool(urllib.request.getproxies())
+        if self._proxied:
             # httpx makes a context per proxy transport unless given one; a proxy may be
             # https even for an http base URL, so this path always has one.
             return httpx.AsyncClient(
@@ -75,7 +80,8 @@ class HttpFactory:
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             )
         transport = Http11Transport(self._ssl() if self._https else None)
-        client = httpx.AsyncClient(timeout=self._timeout, transport=transport)
+        # trust_env=False: httpx would read the proxies again, for a transport it never uses.
+        client = httpx.AsyncClient(timeout=self._timeout, transport=transport, trust_env=False)
         _own[client] = transport
         return client
 

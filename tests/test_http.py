@@ -91,6 +91,9 @@ async def test_proxies_in_the_environment_get_httpx_own_transport(
         assert isinstance(http._transport, Http11Transport)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    async with factory.new_client() as http:  # the environment was read at the first client
+        assert isinstance(http._transport, Http11Transport)
+    factory = HttpFactory("http://127.0.0.1:9", 5.0)
     async with factory.new_client() as http:
         assert not isinstance(http._transport, Http11Transport)
         proxied = http._transport_for_url(httpx.URL("http://127.0.0.1:9/batch"))
