@@ -15,7 +15,7 @@ from test_transport import raw_server
 
 from koala_async import _http
 from koala_async._http import HttpFactory, Route, post
-from koala_async._transport import Http11Transport
+from koala_async._transport import BODY_GRACE, Http11Transport
 
 pytestmark = pytest.mark.anyio
 
@@ -162,6 +162,15 @@ async def test_post_through_our_client_sends_what_it_was_given() -> None:
         b'Content-Length: 7\r\n\r\n{"n":%d}' % (port, n)
         for n in range(3)
     ]
+
+
+async def test_a_2xx_whose_body_stalls_is_accepted_before_the_callers_deadline() -> None:
+    stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"  # and nothing more
+    async with raw_server(lambda n: stalled) as (port, _):
+        url = f"http://127.0.0.1:{port}/web/projects/k/batch"
+        async with HttpFactory(url, 60.0).new_client() as http:
+            with anyio.fail_after(BODY_GRACE + 4):  # the sender's deadline, in effect
+                assert await post(http, Route(url, HEADERS), b"{}", 5.0) == (200, None)
 
 
 async def test_a_request_cut_by_its_deadline_leaves_no_connection_behind() -> None:
