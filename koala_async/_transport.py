@@ -17,9 +17,9 @@ the same cases against httpx's transport):
   close before the body was read) is seen, and the batch is split rather than retried.
 - ``request.extensions["timeout"]`` bounds connecting, each write and each read. There is
   no pool to wait for ("pool" does not apply): one request at a time, never shared. Without
-  a read limit (the SDK bounds each whole request instead), a ``2xx``'s body still gets
-  :data:`BODY_GRACE` after its head, so a stalled body cannot turn an accepted batch into a
-  timeout.
+  a read limit (the SDK bounds each whole request instead, and needs only the status and
+  headers), a body gets :data:`BODY_GRACE` after its head, and one that stalls or breaks
+  leaves the answer as it was (and the connection closed).
 - :meth:`Http11Transport.send` takes a request as bytes and answers with status, headers
   and body: the SDK's own senders use it, with a head made once per URL, and skip building
   ``httpx.Request`` and ``httpx.Response`` objects (a third of a request's CPU).
@@ -53,7 +53,7 @@ __all__ = ["Http11Transport", "Origin", "origin", "request_head"]
 
 MAX_HEAD = 64 * 1024  # status line and headers, interim responses included
 MAX_BODY = 256 * 1024  # the SDK never reads a body: enough for an error message
-BODY_GRACE = 1.0  # seconds a 2xx's body may take after its head, when reads have no limit
+BODY_GRACE = 1.0  # seconds a body may take after its head, when reads have no limit
 _ONE_WRITE = 64 * 1024  # up to this, a request is written at once and then the answer read
 
 _Head = tuple[int, list[tuple[bytes, bytes]], int, bool, bool]
@@ -306,12 +306,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
             del buffer[:length]
             return status, headers, content, close
         parts: list[bytes] = []
-        # Without a limit per read (the caller bounds the whole request), a 2xx's body still
-        # gets one of its own: the batch is accepted, and a body that stalls must not turn
-        # that into a timeout (and a resend) at the caller's deadline.
-        accepted = self._read_timeout is None and 200 <= status < 300
+        # Without a limit per read, the caller bounds the whole request and needs only the
+        # status and headers: the body gets a limit of its own, and a body that stalls or
+        # breaks must not turn a known answer (an accepted batch, a 429's Retry-After) into
+        # a timeout at the caller's deadline, and a resend.
+        headed = self._read_timeout is None
         try:
-            with _limit(BODY_GRACE if accepted else None, httpx.ReadTimeout):
+            with _limit(BODY_GRACE if headed else None, httpx.ReadTimeout):
                 if chunked:
                     complete = await self._read_chunked(parts)
                 elif length >= 0:
@@ -320,9 +321,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     close = True
                     complete = await self._read_to_end(parts)
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, ValueError, _Timeout):
-            if not 200 <= status < 300:
+            if not (headed or 200 <= status < 300):
                 raise
-            # The status line says the batch was accepted: what follows cannot undo that.
+            # A 2xx says the batch was accepted: what follows cannot undo that.
             return status, headers, b"".join(parts), True
         return status, headers, b"".join(parts), close or not complete
 

@@ -164,13 +164,22 @@ async def test_post_through_our_client_sends_what_it_was_given() -> None:
     ]
 
 
-async def test_a_2xx_whose_body_stalls_is_accepted_before_the_callers_deadline() -> None:
-    stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"  # and nothing more
+@pytest.mark.parametrize(
+    ("head", "answer"),
+    [
+        (b"HTTP/1.1 200 OK\r\n", (200, None)),  # accepted: not a timeout, not a resend
+        (b"HTTP/1.1 429 Slow Down\r\nRetry-After: 7\r\n", (429, "7")),  # still a pause
+    ],
+)
+async def test_an_answer_whose_body_stalls_stands_before_the_callers_deadline(
+    head: bytes, answer: tuple[int, str | None]
+) -> None:
+    stalled = head + b"Content-Length: 100\r\n\r\n{"  # and nothing more
     async with raw_server(lambda n: stalled) as (port, _):
         url = f"http://127.0.0.1:{port}/web/projects/k/batch"
         async with HttpFactory(url, 60.0).new_client() as http:
             with anyio.fail_after(BODY_GRACE + 4):  # the sender's deadline, in effect
-                assert await post(http, Route(url, HEADERS), b"{}", 5.0) == (200, None)
+                assert await post(http, Route(url, HEADERS), b"{}", 5.0) == answer
 
 
 async def test_a_request_cut_by_its_deadline_leaves_no_connection_behind() -> None:
