@@ -42,6 +42,10 @@ def _call_soon() -> Callable[[Callable[[], None]], object]:
     return asyncio.get_running_loop().call_soon
 
 
+def _not_started(callback: Callable[[], None]) -> object:
+    raise RuntimeError("the runtime has not started")
+
+
 class Runtime:
     """Owns the task group the workers, the ticker and the pump run in."""
 
@@ -71,7 +75,7 @@ class Runtime:
         self._tasks = 0
         self.workers = 0
         self._ran = True  # the marker below ran: the event loop has had a turn since
-        self._soon: Callable[[Callable[[], None]], object] | None = None
+        self._soon: Callable[[Callable[[], None]], object] = _not_started
         self._stopping = False
         self._stopped: anyio.Event | None = None
         self._group: TaskGroup | None = None
@@ -123,8 +127,8 @@ class Runtime:
             return False
         self._ran = False
         try:
-            self._soon(self._mark)  # type: ignore[misc]
-        except RuntimeError:  # the loop is closed: nothing to yield to either
+            self._soon(self._mark)
+        except RuntimeError:  # no loop (closed, or not started): nothing to yield to either
             self._ran = True
         return True
 
