@@ -19,7 +19,8 @@ the proxies you trust: ``app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Literal
 
 from ._context import reset_request_context
 from ._optional import require
@@ -28,7 +29,7 @@ require("flask", "flask")
 
 from flask import Flask, current_app, g, request  # noqa: E402 - after the check naming the extra
 
-from ._cookie import TWO_YEARS  # noqa: E402
+from ._cookie import TWO_YEARS, CookiePolicy  # noqa: E402
 from ._sync import KoalaSyncClient  # noqa: E402
 from .wsgi import PROFILE_ID, KoalaMiddleware, set_environ_context  # noqa: E402
 
@@ -62,14 +63,9 @@ class Koala:
         http_only: bool = False,
     ) -> None:
         self._client = client
-        self._cookie: dict[str, Any] = {
-            "domain": domain,
-            "path": path,
-            "max_age": max_age,
-            "same_site": same_site,
-            "secure": secure,
-            "http_only": http_only,
-        }
+        # Checked now, even when init_app comes later (an app factory): a bad keyword
+        # raises where it was written.
+        self._cookie = CookiePolicy(domain, path, max_age, same_site, secure, http_only)
         if app is not None:
             self.init_app(app)
 
@@ -80,7 +76,7 @@ class Koala:
         # The context is set in before_request, not in the WSGI middleware: by then every
         # middleware has run, ProxyFix too, wherever it was added.
         app.wsgi_app = KoalaMiddleware(  # type: ignore[method-assign]
-            app.wsgi_app, request_context=False, **self._cookie
+            app.wsgi_app, request_context=False, **dataclasses.asdict(self._cookie)
         )
         app.before_request(_begin)
         app.teardown_request(_end)

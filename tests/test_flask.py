@@ -14,7 +14,7 @@ pytest.importorskip("flask")
 
 from flask import Flask, g
 
-from koala_async import KoalaSyncClient
+from koala_async import KoalaSyncClient, ValidationError
 from koala_async.flask import Koala, get_koala
 from koala_async.testing import FakeCollector
 
@@ -32,6 +32,21 @@ def make_app(client: KoalaSyncClient | None = None, domain: str | None = None) -
         return {"profile_id": g.koala_profile_id}
 
     return app
+
+
+def test_a_bad_cookie_keyword_raises_at_construction_even_for_an_app_factory() -> None:
+    with pytest.raises(ValidationError, match="domain must be a host name"):
+        Koala(domain="not a domain")  # init_app(app) would come later, in create_app()
+    koala = Koala(domain=".acme.com")
+    app = Flask(__name__)
+    app.config["KOALA"] = {"public_api_key": "pk_test", "enabled": False}
+    koala.init_app(app)
+
+    @app.get("/")
+    def home() -> str:
+        return "ok"
+
+    assert "Domain=.acme.com" in app.test_client().get("/").headers["Set-Cookie"]
 
 
 def test_a_new_visitor_gets_a_cookie_and_a_known_one_keeps_theirs() -> None:
