@@ -43,10 +43,10 @@ def _down() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
-async def _hot(n: int, spool: str | None) -> tuple[float, float]:
-    """µs per track() call: wall time inside the calls, and the process's CPU time (every
-    thread: the spool's writer included, its last commit too) over the whole run."""
-    koala = KoalaClient(
+def _client(n: int, spool: str | None) -> KoalaClient:
+    """A client for ``n`` calls to an endpoint that is down: no sender competes for the CPU
+    (the first refusal opens the circuit; the long backoff keeps probes rare)."""
+    return KoalaClient(
         "pk_bench",
         base_url=_down(),
         max_queue_size=n + 1,
@@ -54,6 +54,12 @@ async def _hot(n: int, spool: str | None) -> tuple[float, float]:
         retry=RetryPolicy(backoff=60, max_backoff=60),
         spool=spool,
     )
+
+
+async def _hot(n: int, spool: str | None) -> tuple[float, float]:
+    """µs per track() call: wall time inside the calls, and the process's CPU time (every
+    thread: the spool's writer included, its last commit too) over the whole run."""
+    koala = _client(n, spool)
     spent = 0.0
     async with koala:
         cpu = time.process_time()
@@ -73,14 +79,7 @@ async def _hot(n: int, spool: str | None) -> tuple[float, float]:
 
 async def _through_client(n: int, path: str) -> float:
     """Entries per second from the first call until every entry is committed."""
-    koala = KoalaClient(
-        "pk_bench",
-        base_url=_down(),
-        max_queue_size=n + 1,
-        shutdown_timeout=0,
-        retry=RetryPolicy(backoff=60, max_backoff=60),
-        spool=path,
-    )
+    koala = _client(n, path)
     async with koala:
         spool = koala._spool
         assert spool is not None
