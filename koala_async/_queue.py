@@ -282,7 +282,7 @@ class Queue:
         batch = target.open
         if (
             batch is None
-            or (batch.counts >> (kind << 3)) & 0xFF >= MAX_PER_KIND
+            or (batch.counts >> (kind << 3)) & 0xFF >= MAX_PER_KIND  # count(kind), inline
             or (secondary is not None and batch.secondary not in (None, secondary))
             or (ip is not None and batch.ip not in (None, ip))
         ):
