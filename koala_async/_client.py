@@ -339,7 +339,7 @@ class KoalaClient:
         cancelled: BaseException | None = None
         try:
             if runtime is not None and sender is not None:
-                sender.deadline = time.monotonic() + deadline
+                sender.close_by(time.monotonic() + deadline)
                 self._queue.eager = True
                 runtime.flush_waiting()
                 spool = self._spool

@@ -180,10 +180,6 @@ class Tries:
             return max(own, min(server_wait, policy.max_retry_after))
         return own
 
-    def unfailed(self) -> None:
-        """Give back the attempt a failure used: the endpoint was down, not this batch."""
-        self.attempts = max(self.attempts - 1, 0)
-
 
 def rate_limit_wait(policy: RetryPolicy, server_wait: float | None, streak: int) -> float:
     """How long every sender pauses after a 429, the ``streak``-th in a row (1 for the first).

@@ -67,11 +67,20 @@ class Sender:
         self.paused_until = 0.0  # a 429 pauses every sender until then
         self._rate_streak = 0
         self.in_flight = 0
-        self.deadline = math.inf  # set when closing: waits are cut to fit before it
+        self.deadline = math.inf  # set by close_by: waits are cut to fit before it
+        self._closing = anyio.Event()
         self.last_error: str | None = None
         self.spool: Spool | None = None  # with one, some outcomes park a batch on disk
 
     # Waiting
+
+    def close_by(self, deadline: float) -> None:
+        """Closing: every wait is cut to fit before ``deadline`` (``time.monotonic()``), those
+        already under way included (a 30 s backoff begun just before the close would
+        otherwise outlast the deadline, and its batch be dropped)."""
+        self.deadline = deadline
+        self._closing.set()
+        self._wake()
 
     def _cut(self, wait: float, turns: int) -> float:
         """While closing, a wait leaves room for ``turns`` more attempts before the deadline."""
@@ -79,13 +88,27 @@ class Sender:
             return wait
         return max(0.0, min(wait, (self.deadline - time.monotonic()) / (turns + 1)))
 
+    async def _sleep(self, wait: float, turns: int) -> None:
+        """Wait ``wait`` seconds, cut by :meth:`_cut`, also when the close begins meanwhile."""
+        end = time.monotonic() + wait
+        if self.deadline == math.inf:
+            with anyio.move_on_after(wait):
+                await self._closing.wait()
+        left = self._cut(end - time.monotonic(), turns)
+        if left > 0:
+            await anyio.sleep(left)
+
     async def _wait_for_change(self, wait: float) -> None:
         with anyio.move_on_after(self._cut(wait, 2)):
             await self._changed.wait()
 
-    def _changed_now(self) -> None:
+    def _wake(self) -> None:
+        """Wake every :meth:`_wait_for_change`."""
         self._changed.set()
         self._changed = anyio.Event()
+
+    def _changed_now(self) -> None:
+        self._wake()
         self._on_change()
 
     async def _admitted(self) -> bool | None:
@@ -98,9 +121,11 @@ class Sender:
             now = time.monotonic()
             pause = self.paused_until - now
             if pause > 0:
-                await anyio.sleep(self._cut(pause, 2))
-                if self.deadline <= time.monotonic():
-                    self.paused_until = 0.0  # nothing left to wait for: the close is due
+                await self._sleep(pause, 2)
+                if self.deadline != math.inf:
+                    # Closing: the pause was cut to fit the deadline, and is over. Waiting
+                    # again would cut the rest ever thinner and send only at the deadline.
+                    self.paused_until = 0.0
                 continue
             wait = circuit.admit(now)
             if wait is None:
@@ -192,7 +217,7 @@ class Sender:
             if wait is None:
                 return "retries_exhausted", status, error
             logger.debug("%s; retrying a batch of %d in %.2fs", self.last_error, batch.size, wait)
-            await anyio.sleep(self._cut(wait, config.retry.max_attempts - tries.attempts))
+            await self._sleep(wait, config.retry.max_attempts - tries.attempts)
 
     def _record(self, status: int | None, error: BaseException | None, account: bool) -> None:
         if self._circuit.state is DEAD:
