@@ -82,6 +82,7 @@ class Runtime:
         self._settled: anyio.Event | None = None  # set when nothing is pending
         self._room: anyio.Event | None = None  # set when pending falls to _room_at
         self._room_at = 0
+        sender.lend = self._lend
 
     async def start(self) -> None:
         """Enter the task group (in the caller's task) and start the ticker and the pump."""
@@ -148,6 +149,15 @@ class Runtime:
             self.workers += 1
             self._spawn(self._work)
             waiting -= 1
+
+    def _lend(self, change: int) -> None:
+        """A worker's batch starts backing off (-1), or is done (+1). Meanwhile its place
+        under the limit serves other people's batches: one person's 30 s backoff must not
+        hold up everyone else's delivery. Back, a worker over the limit retires after its
+        batch, as when the limit is cut."""
+        self.workers += change
+        if change < 0:
+            self.dispatch()
 
     def _client(self) -> httpx.AsyncClient:
         if not isinstance(self._http, HttpFactory):

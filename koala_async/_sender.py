@@ -41,6 +41,10 @@ _DROPS: dict[Verdict, DropReason] = {
 _NEXT_STEP = "set KOALA_BASE_URL to a collector; run `koala-async collector` for a local one"
 
 
+def _no_lending(change: int) -> None:
+    pass
+
+
 class Sender:
     """Delivers batches for every worker: the shared pacing state lives here."""
 
@@ -71,6 +75,9 @@ class Sender:
         self._closing = anyio.Event()
         self.last_error: str | None = None
         self.spool: Spool | None = None  # with one, some outcomes park a batch on disk
+        # Called with -1 as a batch starts backing off, +1 when it is done: the runtime lends
+        # its sender's place under the limit to other batches meanwhile.
+        self.lend: Callable[[int], None] = _no_lending
 
     # Waiting
 
@@ -217,7 +224,11 @@ class Sender:
             if wait is None:
                 return "retries_exhausted", status, error
             logger.debug("%s; retrying a batch of %d in %.2fs", self.last_error, batch.size, wait)
-            await self._sleep(wait, config.retry.max_attempts - tries.attempts)
+            self.lend(-1)
+            try:
+                await self._sleep(wait, config.retry.max_attempts - tries.attempts)
+            finally:
+                self.lend(1)
 
     def _record(self, status: int | None, error: BaseException | None, account: bool) -> None:
         if self._circuit.state is DEAD:
