@@ -22,7 +22,16 @@ from ._limiter import Limiter
 from ._queue import Batch, Target
 from ._redact import redact_text
 from ._reporter import Reporter
-from ._retry import FATAL, Tries, Verdict, classify, classify_error, rate_limit_wait, retry_after
+from ._retry import (
+    FATAL,
+    Tries,
+    Verdict,
+    classify,
+    classify_error,
+    overloads,
+    rate_limit_wait,
+    retry_after,
+)
 from ._stats import DropReason
 
 if TYPE_CHECKING:
@@ -205,7 +214,7 @@ class Sender:
                 circuit.dead_now(verdict)  # a TLS certificate error needs no confirmation
                 changed = True
             else:
-                changed = circuit.answered(verdict, now, probe)
+                changed = circuit.answered(verdict, now, probe, self._limiter.limit)
             if changed:
                 self._report_circuit()
                 self._changed_now()
@@ -219,7 +228,8 @@ class Sender:
                 return _DROPS[verdict], status, None
             if verdict in FATAL:
                 continue  # the circuit is open (or dead): it confirms with a spaced probe
-            self._limiter.overloaded(self.in_flight)
+            if overloads(status):
+                self._limiter.overloaded(self.in_flight)
             wait = tries.failed(now - started, retry_after(header))
             if wait is None:
                 return "retries_exhausted", status, error

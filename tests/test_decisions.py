@@ -21,6 +21,7 @@ from koala_async._retry import (
     Verdict,
     classify,
     classify_error,
+    overloads,
     rate_limit_wait,
     retry_after,
 )
@@ -189,6 +190,32 @@ def test_the_circuit_opens_after_a_run_of_server_errors_not_a_scatter() -> None:
     assert circuit.state is OPEN
     assert not circuit.answered(Verdict.RATE_LIMITED, now=1.0, probe=False)
     assert circuit.state is OPEN, "a rate limit says nothing about being down"
+
+
+def test_at_a_high_rate_the_circuit_wants_a_round_trip_of_failures_in_a_row() -> None:
+    """With 40 requests allowed in flight, five failures in a row are a scatter (30% random
+    500s make them more than once a second at 700 requests/s); forty are an outage."""
+    circuit = Circuit(backoff=0.5, max_backoff=30)
+    for _ in range(39):
+        circuit.answered(Verdict.RETRY, now=0.0, probe=False, window=40)
+    assert circuit.state is CLOSED
+    circuit.answered(Verdict.RETRY, now=0.0, probe=False, window=40)
+    assert circuit.state is OPEN
+    few = Circuit(backoff=0.5, max_backoff=30)
+    for _ in range(THRESHOLD):
+        few.answered(Verdict.RETRY, now=0.0, probe=False, window=2)
+    assert few.state is OPEN, "never fewer than THRESHOLD"
+
+
+@pytest.mark.parametrize(
+    ("status", "overload"),
+    [
+        *[(status, True) for status in (None, 408, 429, 502, 503, 504)],
+        *[(status, False) for status in (500, 507, 599)],
+    ],
+)
+def test_only_overload_cuts_the_number_in_flight(status: int | None, overload: bool) -> None:
+    assert overloads(status) is overload
 
 
 @pytest.mark.parametrize("verdict", [Verdict.UNAUTHORIZED, Verdict.GONE])

@@ -58,6 +58,29 @@ def ok(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
     return httpx.Response(200, json={"ok": True})
 
 
+@pytest.mark.parametrize(("status", "cut"), [(500, False), (503, True)])
+async def test_a_503_cuts_the_number_in_flight_and_a_500_does_not(status: int, cut: bool) -> None:
+    """Each batch's first answer is ``status``; 200 people wait, so the limit (32 at first)
+    grows on the successes unless failures cut it: a 503 says the server has too much to
+    do; a 500 says one request failed."""
+    failed: set[str] = set()
+
+    def once(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        if body["email"] in failed:
+            return httpx.Response(200)
+        failed.add(body["email"])
+        return httpx.Response(status)
+
+    server = Server(once)
+    async with server.client() as koala:
+        for i in range(200):
+            await koala.track("Step", email=f"p{i}@acme.com")
+        await koala.flush()
+        limit = koala.stats().concurrency
+    assert len(server.delivered) == 200
+    assert (limit < 32) is cut, limit
+
+
 async def test_5xx_and_transport_errors_are_retried_with_the_same_message_ids() -> None:
     seen: Counter[str] = Counter()
 
