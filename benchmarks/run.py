@@ -50,6 +50,8 @@ PAGE_PROPS = {"url": "https://acme.com/pricing", "referrer": "https://www.google
 TICK = 0.01  # web: a burst of new visitors every 10 ms
 DEADLINE = 10.0  # seconds a close may take: koala_async's default shutdown_timeout
 WEB_RATES = (1_000, 5_000)  # entries/s in the web scenario
+ERRORS = {"delay": 0.005, "errors": 0.3}  # web under errors: 30% 500s, 5 ms answers
+ERRORS_RATE = 1_000
 SDKS = ["koala_async", "segment", "posthog", "posthog_async"]
 CHUNK = 100  # calls timed together: a timer read per call would add its own cost to each
 
@@ -689,7 +691,12 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
                 )
         for sdk in SDKS:
             results[f"{sdk}/loop50"] = measure(sdk, "loop", "many", n_loop(sdk), port)
-        sink(port, "/_config", {"delay": 0.0})
+        sink(port, "/_config", ERRORS)
+        for sdk in SDKS:
+            results[f"{sdk}/weberr"] = measure(
+                sdk, "web", "visitors", 0, port, rate=ERRORS_RATE, seconds=size["web_s"]
+            )
+        sink(port, "/_config", {"delay": 0.0, "errors": 0.0})
         results["httpx/ceiling"] = measure("httpx", "run", "one", n, port)
         results["msgspec/ceiling"] = measure("msgspec", "run", "one", 200_000, port)
     results["machine"] = (
@@ -736,9 +743,11 @@ def table(results: dict[str, Any]) -> str:
         "| CPU µs/delivered entry | limit reached |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for rate in WEB_RATES:
+    for rate, run in [(rate, f"web{rate}") for rate in WEB_RATES] + [(ERRORS_RATE, "weberr")]:
+        if run == "weberr":
+            rows.append(f"| **30% 500s, 5 ms answers** |{' |' * 9}")
         for sdk in SDKS:
-            key = f"{sdk}/web{rate}"
+            key = f"{sdk}/{run}"
             reached = get(key, "concurrency")
             rows.append(
                 f"| {sdk} | {rate:,} | {get(key, 'delivered'):,.0f} / {get(key, 'produced'):,.0f} "
@@ -834,11 +843,11 @@ def checks(get: Callable[[str, str], float]) -> list[tuple[str, bool, str]]:
             f"1/{theirs / mine:.1f} ({mine:.2f} vs {theirs:.2f} µs)",
         )
 
-    def web(rate: int) -> tuple[str, bool, str]:
-        k = f"{ko}/web{rate}"
+    def web(rate: int, run: str = "", what: str = "") -> tuple[str, bool, str]:
+        k = f"{ko}/{run or f'web{rate}'}"
         produced, delivered = get(k, "produced"), get(k, "delivered")
         return (
-            f"web {rate:,} entries/s: sustained, 0 dropped, closed in deadline",
+            f"web {rate:,} entries/s{what}: sustained, 0 dropped, closed in deadline",
             get(k, "produced_eps") >= 0.98 * rate
             and get(k, "dropped") == 0
             and delivered == produced
@@ -905,6 +914,7 @@ def checks(get: Callable[[str, str], float]) -> list[tuple[str, bool, str]]:
             f"{latency:.1f}x (limit reached {get(f'{ko}/latency', 'concurrency'):.0f})",
         ),
         *(web(rate) for rate in WEB_RATES),
+        web(ERRORS_RATE, "weberr", ", 30% 500s"),
         *(web_cpu(rate) for rate in WEB_RATES),
         loop("loop", "at once"),
         loop("loop50", "50 ms late"),

@@ -4,8 +4,10 @@ with the client being measured.
 It answers every POST with ``200 {"ok":true}`` and counts the entries each body carries:
 Koala bodies (``events`` + ``identifies`` + ``page_views``), Segment's and PostHog's
 (``batch``, gzip or not). Control endpoints: ``GET /_count``, ``POST /_reset``, and
-``POST /_config`` with ``{"delay": seconds, "stall": bool}``; a stall holds every answer
-until it is lifted, a delay answers each request that much later without blocking others.
+``POST /_config`` with ``{"delay": seconds, "stall": bool, "errors": share}``; a stall holds
+every answer until it is lifted, a delay answers each request that much later without
+blocking others, and ``errors`` answers that share of the requests, at random (seeded, so
+runs compare), with a 500 whose entries are not counted.
 
     python benchmarks/sink.py --port 18700
 """
@@ -16,9 +18,11 @@ import argparse
 import asyncio
 import gzip
 import json
+import random
 from typing import Any
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+ERROR = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
 
 
 class Sink:
@@ -26,6 +30,8 @@ class Sink:
         self.count = 0
         self.requests = 0
         self.delay = 0.0
+        self.errors = 0.0
+        self.random = random.Random(0)
         self.stalled: list[asyncio.Transport] | None = None
 
     def entries(self, body: bytes, headers: dict[bytes, bytes]) -> int:
@@ -38,13 +44,21 @@ class Sink:
             return len(data["batch"])
         return sum(len(data.get(k, ())) for k in ("events", "identifies", "page_views"))
 
-    def answer(self, transport: asyncio.Transport) -> None:
+    def answer(
+        self, transport: asyncio.Transport, body: bytes, headers: dict[bytes, bytes]
+    ) -> None:
+        self.requests += 1
+        reply = OK
+        if self.errors and self.random.random() < self.errors:
+            reply = ERROR
+        else:
+            self.count += self.entries(body, headers)
         if self.stalled is not None:
             self.stalled.append(transport)
         elif self.delay:
-            asyncio.get_running_loop().call_later(self.delay, _write, transport, OK)
+            asyncio.get_running_loop().call_later(self.delay, _write, transport, reply)
         else:
-            transport.write(OK)
+            transport.write(reply)
 
     def control(self, path: bytes, body: bytes) -> bytes:
         if path == b"/_reset":
@@ -52,6 +66,8 @@ class Sink:
         elif path == b"/_config":
             config = json.loads(body or b"{}")
             self.delay = float(config.get("delay", self.delay))
+            if "errors" in config:
+                self.errors, self.random = float(config["errors"]), random.Random(0)
             if config.get("stall") and self.stalled is None:
                 self.stalled = []
             elif not config.get("stall", True) and self.stalled is not None:
@@ -99,9 +115,7 @@ class Connection(asyncio.Protocol):
             if path.startswith(b"/_"):
                 self.transport.write(self.sink.control(path, body))
                 continue
-            self.sink.requests += 1
-            self.sink.count += self.sink.entries(body, headers)
-            self.sink.answer(self.transport)
+            self.sink.answer(self.transport, body, headers)
 
 
 async def serve(port: int) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,21 @@ def test_the_sink_counts_entries_in_each_sdks_bodies(sink: int) -> None:
     _post(sink, "/batch/", json.dumps([{}, {}]).encode())  # a bare list of events
     assert _post(sink, "/_count", b"") == {"count": 9, "requests": 3}
     assert _post(sink, "/_reset", b"{}") == {"count": 0, "requests": 0}
+
+
+def test_an_erring_sink_answers_a_share_with_500s_and_counts_only_the_rest(sink: int) -> None:
+    _post(sink, "/_config", b'{"errors": 0.3}')
+    statuses: list[int] = []
+    for _ in range(100):
+        try:
+            _post(sink, "/web/projects/k/batch", b'{"events": [{}]}')
+            statuses.append(200)
+        except urllib.error.HTTPError as exc:
+            statuses.append(exc.code)
+    failed = statuses.count(500)
+    assert failed + statuses.count(200) == 100
+    assert 15 <= failed <= 45, "about 30% (seeded: the same every run)"
+    assert _post(sink, "/_count", b"") == {"count": 100 - failed, "requests": 100}
 
 
 def test_a_stalled_sink_holds_answers_until_lifted(sink: int) -> None:
@@ -208,6 +224,7 @@ def _passing() -> dict[str, Any]:
         "koala_async/latency": {"eps": 12_000.0, "concurrency": 200.0},
         "koala_async/web1000": {**web, "produced_eps": 1_000.0, "cpu_us": 59.0},
         "koala_async/web5000": {**web, "produced_eps": 4_990.0, "cpu_us": 59.0},
+        "koala_async/weberr": {**web, "produced_eps": 1_000.0},
         "koala_async/loop": {**loop, **bounded},
         "koala_async/loop50": {**loop, **bounded},
         "koala_async/cold": {"first_open_ms": 1.5, "open_ms": 0.4},
@@ -234,6 +251,7 @@ TARGETS = {
     "50 ms many ≥ 10x Segment (defaults)",
     "web 1,000 entries/s: sustained, 0 dropped, closed in deadline",
     "web 5,000 entries/s: sustained, 0 dropped, closed in deadline",
+    "web 1,000 entries/s, 30% 500s: sustained, 0 dropped, closed in deadline",
     "web 1,000/s: CPU per delivered entry ≤ 1.5x Segment",
     "web 5,000/s: CPU per delivered entry ≤ 1.5x Segment",
     "loop, answers at once: 0 dropped",
@@ -277,6 +295,12 @@ def test_the_table_passes_figures_that_meet_every_target() -> None:
             "cpu_us",
             61.0,
             "web 1,000/s: CPU per delivered entry ≤ 1.5x Segment",
+        ),
+        (
+            "koala_async/weberr",
+            "closed",
+            0.0,
+            "web 1,000 entries/s, 30% 500s: sustained, 0 dropped, closed in deadline",
         ),
         ("koala_async/loop50", "dropped", 3.0, "loop, answers 50 ms late: 0 dropped"),
         (

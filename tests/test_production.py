@@ -119,8 +119,8 @@ async def test_the_same_with_the_default_backoff(run: int) -> None:
 async def test_a_batch_backing_off_lends_its_place_to_other_people() -> None:
     """One request in flight at most, and one person's batch told to come back in 30 s:
     meanwhile another person's batch goes. (Workers once slept their backoff in their place
-    under the limit: at 30% 500s the limit settles at 2-3, and with default backoffs the
-    close took the whole 10 s, dropping hundreds of entries in one run of ten.)"""
+    under the limit: with errors cutting it to 2-3, as 30% 503s do, and default backoffs,
+    a close took the whole 10 s, dropping hundreds of entries in one run of ten.)"""
     fake = FakeCollector()
     b_arrived = anyio.Event()
 
