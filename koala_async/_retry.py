@@ -122,14 +122,16 @@ def classify(status: int) -> Verdict:
 _OVERLOAD = frozenset((408, 429, 502, 503, 504))
 
 
-def overloads(status: int | None) -> bool:
+def overloads(status: int | None, error: BaseException | None = None) -> bool:
     """Does a failed attempt say the server has more than it can take? A 408, 429, 502, 503
-    or 504 does, and so does no answer at all (``None``: a timeout, a broken connection). A
-    500, or another 5xx, says that this request failed, not that there were too many: as in
-    Netflix's concurrency-limits, only overload cuts the number in flight (at 30% random
-    500s, cutting settled it at 2-3 and a busy site fell behind). The batch is retried the
-    same either way."""
-    return status is None or status in _OVERLOAD
+    or 504 does, and so does a timeout. A 500 (or another 5xx) or a broken connection says
+    that this request failed, not that there were too many: as in Netflix's
+    concurrency-limits, only overload cuts the number in flight (at 30% random 500s, or
+    resets, cutting settled it at 2-7 and a busy site fell behind). The batch is retried
+    the same either way."""
+    if status is None:
+        return isinstance(error, TimeoutError) or type(error).__name__.endswith("Timeout")
+    return status in _OVERLOAD
 
 
 def classify_error(error: BaseException) -> Verdict:

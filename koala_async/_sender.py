@@ -228,7 +228,7 @@ class Sender:
                 return _DROPS[verdict], status, None
             if verdict in FATAL:
                 continue  # the circuit is open (or dead): it confirms with a spaced probe
-            if overloads(status):
+            if overloads(status, error):
                 self._limiter.overloaded(self.in_flight)
             wait = tries.failed(now - started, retry_after(header))
             if wait is None:

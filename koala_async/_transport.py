@@ -124,9 +124,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
         to one URL makes it once, which is the cheapest request this module can send."""
         self._read_timeout = read_timeout
         reused = self._origin == origin  # None whenever there is no open connection
+        connected = reused  # an OSError before: no connection (ConnectError); after: ReadError
         try:
             if not reused:
                 await self._connect(origin, connect_timeout)
+                connected = True
             try:
                 status, headers, content, close = await self._exchange(message, write_timeout)
             except (
@@ -139,7 +141,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     raise
                 # A kept-alive connection the server had closed (nothing of an answer came
                 # back, so the request was not processed): try once on a fresh one.
+                connected = False
                 await self._connect(origin, connect_timeout)
+                connected = True
                 status, headers, content, close = await self._exchange(message, write_timeout)
         except _Timeout as exc:
             await self.aclose()
@@ -152,7 +156,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
             ) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             await self.aclose()
-            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+            # A reset once connected is no sign that the endpoint is unreachable (which opens
+            # the circuit at once): 30% random resets kept it open, stalling everyone.
+            kind = httpx.ReadError if connected else httpx.ConnectError
+            raise kind(str(exc) or type(exc).__name__, request=request) from exc
         except ValueError as exc:
             await self.aclose()
             raise httpx.RemoteProtocolError(f"malformed response: {exc}", request=request) from exc

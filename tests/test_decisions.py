@@ -210,12 +210,28 @@ def test_at_a_high_rate_the_circuit_wants_a_round_trip_of_failures_in_a_row() ->
 @pytest.mark.parametrize(
     ("status", "overload"),
     [
-        *[(status, True) for status in (None, 408, 429, 502, 503, 504)],
+        *[(status, True) for status in (408, 429, 502, 503, 504)],
         *[(status, False) for status in (500, 507, 599)],
     ],
 )
-def test_only_overload_cuts_the_number_in_flight(status: int | None, overload: bool) -> None:
+def test_only_overload_cuts_the_number_in_flight(status: int, overload: bool) -> None:
     assert overloads(status) is overload
+
+
+@pytest.mark.parametrize(
+    ("error", "overload"),
+    [
+        (TimeoutError("no complete answer within 10 s"), True),
+        (httpx.ReadTimeout("slow"), True),
+        (httpx.ConnectTimeout("slow"), True),
+        (httpx.ReadError("reset"), False),
+        (httpx.RemoteProtocolError("closed"), False),
+    ],
+)
+def test_a_timeout_is_overload_and_a_broken_connection_is_not(
+    error: BaseException, overload: bool
+) -> None:
+    assert overloads(None, error) is overload
 
 
 @pytest.mark.parametrize("verdict", [Verdict.UNAUTHORIZED, Verdict.GONE])

@@ -13,8 +13,11 @@ import pytest
 import trustme
 from anyio.abc import ByteStream, Listener, SocketAttribute
 from anyio.streams.tls import TLSListener
+from wire_check import free_port
 
+from koala_async._retry import Verdict, classify_error
 from koala_async._transport import Http11Transport
+from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +126,20 @@ async def test_tls_refuses_an_untrusted_certificate() -> None:
     async with raw_server(lambda n: answer, tls=server_context) as (port, _):
         with pytest.raises(httpx.ConnectError):
             await post(Http11Transport(ssl.create_default_context()), f"https://127.0.0.1:{port}/")
+
+
+async def test_a_reset_once_connected_is_a_read_error_and_a_refusal_a_connect_error() -> None:
+    """Only a connection that never came says the endpoint is unreachable (the circuit opens
+    at once on that); a reset after the request went is one failed request. As a
+    ConnectError, 30% random resets kept the circuit open and everyone waiting."""
+    fake = FakeCollector()
+    fake.fail_next(1, reset=True)
+    async with fake.serve() as base_url:
+        url = f"{base_url}/web/projects/k/batch"
+        with pytest.raises(httpx.ReadError) as reset:
+            await post(Http11Transport(), url)
+        assert (await post(Http11Transport(), url)).status_code == 400  # answered: not a batch
+    assert classify_error(reset.value) is Verdict.RETRY
+    with pytest.raises(httpx.ConnectError) as refused:
+        await post(Http11Transport(), f"http://127.0.0.1:{free_port()}/")
+    assert classify_error(refused.value) is Verdict.UNREACHABLE
