@@ -124,11 +124,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         to one URL makes it once, which is the cheapest request this module can send."""
         self._read_timeout = read_timeout
         reused = self._origin == origin  # None whenever there is no open connection
-        connected = reused  # an OSError before: no connection (ConnectError); after: ReadError
         try:
             if not reused:
                 await self._connect(origin, connect_timeout)
-                connected = True
             try:
                 status, headers, content, close = await self._exchange(message, write_timeout)
             except (
@@ -141,9 +139,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     raise
                 # A kept-alive connection the server had closed (nothing of an answer came
                 # back, so the request was not processed): try once on a fresh one.
-                connected = False
                 await self._connect(origin, connect_timeout)
-                connected = True
                 status, headers, content, close = await self._exchange(message, write_timeout)
         except _Timeout as exc:
             await self.aclose()
@@ -155,10 +151,11 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 "server disconnected without a complete response", request=request
             ) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            # A stream is there once connected (a failed connect leaves none). A reset then
+            # is no sign that the endpoint is unreachable (which opens the circuit at once):
+            # as a ConnectError, 30% random resets kept it open, stalling everyone.
+            kind = httpx.ReadError if self._stream is not None else httpx.ConnectError
             await self.aclose()
-            # A reset once connected is no sign that the endpoint is unreachable (which opens
-            # the circuit at once): 30% random resets kept it open, stalling everyone.
-            kind = httpx.ReadError if connected else httpx.ConnectError
             raise kind(str(exc) or type(exc).__name__, request=request) from exc
         except ValueError as exc:
             await self.aclose()
