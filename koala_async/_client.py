@@ -1,9 +1,11 @@
 """KoalaClient: the calls users make, and the lifecycle of the machinery that delivers them.
 
-A call validates its input, encodes its entry once and queues it (:mod:`._queue`); that is
-all the hot path does: no task, no I/O, O(1) whatever the queue holds. Every 64th call
-yields to the event loop once if the background tasks have not run since the last look, so a
-loop that does nothing but ``await koala.track(...)`` still lets the senders run.
+A call validates its input, encodes its entry once and appends it to the queue's inbox
+(:mod:`._queue`); that is all the hot path does: no task, no I/O, O(1) whatever the queue
+holds. A background task files the inbox into people's batches in bulk (every 50 ms, and at
+the loop's next turn once 64 entries wait); a loop of calls that finds 128 entries unfiled
+has not let the loop run, so it yields once: ``await koala.track(...)`` in a bare loop still
+lets the senders run.
 Delivery is a pipeline of small parts, each with one job:
 
 - :mod:`._config` checks the options; :mod:`._calls` builds entries;
@@ -66,7 +68,7 @@ __all__ = ["KoalaClient"]
 
 logger = logging.getLogger("koala_async")
 
-_PACE_EVERY = 64  # calls between yields to the event loop (a power of two: a mask test)
+_FILE_EVERY = 64  # entries the queue's inbox takes before it asks to be filed (see _put)
 _INITIAL_LIMIT = 32  # requests in flight at first; the limiter grows it as the backlog asks
 _MAX_PROBLEMS = 64  # distinct bad-call problems logged apart; beyond, one kind per reason
 
@@ -218,7 +220,7 @@ class KoalaClient:
         # What _put compares pending with: 0 refuses everything (disabled, dead, forked).
         self._limit = config.max_queue_size if config.enabled else 0
         self._state = _State.UNOPENED
-        self._calls = 0
+        self._parked = 0  # calls that parked their entry on disk
         self._token: object = None
         self._queue = Queue()
         self._ledger = Ledger()
@@ -889,8 +891,9 @@ class KoalaClient:
     ) -> Awaitable[None] | None:
         """Encode an entry and queue it for the target ``who`` names (and ``ip``).
 
-        Returns None, or something the call must await: a yield to the event loop (every
-        64th call), or a wait for room in a full queue.
+        Returns None, or something the call must await: a yield to the event loop (a loop
+        of calls that has not let it run, see :meth:`_file_soon`), or a wait for room in a
+        full queue.
         """
         try:
             raw = encode(entry)
@@ -900,12 +903,18 @@ class KoalaClient:
         if ledger.pending >= self._limit:  # full, disabled, dead or forked: one compare
             return self._full(kind, raw, who, ip)
         ledger.accept()  # _enqueue(), inline: a method call here costs every call ~0.05 µs
-        if self._queue.put(kind, raw, who, ip):
-            self._runtime.dispatch()  # type: ignore[union-attr]
-        self._calls = calls = self._calls + 1
-        # Yield only if the event loop has not run since we last looked: a request handler
-        # returns to it anyway; a bare loop must let the senders run.
-        if calls % _PACE_EVERY or self._runtime.loop_ran():  # type: ignore[union-attr]
+        waiting = self._queue.add(kind, raw, who, ip)
+        if waiting % _FILE_EVERY:
+            return None
+        return self._file_soon(waiting)
+
+    def _file_soon(self, waiting: int) -> Awaitable[None] | None:
+        """The inbox holds a multiple of 64 entries: at 64, have them filed at the event
+        loop's next turn rather than in up to 50 ms. At 128, they were not filed since, so
+        the loop had no turn: a bare loop of calls (a request handler returns to the loop
+        anyway). Yield, so the filing and the senders can run."""
+        if waiting == _FILE_EVERY:
+            self._runtime.nudge()  # type: ignore[union-attr]
             return None
         return _checkpoint()
 
@@ -924,11 +933,11 @@ class KoalaClient:
         return None
 
     def _enqueue(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
-        """Count an entry accepted, queue it, and wake a sender if its batch is ready.
+        """Count an entry accepted and queue it, to be filed at the loop's next turn.
         (:meth:`_put` does the same inline: it is the hot path.)"""
         self._ledger.accept()
-        if self._queue.put(kind, raw, who, ip):
-            self._runtime.dispatch()  # type: ignore[union-attr]
+        if self._queue.add(kind, raw, who, ip) == _FILE_EVERY:
+            self._runtime.nudge()  # type: ignore[union-attr]
 
     def _encode(self, entry: Entry) -> bytes:
         try:
@@ -950,12 +959,15 @@ class KoalaClient:
             self._refuse(_DROPS[self._circuit.verdict], raw, who, ip)
             return None
         if self._spool is not None:  # memory is full, older entries wait on disk, or it is dead
+            runtime = self._runtime
+            assert runtime is not None
+            runtime.file()  # the inbox's entries are older: they take their places first
             self._spool.park(kind, raw, who, ip)
             self._overflow(True)
-            self._calls = calls = self._calls + 1
-            if calls % _PACE_EVERY or self._runtime.loop_ran():  # type: ignore[union-attr]
-                return None
-            return _checkpoint()
+            self._parked = parked = self._parked + 1
+            # The writer takes parked entries at its own pace: a loop that only parks must
+            # yield now and then, as a request handler does anyway.
+            return None if parked % _FILE_EVERY else _checkpoint()
         if config.on_full == "raise":
             raise QueueFullError(
                 f"{self._ledger.pending} entries are queued, the most max_queue_size allows; "

@@ -1,4 +1,9 @@
-"""The background machinery: workers that send, a ticker, the ``on_error`` pump, the drain.
+"""The background machinery: workers that send, a ticker, a filer, the ``on_error`` pump,
+the drain.
+
+The filer files the queue's inbox (what calls added) into people's batches every
+:data:`FILE_WITHIN` seconds, or at the loop's next turn when a call nudges it (64 entries
+wait), and wakes workers for the batches that filled.
 
 Workers are started as the ready FIFO needs them, up to the limiter's limit, each with its
 own one-connection HTTP client; a worker with nothing to do waits in an idle list until
@@ -14,7 +19,6 @@ from collections.abc import Callable
 
 import anyio
 import httpx
-import sniffio
 from anyio.abc import TaskGroup
 
 from ._http import HttpFactory
@@ -29,21 +33,7 @@ __all__ = ["Runtime"]
 logger = logging.getLogger("koala_async")
 
 CALLBACK_GRACE = 1.0  # seconds on_error may take, past the deadline, to hear of the last drops
-
-
-def _call_soon() -> Callable[[Callable[[], None]], object]:
-    """The running event loop's way to run a callback at its next turn."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon
-    import asyncio
-
-    return asyncio.get_running_loop().call_soon
-
-
-def _not_started(callback: Callable[[], None]) -> object:
-    raise RuntimeError("the runtime has not started")
+FILE_WITHIN = 0.05  # seconds an entry may wait in the queue's inbox before it is filed
 
 
 class Runtime:
@@ -74,8 +64,7 @@ class Runtime:
         self._scopes: set[anyio.CancelScope] = set()
         self._tasks = 0
         self.workers = 0
-        self._ran = True  # the marker below ran: the event loop has had a turn since
-        self._soon: Callable[[Callable[[], None]], object] = _not_started
+        self._filing = anyio.Event()  # set: the queue's inbox waits to be filed
         self._stopping = False
         self._stopped: anyio.Event | None = None
         self._group: TaskGroup | None = None
@@ -85,13 +74,14 @@ class Runtime:
         sender.lend = self._lend
 
     async def start(self) -> None:
-        """Enter the task group (in the caller's task) and start the ticker and the pump."""
+        """Enter the task group (in the caller's task), start the ticker, the filer and the
+        pump."""
         self._stopped = anyio.Event()
-        self._soon = _call_soon()
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
         self._spawn(self._tick_forever)
+        self._spawn(self._file_forever)
         if self._reporter.open():
             self._group.start_soon(self._reporter.pump)
 
@@ -117,26 +107,25 @@ class Runtime:
             if not self._tasks and self._stopped is not None:
                 self._stopped.set()
 
-    def loop_ran(self) -> bool:
-        """Has the event loop had a turn since the last call that said so?
+    # Filing and dispatch
 
-        A marker callback is scheduled on the loop after each True; until it runs, the answer
-        is False. So a caller that never yields (a bare ``await track()`` loop) reads False,
-        and one that returns to the loop now and then (a request handler) reads True.
-        """
-        if not self._ran:
-            return False
-        self._ran = False
-        try:
-            self._soon(self._mark)
-        except RuntimeError:  # no loop (closed, or not started): nothing to yield to either
-            self._ran = True
-        return True
+    def nudge(self) -> None:
+        """The queue's inbox has grown: file it at the event loop's next turn."""
+        self._filing.set()
 
-    def _mark(self) -> None:
-        self._ran = True
+    async def _file_forever(self) -> None:
+        while True:
+            with anyio.move_on_after(FILE_WITHIN):
+                await self._filing.wait()
+            if self._filing.is_set():
+                self._filing = anyio.Event()
+            self.file()
 
-    # Dispatch
+    def file(self) -> None:
+        """File the queue's inbox now, and wake workers for the targets that became ready."""
+        queue = self._queue
+        if queue.inbox and queue.intake():
+            self.dispatch()
 
     def dispatch(self) -> None:
         """Ready targets are waiting: wake idle workers, or start new ones up to the limit."""

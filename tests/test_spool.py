@@ -21,8 +21,10 @@ import pytest
 from wire_check import free_port, invariant
 
 from koala_async import KoalaClient, RetryPolicy, SpoolError, Stats
-from koala_async._queue import Batch
-from koala_async._spool import inspect
+from koala_async._ledger import Ledger
+from koala_async._queue import EVENTS, Batch
+from koala_async._reporter import Reporter
+from koala_async._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions, inspect
 from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
@@ -312,6 +314,34 @@ def test_halves_carry_their_entries_seqs() -> None:
         for kind, raw in half.entries():
             assert int(raw[5:-1]) in half.seqs[kind]
         assert sum(map(len, half.seqs)) == half.size
+
+
+def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
+    tmp_path: Path,
+) -> None:
+    """Entries a call made but the filer has not filed yet are the person's later entries
+    too: they follow the batch to disk, or they would be sent before it."""
+    path = tmp_path / "s.db"
+    file, _ = SpoolFile.open(str(path))
+    queue, ledger = SpooledQueue(file.last_seq), Ledger()
+    options = SpoolOptions.build(path, TICK, 1 << 30, 3600)
+    spool = Spool(
+        options, file, queue, ledger, Reporter(None), 100, lambda on: None, lambda ready: None
+    )
+    ada = ("email", "ada@acme.com", "email", None)
+    ledger.accept()
+    queue.put(EVENTS, b'"1"', ada)
+    target = queue.targets["email"]["ada@acme.com"]
+    batch = target.seal()
+    for raw in (b'"2"', b'"3"'):
+        ledger.accept()
+        queue.add(EVENTS, raw, ada)
+    assert spool.settled(target, batch, "retries_exhausted")
+    assert queue.inbox == []
+    assert [row[5] for row in queue.rows] == [b'"1"', b'"2"', b'"3"']
+    assert spool._parks == [row[0] for row in queue.rows]  # all three wait on disk, in order
+    assert (ledger.pending, ledger.spooled) == (0, 3)
+    file.close()
 
 
 _CHILD = """

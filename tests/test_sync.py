@@ -36,6 +36,7 @@ from koala_async import (
     QueueFullError,
     Stats,
     ValidationError,
+    _runtime,
 )
 from koala_async.testing import FakeCollector, Reply
 
@@ -117,6 +118,20 @@ def test_every_call_is_delivered_as_the_async_client_sends_it() -> None:
     assert "acme-sync/1.0 koala-async/" in fake.requests[0].headers["user-agent"]
     stats = koala.stats()
     assert (stats.accepted, stats.delivered, stats.pending) == (5, 5, 0)
+
+
+def test_64_calls_have_their_entries_filed_without_waiting_for_the_filer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_runtime, "FILE_WITHIN", 3600)  # filed at the 64th entry, or never
+    fake = FakeCollector()
+    with fake_client(fake, flush_interval=3600) as koala:
+        for i in range(64):
+            koala.track("Step", profile_id=PROFILE, message_id=f"m{i:02d}")
+        deadline = time.monotonic() + 10
+        while len(fake.events) < 30 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert [e.message_id for e in fake.events[:30]] == [f"m{i:02d}" for i in range(30)]
 
 
 # Threads

@@ -13,7 +13,7 @@ import pytest
 from wire_check import PROFILE, is_uuid4
 
 from koala_async import _wire
-from koala_async._queue import EVENTS, IDENTIFIES, PAGE_VIEWS, Queue, Target
+from koala_async._queue import EVENTS, IDENTIFIES, PAGE_VIEWS, TICKS, Queue, Target
 from koala_async._validate import normalize_domain
 from koala_async._wire import new_message_id, now_iso
 
@@ -139,6 +139,50 @@ def test_halves_split_by_count_and_keep_order() -> None:
     assert (first.entries(), second.entries()) == ([(0, b"0"), (0, b"1")], [(0, b"2"), (1, b"9")])
     assert first.secondary == second.secondary == "a@x.io"
     assert first.size + second.size == 4
+
+
+def _add(queue: Queue, raw: bytes, key: str = PID) -> int:
+    return queue.add(EVENTS, raw, ("profile_id", key, "email", None))
+
+
+def test_the_inbox_is_filed_in_the_order_of_the_calls() -> None:
+    queue = Queue()
+    other = "0" * 8 + PID[8:]
+    keys = [PID if i % 3 else other for i in range(45)]  # 30 for PID, 15 for the other
+    assert [_add(queue, str(i).encode(), key) for i, key in enumerate(keys)] == list(range(1, 46))
+    assert queue.targets["profile_id"] == {}, "nothing is filed before intake"
+    assert queue.intake() == 1  # PID's 30 fill a batch: ready
+    assert queue.inbox == []
+    targets = queue.targets["profile_id"]
+    assert queue.take() is targets[PID]
+    filed = {
+        key: [raw for b in t.batches() for _, raw in b.entries()] for key, t in targets.items()
+    }
+    assert filed == {
+        key: [str(i).encode() for i, k in enumerate(keys) if k == key] for key in (PID, other)
+    }
+
+
+def test_a_tick_files_the_inbox_into_the_bucket_of_the_eighth_that_ended() -> None:
+    queue = Queue()
+    _add(queue, b"1")
+    ticks = 1
+    while not queue.tick():
+        ticks += 1
+    assert ticks == TICKS  # as if filed at the call: made in the first eighth, sent at the 8th
+
+
+def test_what_reads_the_queue_files_the_inbox_first() -> None:
+    queue = Queue()
+    _add(queue, b"1")
+    assert [batch.size for _, batch in queue.batches()] == [1]  # a flush waits for it
+    queue = Queue()
+    _add(queue, b"2")
+    assert queue.schedule_waiting() == 1  # a flush or the close sends it
+    assert queue.take() is queue.targets["profile_id"][PID]
+    _add(queue, b"3")
+    queue.clear()
+    assert queue.inbox == []
 
 
 @pytest.mark.parametrize(
