@@ -16,7 +16,7 @@ import functools
 import math
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -256,9 +256,40 @@ def fields(value: object, what: str) -> dict[str, Any]:
         value = dict(value)
     for key, item in value.items():
         if type(key) is not str or type(item) not in _SCALARS:
-            check_fields(value, what)  # walks it all and names the bad value, if any
+            try:
+                plain = _is_plain(value)
+            except RecursionError:
+                plain = False
+            if not plain:
+                check_fields(value, what)  # converts and walks it all, naming a bad value
             break
     return value
+
+
+def _is_plain(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
+    """Whether ``value`` holds only what JSON carries as is: string keys; strings, ints,
+    bools, None and finite floats, in lists and dicts. Strings are left to the encoder, as
+    at the top level. Builds no message: a float price or a nested list costs a type check
+    per item, not :func:`check_fields`' conversion and walk (~10x more)."""
+    items: Iterable[Any] = value
+    if type(value) is dict:
+        for key in value:
+            if type(key) is not str:
+                return False
+        items = value.values()
+    for item in items:
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is float:
+            if item - item != 0:  # NaN or an infinity: msgspec would write null
+                return False
+        elif kind is dict or kind is list or kind is tuple:
+            if not _is_plain(item):
+                return False
+        else:
+            return False
+    return True
 
 
 def check_fields(value: Mapping[Any, Any], what: str) -> None:

@@ -58,6 +58,11 @@ BAD_ENTRIES: list[tuple[str, dict[str, Any], str]] = [
     ("identify", {"traits": {"tags": frozenset([math.inf])}}, r"traits\['tags'\]\[0\] is inf"),
     ("track", {"event": "E", "properties": {"p": Point(math.nan)}}, r"\['p'\]\['x'\] is nan"),
     ("page", {"properties": {"r": Reading(-math.inf)}}, r"\['r'\]\['value'\] is -inf"),
+    # Plain floats, lists and dicts take the fast walk: it must refuse what the full check does.
+    ("track", {"event": "E", "properties": {"price": math.nan}}, r"\['price'\] is nan"),
+    ("track", {"event": "E", "properties": {"a": [1.5, math.inf]}}, r"\['a'\]\[1\] is inf"),
+    ("identify", {"traits": {"m": {"x": -math.inf}}}, r"traits\['m'\]\['x'\] is -inf"),
+    ("track", {"event": "E", "properties": {"a": [{"1": 0, 1: 0}]}}, "both sent as '1'"),
     ("track", {"event": "E", "properties": {"1": "a", 1: "b"}}, "both sent as '1'"),
     ("track", {"event": "E", "properties": {"x": {1.5: 0, "1.5": 0}}}, "both sent as '1.5'"),
     ("identify", {"traits": {math.nan: 1}}, "has the key nan: keys must be strings"),
