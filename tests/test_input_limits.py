@@ -40,13 +40,18 @@ def test_user_agent_refuses_what_is_not_text(given: object) -> None:
         _validate.user_agent(given)
 
 
-def test_the_caches_hold_a_bounded_number_of_characters() -> None:
-    for i in range(5000):  # 5000 emails and names of 250 characters: 1.25 M characters each
-        _validate.person(None, f"{i:06d}{'a' * 237}@acme.com")
+def test_the_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, empty in [("_emails", set()), ("_profile_ids", {}), ("_events", set())]:
+        monkeypatch.setattr(_validate, name, empty)  # whatever other tests left
+    monkeypatch.setattr(_validate, "_event_chars", 0)
+    count = _validate._MAX_IDS + 100
+    for i in range(count):  # e-mails and UUIDs by count, names of 250 characters by characters
+        _validate.person(f"{i:08x}-0000-4000-8000-000000000000", f"{i:06d}{'a' * 237}@acme.com")
         _validate.event_name(f"{i:06d}{'e' * 244}")
-    assert 0 < len(_validate._emails) < 5000, "the email cache was emptied when full"
-    assert sum(map(len, _validate._emails)) <= _validate._CACHE_CHARS
-    assert sum(map(len, _validate._events)) <= _validate._CACHE_CHARS
+    for cache in (_validate._emails, _validate._profile_ids):
+        assert 0 < len(cache) <= 100, "emptied when full, then filled again"
+    assert 0 < sum(map(len, _validate._events)) <= _validate._CACHE_CHARS
+    assert len(_validate._events) < count, "the name cache was emptied when full"
 
 
 def test_an_email_longer_than_smtp_allows_is_refused_and_not_kept() -> None:
@@ -89,7 +94,8 @@ def test_the_caches_stay_consistent_under_threads() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
-    assert sum(map(len, _validate._emails)) <= _validate._CACHE_CHARS + 8 * 300
+    assert len(_validate._emails) <= _validate._MAX_IDS + 8  # a thread's add may race a reset
+    assert sum(map(len, _validate._events)) <= _validate._CACHE_CHARS
 
 
 @pytest.mark.parametrize(
