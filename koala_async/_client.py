@@ -2,10 +2,10 @@
 
 A call validates its input, encodes its entry once and appends it to the queue's inbox
 (:mod:`._queue`); that is all the hot path does: no task, no I/O, O(1) whatever the queue
-holds. A background task files the inbox into people's batches in bulk (every 50 ms, and at
-the loop's next turn once 64 entries wait); a loop of calls that finds 128 entries unfiled
-has not let the loop run, so it yields once: ``await koala.track(...)`` in a bare loop still
-lets the senders run.
+holds. A background task files the inbox into people's batches in bulk (every 50 ms while calls
+come, and at the loop's next turn once 64 entries wait); a loop of calls that finds 128
+entries unfiled has not let the loop run, so it yields once: ``await koala.track(...)`` in a
+bare loop still lets the senders run.
 Delivery is a pipeline of small parts, each with one job:
 
 - :mod:`._config` checks the options; :mod:`._calls` builds entries;
@@ -57,7 +57,7 @@ from ._queue import Queue, Waiter
 from ._redact import redact
 from ._reporter import OnError, Reporter
 from ._retry import RetryPolicy
-from ._runtime import Runtime
+from ._runtime import FILE_EVERY, Runtime
 from ._sender import _DROPS, Sender
 from ._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions
 from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
@@ -68,7 +68,6 @@ __all__ = ["KoalaClient"]
 
 logger = logging.getLogger("koala_async")
 
-_FILE_EVERY = 64  # entries the queue's inbox takes before it asks to be filed (see _put)
 _INITIAL_LIMIT = 32  # requests in flight at first; the limiter grows it as the backlog asks
 _MAX_PROBLEMS = 64  # distinct bad-call problems logged apart; beyond, one kind per reason
 
@@ -892,8 +891,8 @@ class KoalaClient:
         """Encode an entry and queue it for the target ``who`` names (and ``ip``).
 
         Returns None, or something the call must await: a yield to the event loop (a loop
-        of calls that has not let it run, see :meth:`_file_soon`), or a wait for room in a
-        full queue.
+        of calls that has not let it run, see :meth:`Runtime.added`), or a wait for room in
+        a full queue.
         """
         try:
             raw = encode(entry)
@@ -904,19 +903,9 @@ class KoalaClient:
             return self._full(kind, raw, who, ip)
         ledger.accept()  # _enqueue(), inline: a method call here costs every call ~0.05 µs
         waiting = self._queue.add(kind, raw, who, ip)
-        if waiting % _FILE_EVERY:
+        if waiting % FILE_EVERY and waiting != 1:  # nothing for the filer to hear of
             return None
-        return self._file_soon(waiting)
-
-    def _file_soon(self, waiting: int) -> Awaitable[None] | None:
-        """The inbox holds a multiple of 64 entries: at 64, have them filed at the event
-        loop's next turn rather than in up to 50 ms. At 128, they were not filed since, so
-        the loop had no turn: a bare loop of calls (a request handler returns to the loop
-        anyway). Yield, so the filing and the senders can run."""
-        if waiting == _FILE_EVERY:
-            self._runtime.nudge()  # type: ignore[union-attr]
-            return None
-        return _checkpoint()
+        return _checkpoint() if self._runtime.added(waiting) else None  # type: ignore[union-attr]
 
     def _put_encoded(
         self, kind: int, raw: bytes, who: Who, ip: str | None = None
@@ -936,8 +925,9 @@ class KoalaClient:
         """Count an entry accepted and queue it, to be filed at the loop's next turn.
         (:meth:`_put` does the same inline: it is the hot path.)"""
         self._ledger.accept()
-        if self._queue.add(kind, raw, who, ip) == _FILE_EVERY:
-            self._runtime.nudge()  # type: ignore[union-attr]
+        waiting = self._queue.add(kind, raw, who, ip)
+        if not waiting % FILE_EVERY or waiting == 1:
+            self._runtime.added(waiting)  # type: ignore[union-attr]
 
     def _encode(self, entry: Entry) -> bytes:
         try:
@@ -967,7 +957,7 @@ class KoalaClient:
             self._parked = parked = self._parked + 1
             # The writer takes parked entries at its own pace: a loop that only parks must
             # yield now and then, as a request handler does anyway.
-            return None if parked % _FILE_EVERY else _checkpoint()
+            return None if parked % FILE_EVERY else _checkpoint()
         if config.on_full == "raise":
             raise QueueFullError(
                 f"{self._ledger.pending} entries are queued, the most max_queue_size allows; "

@@ -3,7 +3,8 @@ the drain.
 
 The filer files the queue's inbox (what calls added) into people's batches every
 :data:`FILE_WITHIN` seconds, or at the loop's next turn when a call nudges it (64 entries
-wait), and wakes workers for the batches that filled.
+wait), and wakes workers for the batches that filled. When a period brought nothing it
+sleeps, and the next call's entry wakes it.
 
 Workers are started as the ready FIFO needs them, up to the limiter's limit, each with its
 own one-connection HTTP client; a worker with nothing to do waits in an idle list until
@@ -34,6 +35,7 @@ logger = logging.getLogger("koala_async")
 
 CALLBACK_GRACE = 1.0  # seconds on_error may take, past the deadline, to hear of the last drops
 FILE_WITHIN = 0.05  # seconds an entry may wait in the queue's inbox before it is filed
+FILE_EVERY = 64  # entries in the inbox that have it filed at the loop's next turn
 
 
 class Runtime:
@@ -65,6 +67,7 @@ class Runtime:
         self._tasks = 0
         self.workers = 0
         self._filing = anyio.Event()  # set: the queue's inbox waits to be filed
+        self.sleeping = False  # the filer found nothing to file: it waits for a call's entry
         self._stopping = False
         self._stopped: anyio.Event | None = None
         self._group: TaskGroup | None = None
@@ -109,13 +112,33 @@ class Runtime:
 
     # Filing and dispatch
 
-    def nudge(self) -> None:
-        """The queue's inbox has grown: file it at the event loop's next turn."""
+    def added(self, waiting: int) -> bool:
+        """A call made the ``waiting``-th entry of the queue's inbox, its first or a multiple
+        of 64 (the caller checks that, cheaply). The first wakes a sleeping filer; the 64th
+        has the inbox filed at the loop's next turn. Returns True from the 128th on: the
+        inbox was not filed since the 64th, so the loop had no turn (a bare loop of calls;
+        a request handler returns to it anyway), and the caller should yield."""
+        if waiting == 1:
+            if self.sleeping:
+                self._nudge()
+            return False
+        if waiting == FILE_EVERY:
+            self._nudge()
+            return False
+        return True
+
+    def _nudge(self) -> None:
+        self.sleeping = False
         self._filing.set()
 
     async def _file_forever(self) -> None:
         while True:
             with anyio.move_on_after(FILE_WITHIN):
+                await self._filing.wait()
+            if not self._filing.is_set() and not self._queue.inbox:
+                # Nothing came for a whole period: sleep until a call's entry comes, rather
+                # than wake 20 times a second in an idle process.
+                self.sleeping = True
                 await self._filing.wait()
             if self._filing.is_set():
                 self._filing = anyio.Event()

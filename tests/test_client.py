@@ -167,6 +167,25 @@ async def test_a_full_batch_is_sent_without_waiting_for_the_interval(
         assert len(recorder.bodies[0]["events"]) == 30
 
 
+async def test_an_idle_filer_sleeps_and_a_call_wakes_it(
+    recorder: Recorder, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_runtime, "FILE_WITHIN", 0.01)
+    async with KoalaClient("pk_test", http_client=http, flush_interval=3600) as koala:
+        runtime = koala._runtime
+        assert runtime is not None
+        with anyio.fail_after(5):
+            while not runtime.sleeping:  # noqa: ASYNC110 - a flag, not an event, by design
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.05)
+        assert runtime.sleeping, "no wake-ups while nothing comes"
+        for i in range(30):  # a full batch: sent once the first call's nudge has it filed
+            await koala.track("Step", profile_id=PID, properties={"i": i})
+        with anyio.fail_after(5):
+            await recorder.arrived.wait()
+        assert len(recorder.bodies[0]["events"]) == 30
+
+
 async def test_the_interval_sends_what_is_queued(
     recorder: Recorder, http: httpx.AsyncClient
 ) -> None:

@@ -120,18 +120,28 @@ def test_every_call_is_delivered_as_the_async_client_sends_it() -> None:
     assert (stats.accepted, stats.delivered, stats.pending) == (5, 5, 0)
 
 
-def test_64_calls_have_their_entries_filed_without_waiting_for_the_filer(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("file_within", "calls"),
+    [(3600, 64), (0.01, 30)],
+    ids=["filed-at-the-64th-call", "a-sleeping-filer-woken"],
+)
+def test_entries_are_filed_without_waiting_for_the_filers_period(
+    monkeypatch: pytest.MonkeyPatch, file_within: float, calls: int
 ) -> None:
-    monkeypatch.setattr(_runtime, "FILE_WITHIN", 3600)  # filed at the 64th entry, or never
+    """At the 64th unfiled entry (the period an hour), or at the first one the filer hears
+    of after it went to sleep (nothing came for a period): a full batch goes at once."""
+    monkeypatch.setattr(_runtime, "FILE_WITHIN", file_within)
     fake = FakeCollector()
     with fake_client(fake, flush_interval=3600) as koala:
-        for i in range(64):
+        koala.track("Warm", email="ada@acme.com")  # starts the client's engine
+        koala.flush()
+        time.sleep(0.1)  # a period without calls: a filer that sleeps when idle is asleep
+        for i in range(calls):
             koala.track("Step", profile_id=PROFILE, message_id=f"m{i:02d}")
         deadline = time.monotonic() + 10
-        while len(fake.events) < 30 and time.monotonic() < deadline:
+        while len(fake.events) < 31 and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert [e.message_id for e in fake.events[:30]] == [f"m{i:02d}" for i in range(30)]
+        assert [e.message_id for e in fake.events[1:31]] == [f"m{i:02d}" for i in range(30)]
 
 
 # Threads
