@@ -2,10 +2,10 @@
 
 A call validates its input, encodes its entry once and appends it to the queue's inbox
 (:mod:`._queue`); that is all the hot path does: no task, no I/O, O(1) whatever the queue
-holds. A background task files the inbox into people's batches in bulk (every 50 ms while calls
-come, and at the loop's next turn once 64 entries wait); a loop of calls that finds 128
-entries unfiled has not let the loop run, so it yields once: ``await koala.track(...)`` in a
-bare loop still lets the senders run.
+holds. A background task files the inbox into people's batches in bulk (every 50 ms while
+calls come, and at the loop's next turn once 64 entries wait); a loop of calls that finds
+128 entries unfiled has not let the loop run, so it yields once: ``await koala.track(...)``
+in a bare loop still lets the senders run.
 Delivery is a pipeline of small parts, each with one job:
 
 - :mod:`._config` checks the options; :mod:`._calls` builds entries;
