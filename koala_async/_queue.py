@@ -259,11 +259,12 @@ class Queue:
     """Every queued target, the FIFO of those ready to be sent, and the age buckets of
     those still filling."""
 
-    __slots__ = ("buckets", "eager", "inbox", "ready", "targets")
+    __slots__ = ("buckets", "eager", "inbox", "ready", "targets", "unfiled")
 
     def __init__(self) -> None:
         # Entries a call added and nobody has filed yet (see :meth:`add`).
         self.inbox: list[tuple[int, bytes, Who, str | None]] = []
+        self.unfiled: list[Exception] = []  # why entries could not be filed (a bug each)
         # Targets by the field they are keyed by, so ids of different kinds never collide.
         self.targets: dict[str, dict[str, Target]] = {
             field: {} for field in ("profile_id", "email", "domain", "account_id")
@@ -287,12 +288,16 @@ class Queue:
 
     def intake(self) -> int:
         """File the inbox's entries, in the order they came; return how many targets became
-        ready."""
+        ready. An entry whose filing raises (a bug) is left out and its error kept in
+        :attr:`unfiled`, for the runtime to count and report: the rest are filed."""
         inbox, self.inbox = self.inbox, []
         put = self.put
         ready = 0
         for kind, entry, who, ip in inbox:
-            ready += put(kind, entry, who, ip)
+            try:
+                ready += put(kind, entry, who, ip)
+            except Exception as exc:  # a bug; the try itself costs nothing in 3.11
+                self.unfiled.append(exc)
         return ready
 
     def put(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> bool:

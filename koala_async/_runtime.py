@@ -149,6 +149,18 @@ class Runtime:
         queue = self._queue
         if queue.inbox and queue.intake():
             self.dispatch()
+        self.count_unfiled()
+
+    def count_unfiled(self) -> None:
+        """Entries the queue could not file (a bug): drop each as ``rejected``, counted and
+        logged, so every entry still ends in one outcome and the background goes on."""
+        unfiled = self._queue.unfiled
+        if not unfiled:
+            return
+        while unfiled:
+            logger.error("unexpected error filing an entry; dropped", exc_info=unfiled.pop())
+            self._ledger.lose("rejected")
+        self._after_settle()
 
     def dispatch(self) -> None:
         """Ready targets are waiting: wake idle workers, or start new ones up to the limit."""
@@ -210,12 +222,15 @@ class Runtime:
     async def _tick_forever(self) -> None:
         while True:
             await anyio.sleep(self._flush_interval / TICKS)
-            if self._queue.tick():
+            ready = self._queue.tick()  # files the inbox first
+            self.count_unfiled()
+            if ready:
                 self.dispatch()
 
     def flush_waiting(self) -> None:
         """Make every target with queued entries ready now, and wake workers for them."""
         self._queue.schedule_waiting()
+        self.count_unfiled()
         self.dispatch()
 
     # Settling and waiting

@@ -21,6 +21,7 @@ from koala_async import (
     KoalaClient,
     RetryPolicy,
     __version__,
+    _queue,
     _runtime,
 )
 
@@ -184,6 +185,44 @@ async def test_an_idle_filer_sleeps_and_a_call_wakes_it(
         with anyio.fail_after(5):
             await recorder.arrived.wait()
         assert len(recorder.bodies[0]["events"]) == 30
+
+
+@pytest.mark.parametrize(
+    ("file_within", "flush_interval"), [(0.01, 3600), (3600, 0.02)], ids=["filer", "ticker"]
+)
+async def test_an_entry_that_cannot_be_filed_is_counted_and_the_rest_delivered(
+    recorder: Recorder,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    file_within: float,
+    flush_interval: float,
+) -> None:
+    """A bug in filing (whichever task files: the filer, or the ticker before its tick)
+    drops that one entry, counted as rejected and logged; the background goes on."""
+    put = _queue.Queue.put
+
+    def broken(self: _queue.Queue, kind: int, entry: bytes, who: Any, ip: Any = None) -> bool:
+        if who[1] == "bug@acme.com":
+            raise RuntimeError("a bug")
+        return put(self, kind, entry, who, ip)
+
+    monkeypatch.setattr(_queue.Queue, "put", broken)
+    monkeypatch.setattr(_runtime, "FILE_WITHIN", file_within)
+    caplog.set_level(logging.ERROR, logger="koala_async")
+    async with KoalaClient("pk_test", http_client=http, flush_interval=flush_interval) as koala:
+        await koala.track("Step", email="ada@acme.com")
+        await koala.track("Step", email="bug@acme.com")
+        await koala.track("Step", email="bob@acme.com")
+        with anyio.fail_after(5):
+            while not koala.stats().dropped["rejected"]:  # noqa: ASYNC110 - a counter
+                await anyio.sleep(0.005)
+        await koala.flush(timeout=5)
+        stats = koala.stats()
+    assert sorted(body["email"] for body in recorder.bodies) == ["ada@acme.com", "bob@acme.com"]
+    assert (stats.delivered, stats.dropped["rejected"], stats.pending) == (2, 1, 0)
+    assert "unexpected error filing an entry; dropped" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text
 
 
 async def test_the_interval_sends_what_is_queued(
