@@ -400,8 +400,6 @@ class KoalaClient:
         """After the deadline: count what is left as dropped (and report it)."""
         for target, batch in list(self._queue.batches()):
             sender.settle(target, batch, "shutdown_timeout")
-        if self._runtime is not None:
-            self._runtime.count_unfiled()
         self._queue.clear()
 
     async def _abandon(self) -> None:
@@ -410,8 +408,6 @@ class KoalaClient:
         if state is _State.ORPHANED:
             for _target, batch in list(self._queue.batches()):
                 self._ledger.settle(batch, "shutdown_timeout")
-            if self._runtime is not None:
-                self._runtime.count_unfiled()
             self._queue.clear()
 
     def _orphaned(self) -> None:

@@ -53,8 +53,7 @@ class Ledger:
     def lose(self, reason: DropReason) -> None:
         """A queued entry was dropped on its own, outside any batch."""
         self.pending -= 1
-        self.dropped[reason] += 1
-        self.dropped_total += 1
+        self.refuse(reason)
 
     def settle(self, batch: Batch, reason: DropReason | None) -> None:
         """A batch was delivered (``reason`` None) or given up; wake the flushes waiting on it."""

@@ -24,7 +24,7 @@ takes turns with everyone else.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import msgspec
@@ -250,6 +250,10 @@ class Target:
         return ids
 
 
+def _reraise(error: Exception) -> None:
+    raise error
+
+
 TICKS = 8
 """Age buckets per flush interval: a waiting entry is sent after 7/8 to 8/8 of it, so the
 batches of a busy site go out in eight small waves a second rather than one big one."""
@@ -259,12 +263,13 @@ class Queue:
     """Every queued target, the FIFO of those ready to be sent, and the age buckets of
     those still filling."""
 
-    __slots__ = ("buckets", "eager", "inbox", "ready", "targets", "unfiled")
+    __slots__ = ("buckets", "eager", "inbox", "on_unfiled", "ready", "targets")
 
     def __init__(self) -> None:
         # Entries a call added and nobody has filed yet (see :meth:`add`).
         self.inbox: list[tuple[int, bytes, Who, str | None]] = []
-        self.unfiled: list[Exception] = []  # why entries could not be filed (a bug each)
+        # Told why an entry could not be filed (a bug): the runtime counts and logs it.
+        self.on_unfiled: Callable[[Exception], None] = _reraise
         # Targets by the field they are keyed by, so ids of different kinds never collide.
         self.targets: dict[str, dict[str, Target]] = {
             field: {} for field in ("profile_id", "email", "domain", "account_id")
@@ -288,8 +293,8 @@ class Queue:
 
     def intake(self) -> int:
         """File the inbox's entries, in the order they came; return how many targets became
-        ready. An entry whose filing raises (a bug) is left out and its error kept in
-        :attr:`unfiled`, for the runtime to count and report: the rest are filed."""
+        ready. An entry whose filing raises (a bug) is left out and its error given to
+        :attr:`on_unfiled`, wherever the filing happens: the rest are filed."""
         inbox, self.inbox = self.inbox, []
         put = self.put
         ready = 0
@@ -297,7 +302,7 @@ class Queue:
             try:
                 ready += put(kind, entry, who, ip)
             except Exception as exc:  # a bug; the try itself costs nothing in 3.11
-                self.unfiled.append(exc)
+                self.on_unfiled(exc)
         return ready
 
     def put(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> bool:

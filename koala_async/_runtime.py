@@ -75,6 +75,7 @@ class Runtime:
         self._room: anyio.Event | None = None  # set when pending falls to _room_at
         self._room_at = 0
         sender.lend = self._lend
+        queue.on_unfiled = self._unfiled
 
     async def start(self) -> None:
         """Enter the task group (in the caller's task), start the ticker, the filer and the
@@ -149,17 +150,12 @@ class Runtime:
         queue = self._queue
         if queue.inbox and queue.intake():
             self.dispatch()
-        self.count_unfiled()
 
-    def count_unfiled(self) -> None:
-        """Entries the queue could not file (a bug): drop each as ``rejected``, counted and
-        logged, so every entry still ends in one outcome and the background goes on."""
-        unfiled = self._queue.unfiled
-        if not unfiled:
-            return
-        while unfiled:
-            logger.error("unexpected error filing an entry; dropped", exc_info=unfiled.pop())
-            self._ledger.lose("rejected")
+    def _unfiled(self, error: Exception) -> None:
+        """The queue could not file an entry (a bug): drop it as ``rejected``, counted and
+        logged, so it still ends in one outcome and the background goes on."""
+        logger.error("unexpected error filing an entry; dropped", exc_info=error)
+        self._ledger.lose("rejected")
         self._after_settle()
 
     def dispatch(self) -> None:
@@ -222,15 +218,12 @@ class Runtime:
     async def _tick_forever(self) -> None:
         while True:
             await anyio.sleep(self._flush_interval / TICKS)
-            ready = self._queue.tick()  # files the inbox first
-            self.count_unfiled()
-            if ready:
+            if self._queue.tick():  # files the inbox first
                 self.dispatch()
 
     def flush_waiting(self) -> None:
         """Make every target with queued entries ready now, and wake workers for them."""
         self._queue.schedule_waiting()
-        self.count_unfiled()
         self.dispatch()
 
     # Settling and waiting
