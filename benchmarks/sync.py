@@ -19,43 +19,34 @@ import subprocess
 import sys
 from typing import Any
 
-from run import PROPS, posthog_client, run_sync, running_sink, segment_client, who
+from run import PROPS, peer_calls, people, posthog_client, run_sync, running_sink, segment_client
 
 SDKS = ["koala_sync", "segment", "posthog"]
 
 
 def worker(sdk: str, scenario: str, n: int, port: int) -> dict[str, float]:
     client: Any
+    ids = people(scenario, n + 1)
     if sdk == "koala_sync":
         from koala_async import KoalaSyncClient
 
         client = KoalaSyncClient("pk_bench", base_url=f"http://127.0.0.1:{port}")
+        emails = ["one-user@acme.com"] * len(ids) if scenario == "one" else ids
 
-        def call(i: int) -> object:
-            return client.track("Created Account", email=email(i, scenario), properties=PROPS)
+        def track(lo: int, hi: int) -> None:
+            for i in range(lo, hi):
+                client.track("Created Account", email=emails[i], properties=PROPS)
 
-        call(0)  # start the delivery thread outside the measurement (peers start theirs early)
-        run = run_sync(n, port, lambda i: call(i + 1), client.flush)
+        track(
+            n, n + 1
+        )  # start the delivery thread outside the measurement (peers start theirs early)
+        run = run_sync(n, port, track, client.flush)
         client.close()
         return run
-    if sdk == "segment":
-        client = segment_client(port)
-
-        def call(i: int) -> object:
-            return client.track(user_id=who(i, scenario), event="Created Account", properties=PROPS)
-    else:
-        client = posthog_client(port)
-
-        def call(i: int) -> object:
-            return client.capture("Created Account", distinct_id=who(i, scenario), properties=PROPS)
-
-    run = run_sync(n, port, call, client.flush)
+    client = segment_client(port) if sdk == "segment" else posthog_client(port)
+    run = run_sync(n, port, peer_calls(sdk, client, ids), client.flush)
     client.shutdown()
     return run
-
-
-def email(i: int, scenario: str) -> str:
-    return "one-user@acme.com" if scenario == "one" else who(i, scenario)
 
 
 def measure(sdk: str, scenario: str, n: int, port: int) -> dict[str, float]:
