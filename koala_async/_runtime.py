@@ -4,7 +4,9 @@ the drain.
 The filer files the queue's inbox (what calls added) into people's batches every
 :data:`FILE_WITHIN` seconds, or at the loop's next turn when a call nudges it (64 entries
 wait), and wakes workers for the batches that filled. When a period brought nothing it
-sleeps, and the next call's entry wakes it.
+sleeps, and the next call's entry wakes it. The ticker ages batches (every eighth of the
+flush interval); when nothing is queued, in flight or on disk it sleeps too, woken by the
+same entry: an idle client wakes nobody.
 
 Workers are started as the ready FIFO needs them, up to the limiter's limit, each with its
 own one-connection HTTP client; a worker with nothing to do waits in an idle list until
@@ -68,6 +70,7 @@ class Runtime:
         self.workers = 0
         self._filing = anyio.Event()  # set: the queue's inbox waits to be filed
         self.sleeping = False  # the filer found nothing to file: it waits for a call's entry
+        self._ticker_sleeps: anyio.Event | None = None  # set: the ticker has something to age
         self._stopping = False
         self._stopped: anyio.Event | None = None
         self._group: TaskGroup | None = None
@@ -115,18 +118,24 @@ class Runtime:
 
     def added(self, waiting: int) -> bool:
         """A call made the ``waiting``-th entry of the queue's inbox, its first or a multiple
-        of 64 (the caller checks that, cheaply). The first wakes a sleeping filer; the 64th
-        has the inbox filed at the loop's next turn. Returns True from the 128th on: the
-        inbox was not filed since the 64th, so the loop had no turn (a bare loop of calls;
-        a request handler returns to it anyway), and the caller should yield."""
+        of 64 (the caller checks that, cheaply). The first wakes the filer and the ticker if
+        they sleep; the 64th has the inbox filed at the loop's next turn. Returns True from
+        the 128th on: the inbox was not filed since the 64th, so the loop had no turn (a bare
+        loop of calls; a request handler returns to it anyway), and the caller should yield."""
         if waiting == 1:
             if self.sleeping:
                 self._nudge()
+            self._wake_ticker()
             return False
         if waiting == FILE_EVERY:
             self._nudge()
             return False
         return True
+
+    def _wake_ticker(self) -> None:
+        if self._ticker_sleeps is not None:  # a check per inbox, not per call
+            self._ticker_sleeps.set()
+            self._ticker_sleeps = None
 
     def _nudge(self) -> None:
         self.sleeping = False
@@ -216,10 +225,19 @@ class Runtime:
         self.dispatch()  # an idle worker takes over what this one leaves
 
     async def _tick_forever(self) -> None:
+        ledger, queue = self._ledger, self._queue
         while True:
             await anyio.sleep(self._flush_interval / TICKS)
-            if self._queue.tick():  # files the inbox first
+            if queue.tick():  # files the inbox first
                 self.dispatch()
+            if not (ledger.pending or ledger.spooled or queue.inbox):
+                # No batch to age, none in flight, none on disk: sleep until a call's entry
+                # comes, rather than wake 8 times a flush interval for nothing. It comes
+                # through the inbox (see added): a spool takes a call's entry only when memory
+                # is full or older ones wait on disk (the ticker is awake then), or when the
+                # endpoint is gone (nothing is sent then).
+                self._ticker_sleeps = woken = anyio.Event()
+                await woken.wait()
 
     def flush_waiting(self) -> None:
         """Make every target with queued entries ready now, and wake workers for them."""

@@ -187,6 +187,31 @@ async def test_an_idle_filer_sleeps_and_a_call_wakes_it(
         assert len(recorder.bodies[0]["events"]) == 30
 
 
+async def test_an_idle_ticker_sleeps_and_a_call_wakes_it(
+    recorder: Recorder, http: httpx.AsyncClient
+) -> None:
+    """With nothing queued, in flight or on disk the ticker sleeps (an idle client wakes
+    nobody); a call's entry wakes it, and its batch still goes at the flush interval, with
+    no flush: only the ticker makes a batch that is not full ready."""
+    async with KoalaClient("pk_test", http_client=http, flush_interval=0.1) as koala:
+        runtime = koala._runtime
+        assert runtime is not None
+        for visit in range(2):
+            with anyio.fail_after(5):
+                while runtime._ticker_sleeps is None:  # noqa: ASYNC110 - a flag, by design
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.05)
+            assert runtime._ticker_sleeps is not None, "no ticks while nothing is queued"
+            recorder.arrived = anyio.Event()
+            await koala.track("Step", profile_id=PID, properties={"visit": visit})
+            with anyio.fail_after(5):
+                await recorder.arrived.wait()
+        assert [entry["properties"] for entry in recorder.entries("events")] == [
+            {"visit": 0},
+            {"visit": 1},
+        ]
+
+
 @pytest.mark.parametrize(
     ("file_within", "flush_interval"), [(0.01, 3600), (3600, 0.02)], ids=["filer", "ticker"]
 )
