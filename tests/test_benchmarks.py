@@ -262,6 +262,13 @@ TARGETS = {
 }
 
 
+def test_the_median_run_is_kept_whole_and_a_failed_run_left_out() -> None:
+    median_run = runpy.run_path(str(BENCHMARKS / "run.py"))["median_run"]
+    runs = [{"hot_us": 6.0, "eps": 1.0}, {}, {"hot_us": 5.0, "eps": 2.0}, {"hot_us": 9.0}]
+    assert median_run(runs, "hot_us") == {"hot_us": 6.0, "eps": 1.0}
+    assert median_run([{}, {}], "hot_us") == {}
+
+
 def test_the_table_passes_figures_that_meet_every_target() -> None:
     assert _verdicts(_passing()) == dict.fromkeys(TARGETS, "pass")
 
