@@ -1004,18 +1004,7 @@ class KoalaClient:
                 f"dropping entries (queue_full): {why}; raise max_queue_size, or use "
                 "on_full='block' to wait for room whatever happens",
             )
-        field, key, secondary_name, secondary = who
-        ids = {field: key} if secondary is None else {field: key, secondary_name: secondary}
-        if ip is not None:
-            ids["ip"] = ip
-        self._reporter.refused(
-            DeliveryFailure(
-                reason=reason,
-                kind="account" if field in ("domain", "account_id") else "profile",
-                ids=ids,
-                entries=[msgspec.json.decode(raw)],
-            )
-        )
+        self._reporter.dropped_entry(reason, raw, who, ip)
 
     def _circuit_changed(self) -> None:
         """The endpoint went down, came back, or is gone: wake what waits on that."""

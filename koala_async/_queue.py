@@ -34,7 +34,7 @@ from ._calls import EVENTS, IDENTIFIES, PAGE_VIEWS
 from ._validate import Who
 from ._wire import MAX_PER_KIND
 
-__all__ = ["EVENTS", "IDENTIFIES", "PAGE_VIEWS", "Batch", "Queue", "Target", "Waiter"]
+__all__ = ["EVENTS", "IDENTIFIES", "PAGE_VIEWS", "Batch", "Item", "Queue", "Target", "Waiter"]
 
 _SLOTS = ("events", "identifies", "page_views")  # by kind
 _NAMES = tuple(name.encode() for name in _SLOTS)
@@ -250,7 +250,11 @@ class Target:
         return ids
 
 
-def _reraise(error: Exception) -> None:
+Item = tuple[int, bytes, Who, str | None]
+"""An entry as a call leaves it in the inbox: kind, encoded entry, target, top-level ip."""
+
+
+def _reraise(error: Exception, item: Item) -> None:
     raise error
 
 
@@ -267,9 +271,9 @@ class Queue:
 
     def __init__(self) -> None:
         # Entries a call added and nobody has filed yet (see :meth:`add`).
-        self.inbox: list[tuple[int, bytes, Who, str | None]] = []
+        self.inbox: list[Item] = []
         # Told why an entry could not be filed (a bug): the runtime counts and logs it.
-        self.on_unfiled: Callable[[Exception], None] = _reraise
+        self.on_unfiled: Callable[[Exception, Item], None] = _reraise
         # Targets by the field they are keyed by, so ids of different kinds never collide.
         self.targets: dict[str, dict[str, Target]] = {
             field: {} for field in ("profile_id", "email", "domain", "account_id")
@@ -302,7 +306,7 @@ class Queue:
             try:
                 ready += put(kind, entry, who, ip)
             except Exception as exc:  # a bug; the try itself costs nothing in 3.11
-                self.on_unfiled(exc)
+                self.on_unfiled(exc, (kind, entry, who, ip))
         return ready
 
     def put(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> bool:

@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._queue import Batch, Target
 from ._stats import DeliveryFailure, DropReason
+from ._validate import Who
 
 __all__ = ["OnError", "Reporter"]
 
@@ -91,6 +92,30 @@ class Reporter:
                     exception=error,
                 )
             )
+
+    def dropped_entry(
+        self,
+        reason: DropReason,
+        raw: bytes,
+        who: Who,
+        ip: str | None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """One entry was dropped outside any batch (at the call, or unfiled): hand it to
+        ``on_error`` with its ids (and its ip, which would have gone top-level)."""
+        field, key, secondary_name, secondary = who
+        ids = {field: key} if secondary is None else {field: key, secondary_name: secondary}
+        if ip is not None:
+            ids["ip"] = ip
+        self.refused(
+            DeliveryFailure(
+                reason=reason,
+                kind="account" if field in ("domain", "account_id") else "profile",
+                ids=ids,
+                entries=[msgspec.json.decode(raw)],
+                exception=exception,
+            )
+        )
 
     def refused(self, failure: DeliveryFailure) -> None:
         """An entry was dropped at the call: hand it to ``on_error``, unless it is closed."""

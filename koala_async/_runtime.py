@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 from ._http import HttpFactory
 from ._ledger import Ledger
 from ._limiter import Limiter
-from ._queue import TICKS, Queue
+from ._queue import TICKS, Item, Queue
 from ._reporter import Reporter
 from ._sender import Sender
 
@@ -160,11 +160,14 @@ class Runtime:
         if queue.inbox and queue.intake():
             self.dispatch()
 
-    def _unfiled(self, error: Exception) -> None:
-        """The queue could not file an entry (a bug): drop it as ``rejected``, counted and
-        logged, so it still ends in one outcome and the background goes on."""
+    def _unfiled(self, error: Exception, item: Item) -> None:
+        """The queue could not file an entry (a bug): drop it as ``rejected``, counted,
+        logged and handed to ``on_error``, so it still ends in one outcome, reported as any
+        drop is, and the background goes on."""
         logger.error("unexpected error filing an entry; dropped", exc_info=error)
         self._ledger.lose("rejected")
+        _, raw, who, ip = item
+        self._reporter.dropped_entry("rejected", raw, who, ip, error)
         self._after_settle()
 
     def dispatch(self) -> None:

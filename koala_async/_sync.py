@@ -59,6 +59,7 @@ from ._client import BeforeSend, KoalaClient
 from ._config import OnFull
 from ._context import current as _current
 from ._exceptions import ClientClosedError, KoalaError, ValidationError
+from ._queue import Item
 from ._redact import redact
 from ._reporter import OnError
 from ._retry import RetryPolicy
@@ -78,8 +79,6 @@ _STATS_TIMEOUT = 1.0  # seconds stats() waits for the loop before reading the co
 _BOOKKEEPING = 0.2  # seconds of a close's timeout kept for counting and logging the drops
 _POLL = 0.25  # seconds between checks that the engine is alive, while a call waits for room
 
-_Item = tuple[int, bytes, Who, str | None]  # kind, encoded entry, target, top-level ip
-
 
 class _Engine:
     """One process's delivery: a KoalaClient opened on an event loop in a daemon thread."""
@@ -88,10 +87,10 @@ class _Engine:
         self.pid = _pid
         self.core = core
         self.ledger = core._ledger
-        self.inbox: deque[_Item] = deque()
+        self.inbox: deque[Item] = deque()
         self.woken = False  # a drain is due: later calls need not wake the loop
         self.wake = asyncio.Event()  # set from any thread (through the loop) to drain
-        self.full: deque[tuple[_Item, concurrent.futures.Future[None]]] = deque()
+        self.full: deque[tuple[Item, concurrent.futures.Future[None]]] = deque()
         self.accepting = False  # the core is open and takes entries from the inbox
         self.loop = asyncio.new_event_loop()
         self.ident: int | None = None  # the engine thread's id
@@ -178,7 +177,7 @@ class _Engine:
             item, done = full.popleft()
             self.put_full(item, done)
 
-    def put_full(self, item: _Item, done: concurrent.futures.Future[None] | None) -> None:
+    def put_full(self, item: Item, done: concurrent.futures.Future[None] | None) -> None:
         """The queue was full: put one entry as ``on_full`` says, telling ``done`` how."""
         try:
             waiting = self.core._put_encoded(*item)
@@ -399,7 +398,7 @@ class KoalaSyncClient:
             engine.call(engine.wake.set)  # False: closed under us; counted at the close
         return entry.message_id
 
-    def _put_full(self, engine: _Engine, item: _Item) -> None:
+    def _put_full(self, engine: _Engine, item: Item) -> None:
         """Let the engine drop, raise or wait for room, as ``on_full`` says."""
         if engine.on_loop():  # e.g. from on_error: waiting here would stop the loop
             engine.drain()

@@ -224,7 +224,8 @@ async def test_an_entry_that_cannot_be_filed_is_counted_and_the_rest_delivered(
     flush_interval: float,
 ) -> None:
     """A bug in filing (whichever task files: the filer, or the ticker before its tick)
-    drops that one entry, counted as rejected and logged; the background goes on."""
+    drops that one entry, counted as rejected, logged and handed to on_error; the
+    background goes on."""
     put = _queue.Queue.put
 
     def broken(self: _queue.Queue, kind: int, entry: bytes, who: Any, ip: Any = None) -> bool:
@@ -235,7 +236,10 @@ async def test_an_entry_that_cannot_be_filed_is_counted_and_the_rest_delivered(
     monkeypatch.setattr(_queue.Queue, "put", broken)
     monkeypatch.setattr(_runtime, "FILE_WITHIN", file_within)
     caplog.set_level(logging.ERROR, logger="koala_async")
-    async with KoalaClient("pk_test", http_client=http, flush_interval=flush_interval) as koala:
+    failures: list[DeliveryFailure] = []
+    async with KoalaClient(
+        "pk_test", http_client=http, flush_interval=flush_interval, on_error=failures.append
+    ) as koala:
         await koala.track("Step", email="ada@acme.com")
         await koala.track("Step", email="bug@acme.com")
         await koala.track("Step", email="bob@acme.com")
@@ -248,6 +252,14 @@ async def test_an_entry_that_cannot_be_filed_is_counted_and_the_rest_delivered(
     assert (stats.delivered, stats.dropped["rejected"], stats.pending) == (2, 1, 0)
     assert "unexpected error filing an entry; dropped" in caplog.text
     assert "RuntimeError: a bug" in caplog.text
+    [failure] = failures
+    assert (failure.reason, failure.kind, failure.ids) == (
+        "rejected",
+        "profile",
+        {"email": "bug@acme.com"},
+    )
+    assert [entry["event"] for entry in failure.entries] == ["Step"]
+    assert isinstance(failure.exception, RuntimeError)
 
 
 async def test_the_interval_sends_what_is_queued(
