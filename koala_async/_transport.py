@@ -3,7 +3,9 @@
 httpx's default transport (httpcore) costs about 2.5x the CPU per request here, most of it
 in connection-pool bookkeeping this SDK does not need: each sender sends one request at a
 time to one origin. This transport keeps one connection open and writes and parses HTTP/1.1
-itself. Callers who need proxies or HTTP/2 pass an ``httpx.AsyncClient`` of their own.
+itself. Callers who need proxies or HTTP/2 pass an ``httpx.AsyncClient`` of their own. On
+asyncio the connection is :mod:`._aio`'s stream straight on asyncio's transport (a third less
+CPU per request than anyio's socket stream); on trio, anyio's.
 
 It is built to survive hostile or broken servers (tests/test_transport_conformance.py runs
 the same cases against httpx's transport):
@@ -43,6 +45,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
+import sniffio
+
+from . import _aio
 
 if TYPE_CHECKING:  # ssl costs ~6 ms to import; a context is only made for https
     import ssl
@@ -89,7 +94,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self._ssl_context = ssl_context
-        self._stream: ByteStream | None = None
+        self._stream: ByteStream | _aio.Stream | None = None
         self._origin: Origin | None = None
         self._buffer = bytearray()
         self._received = 0  # bytes of the current response seen: 0 means safe to resend
@@ -171,16 +176,21 @@ class Http11Transport(httpx.AsyncBaseTransport):
         await self.aclose()
         scheme, host, port = origin
         address = host.decode("ascii")
-        stream: ByteStream
-        with _limit(timeout, httpx.ConnectTimeout):
-            if scheme == b"https":
-                if self._ssl_context is None:  # made once: loading the CA store is not cheap
-                    import ssl
+        context = None
+        if scheme == b"https":
+            if self._ssl_context is None:  # made once: loading the CA store is not cheap
+                import ssl
 
-                    self._ssl_context = ssl.create_default_context()
+                self._ssl_context = ssl.create_default_context()
+            context = self._ssl_context
+        stream: ByteStream | _aio.Stream
+        with _limit(timeout, httpx.ConnectTimeout):
+            if sniffio.current_async_library() == "asyncio":  # a third less CPU per request
+                stream = await _aio.connect(address, port, context)
+            elif context is not None:
                 # Koala answers and closes; not waiting for its close_notify saves a round trip.
                 stream = await anyio.connect_tcp(
-                    address, port, ssl_context=self._ssl_context, tls_standard_compatible=False
+                    address, port, ssl_context=context, tls_standard_compatible=False
                 )
             else:
                 stream = await anyio.connect_tcp(address, port)
