@@ -108,12 +108,16 @@ def test_now_iso_pairs_each_millisecond_with_its_own_text(
     clocks: dict[int, int] = {}
     base = 1_700_000_000_000_000_000
 
-    def time_ns() -> int:
+    def monotonic() -> float:
         me = threading.get_ident()
         # A new second on every call, so every call formats and stores both pairs.
         clocks[me] = clocks.get(me, len(clocks) * 10**14 + base) + 1_001_000_000
-        return clocks[me]
+        return clocks[me] / 1e9
 
+    def time_ns() -> int:
+        return clocks[threading.get_ident()]  # read just after monotonic(), by now_iso
+
+    monkeypatch.setattr(_wire, "_monotonic", monotonic)
     monkeypatch.setattr(time, "time_ns", time_ns)
 
     def stamp() -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -52,6 +53,21 @@ def test_now_iso_is_utc_with_milliseconds() -> None:
     after = datetime.now(timezone.utc)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text)
     assert before <= datetime.fromisoformat(text.replace("Z", "+00:00")) <= after
+
+
+def test_now_iso_moves_on_at_each_wall_clock_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text is kept for the rest of its millisecond of the wall clock, told by the
+    monotonic clock, and not a moment longer."""
+    clock = {"ns": 1_700_000_000_123_900_000}  # 0.1 ms before a millisecond ends
+    monkeypatch.setattr(_wire, "_monotonic", lambda: clock["ns"] / 1e9)
+    monkeypatch.setattr(time, "time_ns", lambda: clock["ns"])
+    monkeypatch.setattr(_wire, "_millisecond", (0.0, -1.0, ""))
+    first = now_iso()
+    clock["ns"] += 50_000
+    assert now_iso() == first
+    clock["ns"] += 60_000
+    assert first.endswith(".123Z")
+    assert now_iso().endswith(".124Z")
 
 
 def _queued(kind: int = EVENTS) -> tuple[Queue, Target]:
