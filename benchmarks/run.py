@@ -697,8 +697,8 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(rounds):
             for sdk in SDKS:
                 runs[sdk].append(measure(sdk, mode, scenario, events, port))
+        name = scenario if mode == "run" else mode
         for sdk in SDKS:
-            name = scenario if mode == "run" else mode
             results[f"{sdk}/{name}"] = median_run(runs[sdk], key)
 
     with running_sink() as port:
@@ -988,7 +988,7 @@ def main() -> None:
     size = results["sizes"]
     print(
         f"\n{results['machine']}; {size['run']:,.0f} events per run (50 ms: "
-        f"{size['latency']:,.0f}; each SDK's median of {size.get('rounds', 1):.0f} runs of "
+        f"{size['latency']:,.0f}; each SDK's median of {size['rounds']:.0f} runs of "
         f"both; memory: {size['memory']:,.0f}; loop: {size['loop']:,.0f}, "
         f"peers {size['loop_peers']:,.0f}; "
         f"web: {size['web_s']:.0f} s per rate)\n"

@@ -37,9 +37,8 @@ def worker(sdk: str, scenario: str, n: int, port: int) -> dict[str, float]:
             for i in range(lo, hi):
                 client.track("Created Account", email=emails[i], properties=PROPS)
 
-        track(
-            n, n + 1
-        )  # start the delivery thread outside the measurement (peers start theirs early)
+        # Start the delivery thread outside the measurement (peers start theirs early).
+        track(n, n + 1)
         run = run_sync(n, port, track, client.flush)
         client.close()
         return run

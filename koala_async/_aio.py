@@ -112,8 +112,7 @@ async def connect(host: str, port: int, ssl_context: ssl.SSLContext | None = Non
         _Protocol,
         host,
         port,
-        ssl=ssl_context,
-        server_hostname=host if ssl_context else None,
+        ssl=ssl_context,  # checked against ``host``, asyncio's default server_hostname
         happy_eyeballs_delay=0.25,  # as anyio's connect_tcp: IPv6 and IPv4 raced (RFC 6555)
     )
     return Stream(transport, protocol, ssl_context is not None)
