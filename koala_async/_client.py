@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import time
 import weakref
@@ -30,12 +31,11 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-import anyio
-import anyio.lowlevel
+import anyio.to_thread
 import httpx
 import msgspec
 
-from . import _validate
+from . import _loop, _validate
 from ._calls import (
     EVENTS,
     IDENTIFIES,
@@ -95,12 +95,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-async def _checkpoint() -> None:
-    # The entry is queued by now: a cancellation here would tell the caller it was not,
-    # while it will be delivered. So yield without taking a cancellation.
-    await anyio.lowlevel.cancel_shielded_checkpoint()
 
 
 class KoalaClient:
@@ -244,7 +238,8 @@ class KoalaClient:
             )
         config = self._config
         if config.enabled:
-            self._token = anyio.lowlevel.current_token()
+            loop = _loop.current()
+            self._token = loop.token()
             if self._spool_options is not None:
                 await self._open_spool(self._spool_options)
             self._sender = Sender(
@@ -255,6 +250,7 @@ class KoalaClient:
                 self._circuit,
                 backlog=lambda: bool(self._queue.ready),
                 on_change=self._circuit_changed,
+                loop=loop,
             )
             http = self._http or HttpFactory(config.base_url, config.timeout)
             self._runtime = Runtime(
@@ -266,6 +262,7 @@ class KoalaClient:
                 config.flush_interval,
                 http,
                 on_death=self._orphaned,
+                loop=loop,
             )
             await self._runtime.start()
             if self._spool is not None:
@@ -344,16 +341,19 @@ class KoalaClient:
                 self._queue.eager = True
                 runtime.flush_waiting()
                 spool = self._spool
-                cancelled = await _wait_shielded(
+                cancelled = await runtime.loop.shielded(
                     runtime.settled if spool is None else lambda: spool.drained(runtime.settled),
                     deadline,
                 )
-                with anyio.CancelScope(shield=True):
+
+                async def stop() -> None:
                     await runtime.stop()
                     self._drop_leftovers(sender)
                     if spool is not None:
                         await spool.close()
                     await runtime.release()
+
+                cancelled = await runtime.loop.shielded(stop, math.inf) or cancelled
                 await runtime.leave()
         finally:
             self._state = _State.CLOSED
@@ -416,7 +416,7 @@ class KoalaClient:
             self._limit = 0
 
     def _check_loop(self) -> None:
-        if self._token is not None and anyio.lowlevel.current_token() != self._token:
+        if self._token is not None and _loop.current().token() != self._token:
             raise ClientClosedError(_ORPHANED)
 
     async def flush(self, timeout: float | None = None) -> FlushResult:
@@ -434,16 +434,15 @@ class KoalaClient:
         delivered, dropped = ledger.delivered, ledger.dropped_total
         runtime = self._runtime
         if runtime is not None:
-            done = anyio.Event()
+            done = runtime.loop.event()
             waiter = Waiter(done)
             for _, batch in self._queue.batches():
                 waiter.add(batch)
             runtime.flush_waiting()
             if waiter.left:
-                with anyio.move_on_after(
-                    self._config.shutdown_timeout if timeout is None else timeout
-                ):
-                    await done.wait()
+                await runtime.loop.wait(
+                    done, self._config.shutdown_timeout if timeout is None else timeout
+                )
         if self._circuit.state is DEAD:
             assert self._sender is not None
             raise DeliveryError(self._sender.last_error or "the endpoint is gone")
@@ -905,7 +904,9 @@ class KoalaClient:
         waiting = self._queue.add(kind, raw, who, ip)
         if waiting % FILE_EVERY and waiting != 1:  # nothing for the filer to hear of
             return None
-        return _checkpoint() if self._runtime.added(waiting) else None  # type: ignore[union-attr]
+        runtime = self._runtime
+        # The 128th unfiled entry: the loop had no turn since the 64th, so let it run.
+        return runtime.loop.checkpoint() if runtime.added(waiting) else None  # type: ignore[union-attr]
 
     def _put_encoded(
         self, kind: int, raw: bytes, who: Who, ip: str | None = None
@@ -957,7 +958,7 @@ class KoalaClient:
             self._parked = parked = self._parked + 1
             # The writer takes parked entries at its own pace: a loop that only parks must
             # yield now and then, as a request handler does anyway.
-            return None if parked % FILE_EVERY else _checkpoint()
+            return None if parked % FILE_EVERY else runtime.loop.checkpoint()
         if config.on_full == "raise":
             raise QueueFullError(
                 f"{self._ledger.pending} entries are queued, the most max_queue_size allows; "
@@ -1023,25 +1024,3 @@ _ORPHANED = (
     "anyio.run()); open the client inside the event loop that uses it, e.g. "
     "`async with KoalaClient(...)` in your main coroutine or your app's lifespan"
 )
-
-
-async def _wait_shielded(wait: Any, timeout: float) -> BaseException | None:
-    """Run ``wait()`` for at most ``timeout`` seconds, shielded from cancellation.
-
-    On asyncio a second ``task.cancel()`` goes through anyio's shield: it is caught here and
-    returned, for the caller to raise once it has cleaned up, and the wait goes on until done
-    or the deadline.
-    """
-    deadline = time.monotonic() + timeout
-    cancelled: BaseException | None = None
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(max(left, 0)):
-                await wait()
-            break
-        except anyio.get_cancelled_exc_class() as exc:
-            cancelled = exc
-            if time.monotonic() >= deadline:
-                break
-    return cancelled

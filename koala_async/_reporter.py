@@ -1,23 +1,22 @@
 """Telling people what went wrong: rate-limited log warnings, and the ``on_error`` pump.
 
-``on_error`` runs in a task of its own, fed through an unbounded stream, so a slow or
+``on_error`` runs in a task of its own, fed through an unbounded queue, so a slow or
 failing callback never holds up a sender, and a callback that calls ``flush()`` cannot
 deadlock the client.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
-import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._loop import Event, Loop
 from ._queue import Batch, Target
 from ._stats import DeliveryFailure, DropReason
 from ._validate import Who
@@ -39,19 +38,27 @@ class Reporter:
     def __init__(self, on_error: OnError | None) -> None:
         self._on_error = on_error
         self._logged: dict[str, tuple[float, int]] = {}
-        self._send: MemoryObjectSendStream[DeliveryFailure] | None = None
-        self._receive: MemoryObjectReceiveStream[DeliveryFailure] | None = None
-        self.scope: anyio.CancelScope | None = None
-        self.done: anyio.Event | None = None
+        self._failures: deque[DeliveryFailure] | None = None  # None: nobody to hand them to
+        self._loop: Loop | None = None
+        self._came: Event | None = None  # set: failures came, or the close
+        self._closed = False
+        self.done: Event | None = None
+        self.cancel: Callable[[], object] | None = None  # stops the pump (set by its starter)
 
-    def open(self) -> bool:
-        """Make the pump's stream; True if there is a callback to pump to."""
+    def open(self, loop: Loop) -> bool:
+        """Make the pump's queue; True if there is a callback to pump to."""
         if self._on_error is None:
             return False
-        self._send, self._receive = anyio.create_memory_object_stream[DeliveryFailure](math.inf)
-        # Made before the pump starts, so a close that comes first can still cancel it.
-        self.scope, self.done = anyio.CancelScope(shield=True), anyio.Event()
+        self._loop = loop
+        self._failures = deque()
+        self._came, self.done = loop.event(), loop.event()
         return True
+
+    def _put(self, failure: DeliveryFailure) -> None:
+        if self._failures is not None and not self._closed:  # not a call after close
+            self._failures.append(failure)
+            assert self._came is not None
+            self._came.set()
 
     def warn(self, kind: str, message: str) -> None:
         """Log a warning: the first of each kind at once, repeats once a minute at most."""
@@ -81,8 +88,8 @@ class Reporter:
                 f"dropped {count} {'entry' if count == 1 else 'entries'} ({reason}): "
                 f"{detail or reason}",
             )
-        if self._send is not None:
-            self._send.send_nowait(
+        if self._failures is not None:
+            self._put(
                 DeliveryFailure(
                     reason=reason,
                     kind="account" if target.account else "profile",
@@ -119,18 +126,21 @@ class Reporter:
 
     def refused(self, failure: DeliveryFailure) -> None:
         """An entry was dropped at the call: hand it to ``on_error``, unless it is closed."""
-        if self._send is not None:
-            with contextlib.suppress(anyio.ClosedResourceError):  # a call after close
-                self._send.send_nowait(failure)
+        self._put(failure)
 
     async def pump(self) -> None:
-        """Run ``on_error`` for every failure until :meth:`close`; shielded by the caller."""
-        assert self._receive is not None
+        """Run ``on_error`` for every failure until :meth:`close`, in a task of its own."""
+        failures, loop = self._failures, self._loop
+        assert failures is not None
+        assert loop is not None
         assert self.done is not None
-        assert self.scope is not None
-        with self.scope:
-            async for failure in self._receive:
-                await self._call(failure)
+        while True:
+            while failures:
+                await self._call(failures.popleft())
+            if self._closed:
+                break
+            self._came = came = loop.event()
+            await came.wait()
         self.done.set()
 
     async def _call(self, failure: DeliveryFailure) -> None:
@@ -144,14 +154,11 @@ class Reporter:
 
     async def close(self, grace: float) -> None:
         """No more failures: let the pump finish, for at most ``grace`` seconds."""
-        if self._send is None or self.done is None:
+        if self._loop is None or self.done is None or self._came is None:
             return
-        self._send.close()
-        with anyio.move_on_after(grace):
-            await self.done.wait()
-        if not self.done.is_set():
-            if self.scope is not None:
-                self.scope.cancel()
+        self._closed = True
+        self._came.set()
+        if not await self._loop.wait(self.done, grace):
+            if self.cancel is not None:
+                self.cancel()
             logger.warning("on_error was too slow to hear of every drop at shutdown")
-        if self._receive is not None:
-            self._receive.close()

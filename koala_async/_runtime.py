@@ -11,22 +11,22 @@ same entry: an idle client wakes nobody.
 Workers are started as the ready FIFO needs them, up to the limiter's limit, each with its
 own one-connection HTTP client; a worker with nothing to do waits in an idle list until
 :meth:`Runtime.dispatch` wakes it. A worker above the limit (it was cut) stops after its
-batch. Every background task runs under a shielded cancel scope made *before* it is started,
-so cancelling the task that owns the client neither kills them nor escapes :meth:`stop`.
+batch. Background tasks are started by :mod:`._loop` (asyncio's own tasks on asyncio, each in
+a shielded scope in a task group elsewhere): cancelling the task that owns the client does not
+reach them, and :meth:`stop` cancels each.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-import anyio
 import httpx
-from anyio.abc import TaskGroup
 
 from ._http import HttpFactory
 from ._ledger import Ledger
 from ._limiter import Limiter
+from ._loop import Event, Loop, Tasks
 from ._queue import TICKS, Item, Queue
 from ._reporter import Reporter
 from ._sender import Sender
@@ -53,7 +53,9 @@ class Runtime:
         flush_interval: float,
         http: httpx.AsyncClient | HttpFactory,
         on_death: Callable[[], None],
+        loop: Loop,
     ) -> None:
+        self.loop = loop
         self._queue = queue
         self._ledger = ledger
         self._sender = sender
@@ -64,55 +66,53 @@ class Runtime:
         self._on_death = on_death  # a task ended that nobody stopped: its event loop is gone
         self._clients: list[httpx.AsyncClient] = []  # ours, idle
         self._made: list[httpx.AsyncClient] = []  # ours, all: closed at the end
-        self._idle: list[anyio.Event] = []
-        self._scopes: set[anyio.CancelScope] = set()
+        self._idle: list[Event] = []
+        self._cancels: set[Callable[[], object]] = set()
         self._tasks = 0
         self.workers = 0
-        self._filing = anyio.Event()  # set: the queue's inbox waits to be filed
+        self._filing = loop.event()  # set: the queue's inbox waits to be filed
         self.sleeping = False  # the filer found nothing to file: it waits for a call's entry
-        self._ticker_sleeps: anyio.Event | None = None  # set: the ticker has something to age
+        self._ticker_sleeps: Event | None = None  # set: the ticker has something to age
         self._stopping = False
-        self._stopped: anyio.Event | None = None
-        self._group: TaskGroup | None = None
-        self._settled: anyio.Event | None = None  # set when nothing is pending
-        self._room: anyio.Event | None = None  # set when pending falls to _room_at
+        self._stopped: Event | None = None
+        self._group: Tasks | None = None
+        self._settled: Event | None = None  # set when nothing is pending
+        self._room: Event | None = None  # set when pending falls to _room_at
         self._room_at = 0
         sender.lend = self._lend
         queue.on_unfiled = self._unfiled
 
     async def start(self) -> None:
-        """Enter the task group (in the caller's task), start the ticker, the filer and the
-        pump."""
-        self._stopped = anyio.Event()
-        group = anyio.create_task_group()
-        await group.__aenter__()
-        self._group = group
+        """Make the place for the background tasks (in the caller's task), start the ticker,
+        the filer and the pump."""
+        self._stopped = self.loop.event()
+        self._group = group = await self.loop.tasks()
         self._spawn(self._tick_forever)
         self._spawn(self._file_forever)
-        if self._reporter.open():
-            self._group.start_soon(self._reporter.pump)
+        if self._reporter.open(self.loop):
+            self._reporter.cancel = group.spawn(self._reporter.pump)
 
-    def _spawn(self, run: object) -> None:
+    def _spawn(self, run: Callable[[], Awaitable[object]]) -> None:
         assert self._group is not None
-        scope = anyio.CancelScope(shield=True)
-        self._scopes.add(scope)
         self._tasks += 1
-        self._group.start_soon(self._guarded, scope, run)
+        cancels = self._cancels
 
-    async def _guarded(self, scope: anyio.CancelScope, run: object) -> None:
-        try:
-            with scope:
-                await run()  # type: ignore[operator]
-        except BaseException:
-            if not self._stopping:  # cancelled from outside: its event loop is ending
-                self._stopping = True
-                self._on_death()
-            raise
-        finally:
-            self._scopes.discard(scope)
-            self._tasks -= 1
-            if not self._tasks and self._stopped is not None:
-                self._stopped.set()
+        async def guarded() -> None:
+            try:
+                await run()
+            except BaseException:
+                if not self._stopping:  # cancelled from outside: its event loop is ending
+                    self._stopping = True
+                    self._on_death()
+                raise
+            finally:
+                cancels.discard(cancel)
+                self._tasks -= 1
+                if not self._tasks and self._stopped is not None:
+                    self._stopped.set()
+
+        cancel = self._group.spawn(guarded)
+        cancels.add(cancel)
 
     # Filing and dispatch
 
@@ -143,15 +143,14 @@ class Runtime:
 
     async def _file_forever(self) -> None:
         while True:
-            with anyio.move_on_after(FILE_WITHIN):
-                await self._filing.wait()
+            await self.loop.wait(self._filing, FILE_WITHIN)
             if not self._filing.is_set() and not self._queue.inbox:
                 # Nothing came for a whole period: sleep until a call's entry comes, rather
                 # than wake 20 times a second in an idle process.
                 self.sleeping = True
                 await self._filing.wait()
             if self._filing.is_set():
-                self._filing = anyio.Event()
+                self._filing = self.loop.event()
             self.file()
 
     def file(self) -> None:
@@ -207,7 +206,7 @@ class Runtime:
             while True:
                 target = queue.take()
                 if target is None:
-                    event = anyio.Event()
+                    event = self.loop.event()
                     self._idle.append(event)
                     await event.wait()
                     continue
@@ -230,7 +229,7 @@ class Runtime:
     async def _tick_forever(self) -> None:
         ledger, queue = self._ledger, self._queue
         while True:
-            await anyio.sleep(self._flush_interval / TICKS)
+            await self.loop.sleep(self._flush_interval / TICKS)
             if queue.tick():  # files the inbox first
                 self.dispatch()
             if not (ledger.pending or ledger.spooled or queue.inbox):
@@ -239,7 +238,7 @@ class Runtime:
                 # through the inbox (see added): a spool takes a call's entry only when memory
                 # is full or older ones wait on disk (the ticker is awake then), or when the
                 # endpoint is gone (nothing is sent then).
-                self._ticker_sleeps = woken = anyio.Event()
+                self._ticker_sleeps = woken = self.loop.event()
                 await woken.wait()
 
     def flush_waiting(self) -> None:
@@ -265,7 +264,7 @@ class Runtime:
     async def room(self, at: int) -> None:
         """Wait until at most ``at`` entries are pending, or :meth:`wake_room`."""
         if self._room is None:
-            self._room, self._room_at = anyio.Event(), at
+            self._room, self._room_at = self.loop.event(), at
         else:
             self._room_at = min(self._room_at, at)
         await self._room.wait()
@@ -273,7 +272,7 @@ class Runtime:
     async def settled(self) -> None:
         """Wait until nothing is pending."""
         while self._ledger.pending:
-            self._settled = anyio.Event()
+            self._settled = self.loop.event()
             await self._settled.wait()
 
     # The end
@@ -282,8 +281,8 @@ class Runtime:
         """Cancel the workers and the ticker, and wait until they are gone: after this,
         nothing else settles a batch."""
         self._stopping = True
-        for scope in list(self._scopes):
-            scope.cancel()
+        for cancel in list(self._cancels):
+            cancel()
         for event in self._idle:
             event.set()
         if self._tasks:
@@ -297,8 +296,7 @@ class Runtime:
             await client.aclose()
 
     async def leave(self) -> None:
-        """Leave the task group: every child is done by now. Outside any shield, since a
-        task group's scope must be exited after the scopes opened inside it."""
+        """Leave the place of the background tasks: every one is done by now."""
         if self._group is not None:
             group, self._group = self._group, None
-            await group.__aexit__(None, None, None)
+            await group.leave()

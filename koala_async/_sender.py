@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import anyio
 import httpx
 
 from . import _http
@@ -19,6 +18,7 @@ from ._circuit import DEAD, OPEN, Circuit
 from ._config import Config
 from ._ledger import Ledger
 from ._limiter import Limiter
+from ._loop import Loop
 from ._queue import Batch, Target
 from ._redact import redact_text
 from ._reporter import Reporter
@@ -66,7 +66,9 @@ class Sender:
         circuit: Circuit,
         backlog: Callable[[], bool],
         on_change: Callable[[], None],
+        loop: Loop,
     ) -> None:
+        self._loop = loop
         self._config = config
         self._ledger = ledger
         self._reporter = reporter
@@ -76,12 +78,12 @@ class Sender:
         self._on_change = on_change  # the circuit changed: wake whoever waits on it
         # by Target.account: prepared once, not per request
         self._routes = tuple(_http.Route(url, config.headers) for url in config.urls)
-        self._changed = anyio.Event()
+        self._changed = loop.event()
         self.paused_until = 0.0  # a 429 pauses every sender until then
         self._rate_streak = 0
         self.in_flight = 0
         self.deadline = math.inf  # set by close_by: waits are cut to fit before it
-        self._closing = anyio.Event()
+        self._closing = loop.event()
         self.last_error: str | None = None
         self.spool: Spool | None = None  # with one, some outcomes park a batch on disk
         # Called with -1 as a batch starts backing off, +1 when it is done: the runtime lends
@@ -108,20 +110,18 @@ class Sender:
         """Wait ``wait`` seconds, cut by :meth:`_cut`, also when the close begins meanwhile."""
         end = time.monotonic() + wait
         if self.deadline == math.inf:
-            with anyio.move_on_after(wait):
-                await self._closing.wait()
+            await self._loop.wait(self._closing, wait)
         left = self._cut(end - time.monotonic(), turns)
         if left > 0:
-            await anyio.sleep(left)
+            await self._loop.sleep(left)
 
     async def _wait_for_change(self, wait: float) -> None:
-        with anyio.move_on_after(self._cut(wait, 2)):
-            await self._changed.wait()
+        await self._loop.wait(self._changed, self._cut(wait, 2))
 
     def _wake(self) -> None:
         """Wake every :meth:`_wait_for_change`."""
         self._changed.set()
-        self._changed = anyio.Event()
+        self._changed = self._loop.event()
 
     def _changed_now(self) -> None:
         self._wake()
@@ -186,7 +186,7 @@ class Sender:
             self.in_flight += 1
             started = time.monotonic()
             try:
-                with anyio.fail_after(config.timeout):  # the whole request, all told
+                with self._loop.fail_after(config.timeout):  # the whole request, all told
                     status, header = await _http.post(http, route, content, config.timeout)
             except TimeoutError:  # the deadline above: no (complete) answer in time
                 verdict = Verdict.RETRY

@@ -47,7 +47,8 @@ import anyio
 import httpx
 import sniffio
 
-from . import _aio
+from . import _aio, _loop
+from ._loop import Loop, Scope
 
 if TYPE_CHECKING:  # ssl costs ~6 ms to import; a context is only made for https
     import ssl
@@ -99,6 +100,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._buffer = bytearray()
         self._received = 0  # bytes of the current response seen: 0 means safe to resend
         self._read_timeout: float | None = None
+        self._loop: Loop = _loop.ANYIO  # the running loop's, from each connect on
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -184,7 +186,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 self._ssl_context = ssl.create_default_context()
             context = self._ssl_context
         stream: ByteStream | _aio.Stream
-        with _limit(timeout, httpx.ConnectTimeout):
+        self._loop = _loop.current()
+        with _limit(self._loop, timeout, httpx.ConnectTimeout):
             if sniffio.current_async_library() == "asyncio":  # a third less CPU per request
                 stream = await _aio.connect(address, port, context)
             elif context is not None:
@@ -205,7 +208,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         assert stream is not None
         self._received = 0
         if len(message) <= _ONE_WRITE:
-            with _limit(write_timeout, httpx.WriteTimeout):
+            with _limit(self._loop, write_timeout, httpx.WriteTimeout):
                 await stream.send(message)
             return await self._read_response()
         # A large body is sent while the answer is read: a server may answer (413) and
@@ -216,7 +219,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
         async def send() -> None:
             try:
-                with _limit(write_timeout, httpx.WriteTimeout):
+                with _limit(self._loop, write_timeout, httpx.WriteTimeout):
                     await stream.send(message)
             except _Timeout as exc:
                 failure.append(exc)
@@ -247,7 +250,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def _receive(self) -> None:
         assert self._stream is not None
-        with _limit(self._read_timeout, httpx.ReadTimeout):
+        with _limit(self._loop, self._read_timeout, httpx.ReadTimeout):
             data = await self._stream.receive()
         self._received += len(data)
         self._buffer += data
@@ -326,7 +329,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         # a timeout at the caller's deadline, and a resend.
         headed = self._read_timeout is None
         try:
-            with _limit(BODY_GRACE if headed else None, httpx.ReadTimeout):
+            with _limit(self._loop, BODY_GRACE if headed else None, httpx.ReadTimeout):
                 if chunked:
                     complete = await self._read_chunked(parts)
                 elif length >= 0:
@@ -413,24 +416,28 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         stream, self._stream, self._origin = self._stream, None, None
-        if stream is not None:
+        if isinstance(stream, _aio.Stream):
+            await stream.aclose()  # awaits nothing: no cancellation can cut it short
+        elif stream is not None:
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(OSError, anyio.BrokenResourceError):
                     await stream.aclose()
 
 
 class _limit:
-    """``anyio.fail_after(seconds)`` raising ``_Timeout(kind)``; nothing at all for None."""
+    """A deadline of ``seconds`` raising ``_Timeout(kind)``; nothing at all for None."""
 
-    __slots__ = ("_kind", "_scope", "_seconds")
+    __slots__ = ("_kind", "_loop", "_scope", "_seconds")
 
-    def __init__(self, seconds: float | None, kind: type[httpx.TimeoutException]) -> None:
-        self._seconds, self._kind = seconds, kind
-        self._scope: anyio.CancelScope | None = None
+    def __init__(
+        self, loop: Loop, seconds: float | None, kind: type[httpx.TimeoutException]
+    ) -> None:
+        self._loop, self._seconds, self._kind = loop, seconds, kind
+        self._scope: Scope | None = None
 
     def __enter__(self) -> None:
         if self._seconds is not None:
-            self._scope = anyio.move_on_after(self._seconds)
+            self._scope = self._loop.move_on_after(self._seconds)
             self._scope.__enter__()
 
     def __exit__(self, *exc_info: Any) -> bool:

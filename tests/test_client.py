@@ -502,17 +502,18 @@ async def test_stats_add_up_while_work_is_in_flight(recorder: Recorder) -> None:
 async def test_calls_yield_to_the_event_loop_only_when_it_has_not_run(
     http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from koala_async import _client
+    from koala_async import _loop
 
     yields = 0
-    checkpoint = _client._checkpoint
+    primitives = type(_loop.current())
+    checkpoint = primitives.checkpoint
 
-    async def counted() -> None:
+    async def counted(self: _loop.Loop) -> None:
         nonlocal yields
         yields += 1
-        await checkpoint()
+        await checkpoint(self)
 
-    monkeypatch.setattr(_client, "_checkpoint", counted)
+    monkeypatch.setattr(primitives, "checkpoint", counted)
     async with KoalaClient("pk_test", http_client=http, flush_interval=3600) as koala:
         for i in range(640):  # a request handler: back to the event loop every few calls
             await koala.track("Viewed", email=f"user{i}@acme.com")

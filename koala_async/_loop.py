@@ -1,0 +1,282 @@
+"""What the core awaits (events, deadlines, sleeps, background tasks, shielded waits) in
+asyncio's own terms on asyncio, in anyio's elsewhere (trio; asyncio on Python 3.10).
+
+Why: the first anyio primitive a process uses imports anyio's asyncio backend, 15 ms on the
+machine of the benchmarks: the whole first open of a client, and every serverless cold
+start pays it. asyncio has what the core needs: its events and sleeps; tasks, which outlive
+a cancelled owner without a shield; deadlines, written here as ``asyncio.timeout`` is but
+as a plain ``with`` (and a fifth of the cost of anyio's scope). Python 3.10 has no
+``Task.uncancel`` to tell a deadline's cancellation from the owner's: there anyio stays.
+
+:func:`current` picks one for the running loop; the client asks once, at open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import anyio.lowlevel
+import sniffio
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+__all__ = ["ANYIO", "Event", "Loop", "Scope", "Tasks", "current"]
+
+
+class Event(Protocol):
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    async def wait(self) -> object: ...
+
+
+class Scope(Protocol):
+    """A deadline over a ``with`` block: the block is cancelled when it passes."""
+
+    @property
+    def cancelled_caught(self) -> bool: ...
+    def __enter__(self) -> object: ...
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None: ...
+
+
+class Tasks(Protocol):
+    """Background tasks that a cancellation of their owner does not reach."""
+
+    def spawn(self, run: Callable[[], Awaitable[object]]) -> Callable[[], object]:
+        """Start ``run()``; return what cancels it."""
+        ...
+
+    async def leave(self) -> None:
+        """Wait for every task (all ended or cancelled by now); raise what one raised."""
+        ...
+
+
+class Loop:
+    """anyio's primitives: for trio, and for asyncio on Python 3.10."""
+
+    def event(self) -> Event:
+        return anyio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    async def checkpoint(self) -> None:
+        """Let the loop run, without taking a cancellation (the caller's entry is queued
+        by now: a cancellation here would tell it otherwise)."""
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    def move_on_after(self, seconds: float) -> Scope:
+        return anyio.move_on_after(seconds)
+
+    def fail_after(self, seconds: float) -> AbstractContextManager[object]:
+        """A deadline that raises ``TimeoutError`` when it passes."""
+        return anyio.fail_after(seconds)
+
+    async def wait(self, event: Event, timeout: float) -> bool:
+        """Wait until ``event`` is set (True) or ``timeout`` seconds passed (False)."""
+        with self.move_on_after(timeout):
+            await event.wait()
+        return event.is_set()
+
+    def token(self) -> object:
+        """What tells this event loop from another."""
+        return anyio.lowlevel.current_token()
+
+    async def tasks(self) -> Tasks:
+        """A place for background tasks, entered in the caller's task."""
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        return _GroupTasks(group)
+
+    async def shielded(
+        self, wait: Callable[[], Awaitable[object]], timeout: float
+    ) -> BaseException | None:
+        """Run ``wait()`` for at most ``timeout`` seconds, shielded from cancellation; return
+        the cancellation that came meanwhile, for the caller to raise once it is done.
+
+        On asyncio a second ``task.cancel()`` goes through anyio's shield: it is caught here
+        and the wait goes on until done or the deadline."""
+        deadline = time.monotonic() + timeout
+        cancelled: BaseException | None = None
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(max(left, 0)):
+                    await wait()
+                break
+            except anyio.get_cancelled_exc_class() as exc:
+                cancelled = exc
+                if time.monotonic() >= deadline:
+                    break
+        return cancelled
+
+
+class _GroupTasks:
+    """anyio's task group, each task in a shielded scope made before it starts (so a stop
+    that comes first can still cancel it)."""
+
+    def __init__(self, group: TaskGroup) -> None:
+        self._group = group
+
+    def spawn(self, run: Callable[[], Awaitable[object]]) -> Callable[[], object]:
+        scope = anyio.CancelScope(shield=True)
+
+        async def scoped() -> None:
+            with scope:
+                await run()
+
+        self._group.start_soon(scoped)
+        return scope.cancel
+
+    async def leave(self) -> None:
+        # Outside any shield: a task group's scope must be exited after those opened in it.
+        await self._group.__aexit__(None, None, None)
+
+
+class _Asyncio(Loop):
+    """asyncio's own primitives (Python 3.11+)."""
+
+    def event(self) -> Event:
+        return asyncio.Event()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def checkpoint(self) -> None:
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError as exc:
+            # Hand the cancellation back, for the task's next await to take, with its message
+            # (by which anyio's scopes know their own).
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            task.cancel(exc.args[0] if exc.args else None)
+
+    def move_on_after(self, seconds: float) -> Scope:
+        return _Deadline(seconds, False)
+
+    def fail_after(self, seconds: float) -> AbstractContextManager[object]:
+        return _Deadline(seconds, True)
+
+    async def wait(self, event: Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        with _Deadline(timeout, False):
+            await event.wait()
+        return event.is_set()
+
+    def token(self) -> object:
+        return asyncio.get_running_loop()
+
+    async def tasks(self) -> Tasks:
+        return _TaskSet()
+
+    async def shielded(
+        self, wait: Callable[[], Awaitable[object]], timeout: float
+    ) -> BaseException | None:
+        async def bounded() -> None:
+            with _Deadline(timeout, False):
+                await wait()
+
+        # In a task of its own, which the owner's cancellation does not reach.
+        task = asyncio.get_running_loop().create_task(bounded())
+        cancelled: BaseException | None = None
+        while not task.done():
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        task.result()  # a bug in wait() is raised, not lost
+        return cancelled
+
+
+class _TaskSet:
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def spawn(self, run: Callable[[], Awaitable[object]]) -> Callable[[], object]:
+        async def main() -> object:
+            return await run()
+
+        task = asyncio.get_running_loop().create_task(main())
+        self._tasks.add(task)
+        return task.cancel
+
+    async def leave(self) -> None:
+        tasks, self._tasks = self._tasks, set()
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+
+class _Deadline:
+    """``asyncio.timeout`` as a plain ``with``: at the deadline the task is cancelled, and
+    that cancellation (not another one, which ``Task.uncancel`` tells apart) ends the block:
+    quietly (``cancelled_caught``), or as ``TimeoutError`` when ``fail``."""
+
+    __slots__ = (
+        "_cancelling",
+        "_fail",
+        "_fired",
+        "_handle",
+        "_seconds",
+        "_task",
+        "cancelled_caught",
+    )
+
+    def __init__(self, seconds: float, fail: bool) -> None:
+        self._seconds = seconds
+        self._fail = fail
+        self._fired = False
+        self._handle: asyncio.TimerHandle | None = None
+        self.cancelled_caught = False
+
+    def __enter__(self) -> _Deadline:
+        if self._seconds < math.inf:
+            task = asyncio.current_task()
+            assert task is not None
+            self._task = task
+            self._cancelling = task.cancelling()
+            self._handle = asyncio.get_running_loop().call_later(self._seconds, self._fire)
+        return self
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self._handle is not None:
+            self._handle.cancel()
+        if not self._fired:
+            return False
+        # Ours if no other cancellation came meanwhile, and it is the one ending the block.
+        if self._task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
+            self.cancelled_caught = True
+            if self._fail:
+                raise TimeoutError from exc
+            return True
+        return False
+
+
+ANYIO = Loop()
+_ASYNCIO: Loop = _Asyncio() if sys.version_info >= (3, 11) else ANYIO
+
+
+def current() -> Loop:
+    """The primitives for the running event loop."""
+    return _ASYNCIO if sniffio.current_async_library() == "asyncio" else ANYIO

@@ -1,0 +1,208 @@
+"""The core's primitives (koala_async._loop): asyncio's own on asyncio (3.11+), anyio's
+elsewhere, with the same meaning; and a client that opens, delivers and closes on asyncio
+without importing anyio's asyncio backend (15 ms, the first open's whole cost)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import time
+
+import anyio
+import pytest
+from test_transport import raw_server
+
+from koala_async import _loop
+
+pytestmark = pytest.mark.anyio
+
+native = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="anyio's primitives serve asyncio on Python 3.10"
+)
+
+
+async def test_current_is_asyncio_s_own_on_asyncio_and_anyio_s_elsewhere(
+    anyio_backend: str,
+) -> None:
+    loop = _loop.current()
+    if anyio_backend == "asyncio" and sys.version_info >= (3, 11):
+        assert loop is not _loop.ANYIO
+        assert loop.token() is asyncio.get_running_loop()
+    else:
+        assert loop is _loop.ANYIO
+
+
+async def test_a_deadline_ends_its_block_quietly_or_as_timeout_error() -> None:
+    loop = _loop.current()
+    with loop.move_on_after(0.01) as scope:
+        await loop.sleep(5)
+    assert scope.cancelled_caught  # type: ignore[attr-defined]
+    with loop.move_on_after(5) as scope:
+        await loop.sleep(0)
+    assert not scope.cancelled_caught  # type: ignore[attr-defined]
+    with pytest.raises(TimeoutError), loop.fail_after(0.01):
+        await loop.sleep(5)
+    event = loop.event()
+    assert not await loop.wait(event, 0.01)
+    event.set()
+    assert await loop.wait(event, 0.01)
+    await loop.sleep(0.02)  # no cancellation is left over for a later await
+
+
+@native
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_cancellation_from_outside_is_not_taken_for_the_deadline(
+    anyio_backend: str,
+) -> None:
+    """The owner's task.cancel() within a deadline's block reaches the owner, even when
+    the deadline passes in the same turn of the loop."""
+    loop = _loop.current()
+    for same_turn in (False, True):
+        reached = False
+
+        async def owner() -> None:
+            nonlocal reached
+            with loop.move_on_after(0.05):
+                await loop.sleep(5)
+            reached = True  # only if the block ended quietly
+
+        task = asyncio.get_running_loop().create_task(owner())
+        await asyncio.sleep(0)  # the owner enters its block
+        if same_turn:
+            # Due just after the deadline; the loop held past both: one turn runs both.
+            asyncio.get_running_loop().call_later(0.06, task.cancel)
+            time.sleep(0.1)  # noqa: ASYNC251 (holding the loop is the point)
+        else:
+            task.cancel()
+        await asyncio.wait((task,))
+        assert task.cancelled()
+        assert not reached
+
+
+async def test_checkpoint_hands_an_anyio_cancellation_back_to_the_next_await() -> None:
+    """An anyio scope cancelled while a call yields: the call returns (its entry is queued),
+    the next await takes the cancellation, and the scope swallows it as its own."""
+    loop = _loop.current()
+    returned = after = False
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await loop.checkpoint()
+        returned = True
+        await anyio.sleep(5)
+        after = True
+    assert returned
+    assert not after
+    assert scope.cancelled_caught
+
+
+@native
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_checkpoint_hands_a_task_cancel_back_to_the_next_await(anyio_backend: str) -> None:
+    loop = _loop.current()
+    steps: list[str] = []
+
+    async def caller() -> None:
+        await loop.checkpoint()
+        steps.append("returned")
+        await asyncio.sleep(5)
+        steps.append("not cancelled")
+
+    task = asyncio.get_running_loop().create_task(caller())
+    await asyncio.sleep(0)  # the caller is at its checkpoint
+    task.cancel()
+    await asyncio.wait((task,), timeout=2)
+    assert steps == ["returned"]
+    assert task.cancelled()
+
+
+async def test_a_shielded_wait_outlives_its_owner_s_cancellation() -> None:
+    loop = _loop.current()
+    steps: list[str] = []
+
+    async def wait() -> None:
+        await loop.sleep(0.2)
+        steps.append("waited")
+
+    async def owner() -> None:
+        await loop.shielded(wait, 5)
+        steps.append("returned")
+        await anyio.sleep(5)  # the cancellation is taken here, if not raised before
+        steps.append("not cancelled")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(owner)
+        await anyio.sleep(0.05)
+        group.cancel_scope.cancel()
+    assert steps[0] == "waited"
+    assert "not cancelled" not in steps
+
+
+async def test_a_shielded_wait_ends_at_its_deadline() -> None:
+    loop = _loop.current()
+    started = anyio.current_time()
+    assert await loop.shielded(lambda: loop.sleep(5), 0.05) is None
+    assert anyio.current_time() - started < 4
+
+
+async def test_background_tasks_outlive_their_owner_s_cancellation() -> None:
+    loop = _loop.current()
+    ran = loop.event()
+    tasks = await loop.tasks()
+
+    async def work() -> None:
+        await loop.sleep(0.05)
+        ran.set()
+
+    with anyio.CancelScope() as scope:
+        tasks.spawn(work)
+        scope.cancel()
+        await anyio.sleep(1)
+    assert await loop.wait(ran, 2)
+    cancel = tasks.spawn(lambda: loop.sleep(5))
+    cancel()
+    await tasks.leave()
+
+
+async def test_leaving_raises_what_a_background_task_raised() -> None:
+    loop = _loop.current()
+    tasks = await loop.tasks()
+
+    async def fail() -> None:
+        raise RuntimeError("a bug")
+
+    tasks.spawn(fail)
+    with pytest.raises(Exception, match=r"a bug|TaskGroup|nursery") as caught:
+        await tasks.leave()
+    assert "a bug" in repr(caught.value) + repr(getattr(caught.value, "exceptions", ""))
+
+
+@native
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_client_opens_delivers_and_closes_without_anyio_s_asyncio_backend(
+    anyio_backend: str,
+) -> None:
+    """In a bare interpreter, as a serverless function starts: anyio's asyncio backend
+    (15 ms to import) is never loaded, by the open, the calls, the requests or the close."""
+    async with raw_server(lambda n: b"HTTP/1.1 204 No Content\r\n\r\n") as (port, _):
+        code = textwrap.dedent(
+            f"""
+            import asyncio, sys
+            import koala_async
+
+            async def main():
+                async with koala_async.KoalaClient(
+                    "pk_test", base_url="http://127.0.0.1:{port}"
+                ) as koala:
+                    await koala.track("Signed Up", email="ada@example.com")
+                    result = await koala.flush()
+                assert result.delivered == 1, result
+                print("anyio._backends._asyncio" in sys.modules)
+
+            asyncio.run(main())
+            """
+        )
+        with anyio.fail_after(60):
+            out = await anyio.run_process([sys.executable, "-c", code], check=False)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().strip() == "False"
