@@ -14,7 +14,8 @@ Delivery is a pipeline of small parts, each with one job:
   answer means and how long to wait; how many requests may be in flight; whether the
   endpoint is up;
 - :mod:`._sender` performs those decisions for one batch; :mod:`._runtime` runs the workers,
-  the ticker and the drain; :mod:`._reporter` logs and calls ``on_error``;
+  the ticker and the drain; :mod:`._reporter` logs and calls ``on_error``; :mod:`._loop`
+  gives them what they await (asyncio's own on asyncio, anyio's on trio);
 - :mod:`._spool` (opt-in) keeps accepted entries on disk until they are settled.
 """
 
