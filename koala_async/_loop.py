@@ -56,6 +56,10 @@ class Tasks(Protocol):
         """Start ``run()``; return what cancels it."""
         ...
 
+    def cancel(self) -> None:
+        """Cancel every task still running."""
+        ...
+
     async def leave(self) -> None:
         """Wait for every task (all ended or cancelled by now); raise what one raised."""
         ...
@@ -127,16 +131,26 @@ class _GroupTasks:
 
     def __init__(self, group: TaskGroup) -> None:
         self._group = group
+        self._scopes: set[anyio.CancelScope] = set()
 
     def spawn(self, run: Callable[[], Awaitable[object]]) -> Callable[[], object]:
         scope = anyio.CancelScope(shield=True)
+        scopes = self._scopes
+        scopes.add(scope)
 
         async def scoped() -> None:
-            with scope:
-                await run()
+            try:
+                with scope:
+                    await run()
+            finally:
+                scopes.discard(scope)
 
         self._group.start_soon(scoped)
         return scope.cancel
+
+    def cancel(self) -> None:
+        for scope in list(self._scopes):
+            scope.cancel()
 
     async def leave(self) -> None:
         # Outside any shield: a task group's scope must be exited after those opened in it.
@@ -203,7 +217,8 @@ class _Asyncio(Loop):
 
 class _TaskSet:
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()  # running
+        self._failed: list[BaseException] = []
 
     def spawn(self, run: Callable[[], Awaitable[object]]) -> Callable[[], object]:
         async def main() -> object:
@@ -211,15 +226,23 @@ class _TaskSet:
 
         task = asyncio.get_running_loop().create_task(main())
         self._tasks.add(task)
+        task.add_done_callback(self._done)
         return task.cancel
 
+    def _done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._failed.append(error)  # raised by leave()
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
     async def leave(self) -> None:
-        tasks, self._tasks = self._tasks, set()
-        if tasks:
-            await asyncio.wait(tasks)
-        for task in tasks:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self._failed:
+            raise self._failed[0]
 
 
 class _Deadline:

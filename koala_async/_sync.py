@@ -40,12 +40,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-import anyio
 import httpx
 import msgspec
-from anyio.abc import TaskGroup
 
-from . import _validate
+from . import _loop, _validate
 from ._calls import (
     EVENTS,
     IDENTIFIES,
@@ -59,6 +57,7 @@ from ._client import BeforeSend, KoalaClient
 from ._config import OnFull
 from ._context import current as _current
 from ._exceptions import ClientClosedError, KoalaError, ValidationError
+from ._loop import Event, Tasks
 from ._queue import Item
 from ._redact import redact
 from ._reporter import OnError
@@ -94,10 +93,10 @@ class _Engine:
         self.accepting = False  # the core is open and takes entries from the inbox
         self.loop = asyncio.new_event_loop()
         self.ident: int | None = None  # the engine thread's id
-        self.group: TaskGroup | None = None
+        self.tasks: Tasks | None = None
         self.error: BaseException | None = None
         self.closed: concurrent.futures.Future[FlushResult] = concurrent.futures.Future()
-        self._stop: anyio.Event | None = None
+        self._stop: Event | None = None
         self._stop_timeout: float | None = None
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="koala-async", daemon=True)
@@ -127,28 +126,31 @@ class _Engine:
 
     async def _main(self) -> None:
         core = self.core
-        # This group is entered first, so the core's own task group (entered and left by
-        # this task in __aenter__ and aclose) nests inside it, as anyio requires.
-        async with anyio.create_task_group() as group:
-            self.group = group
+        loop = _loop.current()
+        # Made first, so (with anyio's task groups) the core's own, entered and left by this
+        # task in __aenter__ and aclose, nests inside it.
+        self.tasks = tasks = await loop.tasks()
+        try:
             await core.__aenter__()
-            self._stop = anyio.Event()
+            self._stop = loop.event()
             self.accepting = True
-            group.start_soon(self._drain_forever)
+            tasks.spawn(self._drain_forever)
             self._ready.set()
             await self._stop.wait()
             self.drain()  # what callers handed over before close() began
             self.accepting = False
             self._refuse_full()
             result = await core.aclose(self._stop_timeout)
-            group.cancel_scope.cancel()  # puts still waiting for room: the core is closed
+        finally:
+            tasks.cancel()  # puts still waiting for room: the core is closed
+            await tasks.leave()
         for _ in range(len(self.inbox)):  # calls that raced close(): counted, never lost
             self.inbox.popleft()
             self.ledger.refuse("shutdown_timeout")
         self._refuse_full()
         self.closed.set_result(result)
 
-    # On the loop thread, in its tasks (the core needs anyio's task context)
+    # On the loop thread, in its tasks
 
     async def _drain_forever(self) -> None:
         wake = self.wake
@@ -198,8 +200,8 @@ class _Engine:
     def _wait(
         self, waiting: Coroutine[Any, Any, None], done: concurrent.futures.Future[None] | None
     ) -> None:
-        assert self.group is not None
-        self.group.start_soon(self._settle, waiting, done)
+        assert self.tasks is not None
+        self.tasks.spawn(lambda: self._settle(waiting, done))
 
     async def _settle(
         self, waiting: Coroutine[Any, Any, None], done: concurrent.futures.Future[None] | None
