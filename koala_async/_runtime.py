@@ -30,6 +30,7 @@ from ._loop import Event, Loop, Tasks
 from ._queue import TICKS, Item, Queue
 from ._reporter import Reporter
 from ._sender import Sender
+from ._wire import top_up
 
 __all__ = ["Runtime"]
 
@@ -152,6 +153,7 @@ class Runtime:
             if self._filing.is_set():
                 self._filing = self.loop.event()
             self.file()
+            top_up()  # the calls' message ids, drawn here rather than in a call
 
     def file(self) -> None:
         """File the queue's inbox now, and wake workers for the targets that became ready."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["MAX_PER_KIND", "Entry", "encode", "new_message_id", "now_iso"]
+__all__ = ["MAX_PER_KIND", "Entry", "encode", "new_message_id", "now_iso", "top_up"]
 
 MAX_PER_KIND = 30
 """Koala accepts at most this many of each kind of entry in one request."""
@@ -76,6 +76,13 @@ def new_message_id() -> str:
             return _ids.pop()
         except IndexError:
             _refill()
+
+
+def top_up() -> None:
+    """Draw a block of ids ahead of the calls once fewer than half a block are left, so that
+    a call only pops one (the runtime's filer calls this between calls)."""
+    if len(_ids) < _BLOCK // 2:
+        _refill()
 
 
 def _refill() -> None:

@@ -499,6 +499,47 @@ async def test_stats_add_up_while_work_is_in_flight(recorder: Recorder) -> None:
     assert koala.stats().delivered == 100
 
 
+async def test_message_ids_are_drawn_by_the_filer_not_in_a_call(
+    http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block of ids costs ~230 µs: drawn in a call, it was 0.2-0.5 µs of every call's
+    cost. The filer keeps the pool topped up, so a request handler's calls only pop one."""
+    from koala_async import _runtime, _wire
+
+    topping_up = False
+    in_calls = in_filer = 0
+    top_up, refill = _wire.top_up, _wire._refill
+
+    def watched_top_up() -> None:
+        nonlocal topping_up
+        topping_up = True
+        try:
+            top_up()
+        finally:
+            topping_up = False
+
+    def counted_refill() -> None:
+        nonlocal in_calls, in_filer
+        if topping_up:
+            in_filer += 1
+        else:
+            in_calls += 1
+        refill()
+
+    monkeypatch.setattr(_wire, "_refill", counted_refill)
+    monkeypatch.setattr(_runtime, "top_up", watched_top_up)
+    async with KoalaClient("pk_test", http_client=http, flush_interval=3600) as koala:
+        await koala.track("Viewed", email="warm@acme.com")
+        await anyio.sleep(0.1)  # the filer's first period: the pool is topped up
+        in_calls = 0
+        for i in range(5000):  # five blocks' worth, a request handler's way
+            await koala.track("Viewed", email=f"user{i % 50}@acme.com")
+            if i % 5 == 4:
+                await anyio.lowlevel.checkpoint()
+        assert in_calls == 0
+        assert in_filer >= 4
+
+
 async def test_calls_yield_to_the_event_loop_only_when_it_has_not_run(
     http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
