@@ -811,7 +811,8 @@ def table(results: dict[str, Any]) -> str:
     rows += [
         "",
         "| cold (bare interpreter) | import ms | open+close ms, first "
-        "| of which anyio backend import | first, backend already imported "
+        "| anyio backend import ms (paid by the open until 2026-12-02) "
+        "| first, backend already imported "
         "| open+close ms, median of 20 more | import + 5 tracks + flush + close ms |",
         "|---|---|---|---|---|---|---|",
     ]
