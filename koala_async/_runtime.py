@@ -97,6 +97,7 @@ class Runtime:
         assert self._group is not None
         self._tasks += 1
         cancels = self._cancels
+        mine: list[Callable[[], object]] = []  # its canceller, once started
 
         async def guarded() -> None:
             try:
@@ -107,13 +108,13 @@ class Runtime:
                     self._on_death()
                 raise
             finally:
-                cancels.discard(cancel)
+                cancels.difference_update(mine)
                 self._tasks -= 1
                 if not self._tasks and self._stopped is not None:
                     self._stopped.set()
 
-        cancel = self._group.spawn(guarded)
-        cancels.add(cancel)
+        mine.append(self._group.spawn(guarded))
+        cancels.update(mine)
 
     # Filing and dispatch
 
