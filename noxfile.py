@@ -37,6 +37,8 @@ TEST_DEPS = [
     "trio>=0.25",
     "uvicorn>=0.29",
     "trustme>=1.1",
+    # uvicorn runs on uvloop where it is installed (uvicorn[standard]): so do some tests.
+    "uvloop>=0.19; platform_system != 'Windows'",
     # The sync client's real-process tests: gunicorn serves the Flask and Django examples;
     # Celery talks to a redis-server the tests start (.ci/run installs it).
     "gunicorn>=22",

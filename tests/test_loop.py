@@ -13,9 +13,23 @@ import anyio
 import pytest
 from test_transport import raw_server
 
-from koala_async import _loop
+from koala_async import KoalaClient, _loop
 
 pytestmark = pytest.mark.anyio
+
+try:
+    import uvloop  # noqa: F401  (uvicorn's loop where installed: its own create_connection)
+except ImportError:
+    UVLOOP = []
+else:
+    UVLOOP = [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
+
+
+@pytest.fixture(params=["asyncio", "trio", *UVLOOP])
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """This module's tests run on uvloop too, where it is installed."""
+    return request.param
+
 
 native = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="anyio's primitives serve asyncio on Python 3.10"
@@ -23,10 +37,10 @@ native = pytest.mark.skipif(
 
 
 async def test_current_is_asyncio_s_own_on_asyncio_and_anyio_s_elsewhere(
-    anyio_backend: str,
+    anyio_backend: object,
 ) -> None:
     loop = _loop.current()
-    if anyio_backend == "asyncio" and sys.version_info >= (3, 11):
+    if anyio_backend != "trio" and sys.version_info >= (3, 11):
         assert loop is not _loop.ANYIO
         assert loop.token() is asyncio.get_running_loop()
     else:
@@ -227,3 +241,22 @@ async def test_clients_open_deliver_and_close_without_anyio_s_asyncio_backend(
             out = await anyio.run_process([sys.executable, "-c", code], check=False)
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode().strip() == "False"
+
+
+async def test_a_client_delivers_on_every_loop(anyio_backend: object) -> None:
+    """asyncio's loop, trio, and uvloop (FastAPI's under uvicorn[standard]), whose
+    create_connection takes fewer arguments than asyncio's."""
+    answered: list[int] = []
+
+    def answer(n: int) -> bytes:
+        answered.append(n)
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    async with raw_server(answer) as (port, _):
+        koala = KoalaClient("pk_test", base_url=f"http://127.0.0.1:{port}")
+        async with koala:
+            for i in range(5):
+                await koala.track("Signed Up", email=f"user{i}@example.com")
+            result = await koala.flush()
+    assert result.delivered == 5
+    assert len(answered) == 5
