@@ -23,6 +23,36 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+try:
+    import uvloop  # noqa: F401
+except ImportError:
+    _UVLOOP = []
+else:
+    _UVLOOP = [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest reads the parametrize markers
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``every_loop`` (they meet the event loop's own API: the transport's
+    asyncio stream, what the core awaits) run on uvloop too, where installed: uvicorn picks
+    it. A test that parametrizes anyio_backend itself keeps its choice."""
+    if "anyio_backend" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("every_loop") is None:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        if marker.args and marker.args[0] == "anyio_backend":
+            return
+    metafunc.definition.add_marker(
+        pytest.mark.parametrize("anyio_backend", ["asyncio", "trio", *_UVLOOP])
+    )
+
+
+def loop_name(anyio_backend: object) -> str:
+    """The loop's library: "asyncio" (uvloop included) or "trio"."""
+    return anyio_backend if isinstance(anyio_backend, str) else str(anyio_backend[0])  # type: ignore[index]
+
+
 @pytest.fixture(autouse=True)
 def every_client_keeps_the_invariant(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """After each test, every KoalaClient it made (the sync client's engine included) keeps

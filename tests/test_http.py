@@ -17,7 +17,7 @@ from koala_async import _http
 from koala_async._http import HttpFactory, Route, post
 from koala_async._transport import BODY_GRACE, Http11Transport
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]  # uvloop too
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 HEADERS = {"Content-Type": "application/json", "User-Agent": "acme koala-async/1"}

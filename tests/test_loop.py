@@ -15,21 +15,7 @@ from test_transport import raw_server
 
 from koala_async import KoalaClient, _loop
 
-pytestmark = pytest.mark.anyio
-
-try:
-    import uvloop  # noqa: F401  (uvicorn's loop where installed: its own create_connection)
-except ImportError:
-    UVLOOP = []
-else:
-    UVLOOP = [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
-
-
-@pytest.fixture(params=["asyncio", "trio", *UVLOOP])
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    """This module's tests run on uvloop too, where it is installed."""
-    return request.param
-
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]
 
 native = pytest.mark.skipif(
     sys.version_info < (3, 11), reason="anyio's primitives serve asyncio on Python 3.10"

@@ -13,6 +13,7 @@ import pytest
 import trustme
 from anyio.abc import ByteStream, Listener, SocketAttribute
 from anyio.streams.tls import TLSListener
+from conftest import loop_name
 from wire_check import free_port
 
 from koala_async import _aio
@@ -20,7 +21,7 @@ from koala_async._retry import Verdict, classify_error
 from koala_async._transport import Http11Transport
 from koala_async.testing import FakeCollector
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]  # uvloop too
 
 Answer = Callable[[int], bytes]
 
@@ -91,7 +92,7 @@ async def test_chunked_and_close_delimited_bodies() -> None:
     assert len(connections) == 1, "kept alive across requests until the server closed"
 
 
-async def test_on_asyncio_the_connection_is_asyncios_own_stream(anyio_backend: str) -> None:
+async def test_on_asyncio_the_connection_is_asyncios_own_stream(anyio_backend: object) -> None:
     """Not anyio's socket stream, whose checkpoints and reading toggles cost a third of a
     request's CPU; trio keeps anyio's."""
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
@@ -101,7 +102,7 @@ async def test_on_asyncio_the_connection_is_asyncios_own_stream(anyio_backend: s
         async with httpx.AsyncClient(transport=transport) as http:
             assert (await http.post(url, content=b"{}")).status_code == 200
             native = isinstance(transport._stream, _aio.Stream)
-    assert native == (anyio_backend == "asyncio")
+    assert native == (loop_name(anyio_backend) == "asyncio")
 
 
 async def test_a_kept_alive_connection_the_server_closed_is_replaced() -> None:

@@ -18,12 +18,13 @@ import anyio.lowlevel
 import httpx
 import pytest
 from anyio.abc import ByteStream, SocketAttribute
+from conftest import loop_name
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from koala_async._transport import MAX_BODY, Http11Transport
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.every_loop]  # uvloop too
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 BIG = 8 * 1024 * 1024  # larger than any socket buffer: the send cannot finish unread
@@ -314,14 +315,14 @@ async def test_a_server_that_never_answers_hits_the_read_timeout(kind: str) -> N
 # httpx's transport leaves its request stream's generator to the garbage collector here.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_server_that_never_reads_hits_the_write_timeout(
-    kind: str, anyio_backend: str
+    kind: str, anyio_backend: object
 ) -> None:
     async def deaf(conn: Conn, server: Server) -> None:
         await anyio.sleep_forever()
 
     # asyncio buffers whatever the socket does not take, so there the write "succeeds" and
     # the read times out instead; trio waits for the socket, so its write times out.
-    expected = httpx.WriteTimeout if anyio_backend == "trio" else httpx.ReadTimeout
+    expected = httpx.WriteTimeout if loop_name(anyio_backend) == "trio" else httpx.ReadTimeout
     timeout = httpx.Timeout(5.0, write=0.2, read=0.4)
     async with serving(deaf) as server, client(kind, timeout) as http:
         with anyio.fail_after(4), pytest.raises(expected):
@@ -360,7 +361,7 @@ _part = st.one_of(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(parts=st.lists(_part, max_size=12), close=st.booleans())
-async def test_generated_answers(anyio_backend: str, parts: list[bytes], close: bool) -> None:
+async def test_generated_answers(anyio_backend: object, parts: list[bytes], close: bool) -> None:
     answer = b"".join(parts)
 
     async def handler(conn: Conn, server: Server) -> None:
