@@ -108,12 +108,15 @@ async def connect(host: str, port: int, ssl_context: ssl.SSLContext | None = Non
     """Open a TCP connection (TLS with ``ssl_context``). Raises ``OSError`` (``ssl``'s errors
     included) when it cannot, as anyio's ``connect_tcp`` does."""
     loop = asyncio.get_running_loop()
+    # IPv6 and IPv4 raced (RFC 6555), as anyio's connect_tcp does: on asyncio's own loops, and
+    # without a task factory (CPython's race fails with an eager one before gh-124309's fix).
+    # uvloop (uvicorn's default where installed) has no race: one address at a time.
     # ssl_context checks ``host``, asyncio's default server_hostname.
-    if isinstance(loop, asyncio.BaseEventLoop):  # as anyio's connect_tcp: IPv6 and IPv4 raced
+    if isinstance(loop, asyncio.BaseEventLoop) and loop.get_task_factory() is None:
         connecting = loop.create_connection(
             _Protocol, host, port, ssl=ssl_context, happy_eyeballs_delay=0.25
         )
-    else:  # uvloop (uvicorn's default where installed) has no such race: one address at a time
+    else:
         connecting = loop.create_connection(_Protocol, host, port, ssl=ssl_context)
     transport, protocol = await connecting
     return Stream(transport, protocol, ssl_context is not None)

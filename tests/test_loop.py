@@ -246,3 +246,23 @@ async def test_a_client_delivers_on_every_loop(anyio_backend: object) -> None:
             result = await koala.flush()
     assert result.delivered == 5
     assert len(answered) == 5
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks came in Python 3.12")
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_client_delivers_with_an_eager_task_factory(anyio_backend: str) -> None:
+    """asyncio.eager_task_factory (3.12+), which apps set for speed: every task of the
+    client starts at once, and CPython's IPv6/IPv4 race must not be used (it fails with
+    eager tasks before gh-124309's fix)."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+    try:
+        async with raw_server(lambda n: b"HTTP/1.1 204 No Content\r\n\r\n") as (port, _):
+            koala = KoalaClient("pk_test", base_url=f"http://127.0.0.1:{port}")
+            async with koala:
+                for i in range(100):
+                    await koala.track("Signed Up", email=f"user{i % 7}@example.com")
+                result = await koala.flush()
+    finally:
+        loop.set_task_factory(None)
+    assert result.delivered == 100
