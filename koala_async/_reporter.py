@@ -38,7 +38,7 @@ class Reporter:
     def __init__(self, on_error: OnError | None) -> None:
         self._on_error = on_error
         self._logged: dict[str, tuple[float, int]] = {}
-        self._failures: deque[DeliveryFailure] | None = None  # None: nobody to hand them to
+        self._failures: deque[DeliveryFailure] | None = None  # None: no on_error, or not open
         self._loop: Loop | None = None
         self._came: Event | None = None  # set: failures came, or the close
         self._closed = False
@@ -54,11 +54,9 @@ class Reporter:
         self._came, self.done = loop.event(), loop.event()
         return True
 
-    def _put(self, failure: DeliveryFailure) -> None:
-        if self._failures is not None and not self._closed:  # not a call after close
-            self._failures.append(failure)
-            assert self._came is not None
-            self._came.set()
+    def _heard(self) -> bool:
+        """Whether a failure would reach ``on_error``: if not, none is even built."""
+        return self._failures is not None and not self._closed
 
     def warn(self, kind: str, message: str) -> None:
         """Log a warning: the first of each kind at once, repeats once a minute at most."""
@@ -88,8 +86,8 @@ class Reporter:
                 f"dropped {count} {'entry' if count == 1 else 'entries'} ({reason}): "
                 f"{detail or reason}",
             )
-        if self._failures is not None:
-            self._put(
+        if self._heard():
+            self.refused(
                 DeliveryFailure(
                     reason=reason,
                     kind="account" if target.account else "profile",
@@ -110,6 +108,8 @@ class Reporter:
     ) -> None:
         """One entry was dropped outside any batch (at the call, or unfiled): hand it to
         ``on_error`` with its ids (and its ip, which would have gone top-level)."""
+        if not self._heard():  # decode nothing: drops in an outage come at the calls' rate
+            return
         field, key, secondary_name, secondary = who
         ids = {field: key} if secondary is None else {field: key, secondary_name: secondary}
         if ip is not None:
@@ -125,8 +125,12 @@ class Reporter:
         )
 
     def refused(self, failure: DeliveryFailure) -> None:
-        """An entry was dropped at the call: hand it to ``on_error``, unless it is closed."""
-        self._put(failure)
+        """Hand a failure to ``on_error``, if anyone hears (not after the close)."""
+        if self._heard():
+            assert self._failures is not None
+            assert self._came is not None
+            self._failures.append(failure)
+            self._came.set()
 
     async def pump(self) -> None:
         """Run ``on_error`` for every failure until :meth:`close`, in a task of its own."""
