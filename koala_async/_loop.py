@@ -185,11 +185,8 @@ class _Asyncio(Loop):
         return _Deadline(seconds, True)
 
     async def wait(self, event: Event, timeout: float) -> bool:
-        if event.is_set():
-            return True
-        with _Deadline(timeout, False):
-            await event.wait()
-        return event.is_set()
+        # asyncio's wait on a set event does not yield: neither need its deadline's timer.
+        return event.is_set() or await super().wait(event, timeout)
 
     def token(self) -> object:
         return asyncio.get_running_loop()

@@ -12,13 +12,10 @@ from wire_check import invariant
 
 from koala_async import KoalaClient
 
+_LOOPS = ["asyncio", "trio"]
 
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param("trio", id="trio"),
-    ]
-)
+
+@pytest.fixture(params=_LOOPS)
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -43,9 +40,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for marker in metafunc.definition.iter_markers("parametrize"):
         if marker.args and marker.args[0] == "anyio_backend":
             return
-    metafunc.definition.add_marker(
-        pytest.mark.parametrize("anyio_backend", ["asyncio", "trio", *_UVLOOP])
-    )
+    metafunc.definition.add_marker(pytest.mark.parametrize("anyio_backend", [*_LOOPS, *_UVLOOP]))
 
 
 def loop_name(anyio_backend: object) -> str:

@@ -229,23 +229,30 @@ async def test_clients_open_deliver_and_close_without_anyio_s_asyncio_backend(
     assert out.stdout.decode().strip() == "False"
 
 
-async def test_a_client_delivers_on_every_loop(anyio_backend: object) -> None:
-    """asyncio's loop, trio, and uvloop (FastAPI's under uvicorn[standard]), whose
-    create_connection takes fewer arguments than asyncio's."""
+async def _deliver(calls: int, people: int) -> tuple[int, int]:
+    """Make ``calls`` track calls over ``people`` e-mails to a server on 127.0.0.1 that
+    answers 204, flush and close; return what the client delivered and the requests
+    answered."""
     answered: list[int] = []
 
     def answer(n: int) -> bytes:
         answered.append(n)
         return b"HTTP/1.1 204 No Content\r\n\r\n"
 
-    async with raw_server(answer) as (port, _):
-        koala = KoalaClient("pk_test", base_url=f"http://127.0.0.1:{port}")
-        async with koala:
-            for i in range(5):
-                await koala.track("Signed Up", email=f"user{i}@example.com")
-            result = await koala.flush()
-    assert result.delivered == 5
-    assert len(answered) == 5
+    async with (
+        raw_server(answer) as (port, _),
+        KoalaClient("pk_test", base_url=f"http://127.0.0.1:{port}") as koala,
+    ):
+        for i in range(calls):
+            await koala.track("Signed Up", email=f"user{i % people}@example.com")
+        result = await koala.flush()
+    return result.delivered, len(answered)
+
+
+async def test_a_client_delivers_on_every_loop(anyio_backend: object) -> None:
+    """asyncio's loop, trio, and uvloop (FastAPI's under uvicorn[standard]), whose
+    create_connection takes fewer arguments than asyncio's."""
+    assert await _deliver(5, 5) == (5, 5)
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks came in Python 3.12")
@@ -257,12 +264,7 @@ async def test_a_client_delivers_with_an_eager_task_factory(anyio_backend: str) 
     loop = asyncio.get_running_loop()
     loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
     try:
-        async with raw_server(lambda n: b"HTTP/1.1 204 No Content\r\n\r\n") as (port, _):
-            koala = KoalaClient("pk_test", base_url=f"http://127.0.0.1:{port}")
-            async with koala:
-                for i in range(100):
-                    await koala.track("Signed Up", email=f"user{i % 7}@example.com")
-                result = await koala.flush()
+        delivered, _ = await _deliver(100, 7)
     finally:
         loop.set_task_factory(None)
-    assert result.delivered == 100
+    assert delivered == 100
