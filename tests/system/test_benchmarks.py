@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from wire_check import free_port
 
-BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
 
 

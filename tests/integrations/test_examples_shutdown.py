@@ -22,7 +22,7 @@ from wire_check import free_port
 from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 COMMANDS = {
     "fastapi": [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", "{port}"],
     "aiohttp": [sys.executable, "examples/aiohttp_app.py"],

@@ -20,7 +20,7 @@ def test_all_matches_the_public_names() -> None:
 
 
 def test_every_public_name_shows_the_supported_path_and_is_documented() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name in koala_async.__all__:
         if name == "__version__":
             continue

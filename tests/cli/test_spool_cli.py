@@ -93,7 +93,7 @@ def test_a_missing_spool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_the_spool_benchmark_runs(tmp_path: Path) -> None:
     """benchmarks/spool.py --quick gives every figure (none is asserted on: timings)."""
     out = tmp_path / "figures.json"
-    script = Path(__file__).parent.parent / "benchmarks" / "spool.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "spool.py"
     subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], check=True)
     figures = json.loads(out.read_text())
     assert figures["calls"] == 2000

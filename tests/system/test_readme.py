@@ -10,7 +10,7 @@ import pytest
 from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
-README = (Path(__file__).parent.parent / "README.md").read_text()
+README = (Path(__file__).parents[2] / "README.md").read_text()
 
 
 def python_blocks() -> list[str]:

@@ -404,7 +404,7 @@ def test_stats_defaults_without_a_spool() -> None:
 async def test_the_readme_adopts_dead_workers_spools(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     (block,) = re.findall(r"```python\n(  async def adopt_dead_workers.*?)```", readme, re.S)
     namespace: dict[str, object] = {"KoalaClient": KoalaClient, "SpoolError": SpoolError}
     exec(textwrap.dedent(block), namespace)

@@ -25,7 +25,7 @@ import koala_async
 from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 KEY = "pk_example_test"
 VISITOR_IP = "203.0.113.7"
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) context-test/1.0"
