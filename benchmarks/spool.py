@@ -71,8 +71,8 @@ async def _hot(n: int, spool: str | None) -> tuple[float, float]:
                 )
             spent += time.perf_counter() - began
             await anyio.lowlevel.checkpoint()
-        if koala._spool is not None:
-            await koala._spool.commit()
+        if koala._engine._spool is not None:
+            await koala._engine._spool.commit()
         cpu = time.process_time() - cpu
     return spent / n * 1e6, cpu / n * 1e6
 
@@ -81,7 +81,7 @@ async def _through_client(n: int, path: str) -> float:
     """Entries per second from the first call until every entry is committed."""
     koala = _client(n, path)
     async with koala:
-        spool = koala._spool
+        spool = koala._engine._spool
         assert spool is not None
         began = time.perf_counter()
         for i in range(n):

@@ -10,6 +10,7 @@ from ._exceptions import (
     SpoolError,
     ValidationError,
 )
+from ._options import ClientOptions
 from ._reporter import OnError
 from ._retry import RetryPolicy
 from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
@@ -19,6 +20,7 @@ from ._version import __version__
 __all__ = [
     "BeforeSend",
     "ClientClosedError",
+    "ClientOptions",
     "DeliveryError",
     "DeliveryFailure",
     "DropReason",

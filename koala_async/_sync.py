@@ -1,13 +1,13 @@
 """KoalaSyncClient: the same calls for threads, WSGI apps, Celery workers and scripts.
 
-One delivery engine (issue 13): a :class:`KoalaClient` running on an asyncio event loop in a
-daemon thread of its own, so limiter, circuit, retries and accounting are the async
-client's, not a copy. The hot path never waits for that thread: a call validates and
-encodes in the caller's thread, exactly as ``KoalaClient`` does, with the core's own
-helpers for the request context, ``ip``, ``context`` and ``before_send`` (same errors, same
-drops), appends ``(kind, raw, who, ip)`` to a deque (an atomic append) and wakes the loop
-only when nobody has yet, so a burst of calls costs one wake-up. The loop thread moves the
-inbox into the client's queue through ``KoalaClient._put_encoded``. Only a full queue makes
+One delivery engine: the async client's :class:`~._engine.Engine`, running on an asyncio
+event loop in a daemon thread of its own, so limiter, circuit, retries and accounting are
+the async client's, not a copy. The hot path never waits for that thread: a call goes
+through the same :class:`~._intake.Intake` as ``KoalaClient``'s in the caller's thread (same
+errors, same drops), appends ``(kind, raw, who, ip)`` to a deque (an atomic append) and
+wakes the loop only when nobody has yet, so a burst of calls costs one wake-up. The loop
+thread moves the inbox into the engine's queue through :meth:`Engine.offer_encoded`, the
+engine's door for entries built elsewhere. Only a full queue makes
 a call hop to the loop, to drop, raise or wait as ``on_full`` says. Drops at the call
 (``invalid``, ``closed``, ``filtered``) are counted on the loop thread too, where the
 counters are written.
@@ -38,33 +38,24 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import msgspec
 
-from . import _loop, _validate
-from ._calls import (
-    EVENTS,
-    IDENTIFIES,
-    PAGE_VIEWS,
-    account_traits,
-    identify_entry,
-    page_entry,
-    track_entry,
-)
-from ._client import BeforeSend, KoalaClient
-from ._config import OnFull
-from ._context import current as _current
+from . import _loop
+from ._client import build
+from ._engine import Engine
 from ._exceptions import ClientClosedError, KoalaError, ValidationError
+from ._intake import Built, Refusal
 from ._loop import Event, Tasks
 from ._queue import Item
 from ._redact import redact
-from ._reporter import OnError
-from ._retry import RetryPolicy
 from ._stats import DROP_REASONS, FlushResult, Stats
-from ._validate import Who
-from ._wire import Entry, encode
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._options import ClientOptions
 
 __all__ = ["KoalaSyncClient"]
 
@@ -80,12 +71,12 @@ _POLL = 0.25  # seconds between checks that the engine is alive, while a call wa
 
 
 class _Engine:
-    """One process's delivery: a KoalaClient opened on an event loop in a daemon thread."""
+    """One process's delivery: an engine opened on an event loop in a daemon thread."""
 
-    def __init__(self, core: KoalaClient) -> None:
+    def __init__(self, core: Engine) -> None:
         self.pid = _pid
         self.core = core
-        self.ledger = core._ledger
+        self.ledger = core.ledger
         self.inbox: deque[Item] = deque()
         self.woken = False  # a drain is due: later calls need not wake the loop
         self.wake = asyncio.Event()  # set from any thread (through the loop) to drain
@@ -131,7 +122,7 @@ class _Engine:
         # task in __aenter__ and aclose, nests inside it.
         self.tasks = tasks = await loop.tasks()
         try:
-            await core.__aenter__()
+            await core.open()
             self._stop = loop.event()
             self.accepting = True
             tasks.spawn(self._drain_forever)
@@ -140,7 +131,7 @@ class _Engine:
             self.drain()  # what callers handed over before close() began
             self.accepting = False
             self._refuse_full()
-            result = await core.aclose(self._stop_timeout)
+            result = await core.close(self._stop_timeout)
         finally:
             tasks.cancel()  # puts still waiting for room: the core is closed
             await tasks.leave()
@@ -164,13 +155,13 @@ class _Engine:
         self.woken = False
         if not self.accepting:
             return
-        inbox, put = self.inbox, self.core._put_encoded
+        inbox, put = self.inbox, self.core.offer_encoded
         while inbox:
             kind, raw, who, ip = inbox.popleft()
             try:
                 waiting = put(kind, raw, who, ip)
             except KoalaError:  # on_full="raise", and callers raced past their check
-                self.core._refuse("queue_full", raw, who, ip)
+                self.core.refuse_entry("queue_full", raw, who, ip)
                 continue
             if waiting is not None:  # full: its caller has moved on, so wait here
                 self._wait(waiting, None)
@@ -182,7 +173,7 @@ class _Engine:
     def put_full(self, item: Item, done: concurrent.futures.Future[None] | None) -> None:
         """The queue was full: put one entry as ``on_full`` says, telling ``done`` how."""
         try:
-            waiting = self.core._put_encoded(*item)
+            waiting = self.core.offer_encoded(*item)
         except KoalaError as exc:
             if done is None:
                 raise
@@ -279,53 +270,14 @@ class KoalaSyncClient:
         ValidationError: An option is wrong; the message says how to fix it.
     """
 
-    def __init__(
-        self,
-        public_api_key: str | None = None,
-        *,
-        base_url: str | None = None,
-        user_agent: str | None = None,
-        flush_interval: float = 1.0,
-        max_queue_size: int = 100_000,
-        on_full: OnFull = "pace",
-        max_concurrent_requests: int = 256,
-        http_client: httpx.AsyncClient | None = None,
-        enabled: bool = True,
-        timeout: float = 10.0,
-        shutdown_timeout: float = 10.0,
-        retry: RetryPolicy | None = None,
-        on_error: OnError | None = None,
-        before_send: BeforeSend | None = None,
-        strict: bool = False,
-        send_ip: bool = True,
-    ) -> None:
-        options: dict[str, Any] = {
-            "base_url": base_url,
-            "user_agent": user_agent,
-            "flush_interval": flush_interval,
-            "max_queue_size": max_queue_size,
-            "on_full": on_full,
-            "max_concurrent_requests": max_concurrent_requests,
-            "http_client": http_client,
-            "enabled": enabled,
-            "timeout": timeout,
-            "shutdown_timeout": shutdown_timeout,
-            "retry": retry,
-            "on_error": on_error,
-            "before_send": before_send,
-            "strict": strict,
-            "send_ip": send_ip,
-        }
+    def __init__(self, public_api_key: str | None = None, **options: Unpack[ClientOptions]) -> None:
         # Built now to check the options (same errors as KoalaClient); opened on first use.
-        self._core: KoalaClient | None = KoalaClient(public_api_key, **options)
-        self._config = self._core._config
-        # Its pure helpers (request context, ip, context, before_send) serve every call,
-        # in the caller's thread, whichever core delivers in this process.
-        self._proto = self._core
-        self._plain = before_send is None
+        self._config, self._intake, core = build(public_api_key, dict(options), "KoalaSyncClient")
+        self._core: Engine | None = core  # this process's, until its thread starts
+        self._spare = core  # counts drops where no engine runs (a forked child, uncounted)
         self._strict = self._config.strict
         self._key = public_api_key
-        self._options = options
+        self._options = dict(options)
         self._engine: _Engine | None = None
         self._final: _Engine | None = None
         self._closed = False
@@ -366,7 +318,7 @@ class KoalaSyncClient:
                 return None
             core = self._core
             if core is None or engine is not None:  # used in a parent process: start afresh
-                core = KoalaClient(self._key, **self._options)
+                core = build(self._key, self._options, "KoalaSyncClient")[2]
             self._core = None
             if _gevent_patched():
                 logger.warning(
@@ -379,26 +331,29 @@ class KoalaSyncClient:
             self._engine = engine
             return engine
 
-    def _hand(self, kind: int, entry: Entry, who: Who, ip: str | None = None) -> str | None:
-        """Encode an entry and hand it to the engine: the hot path, no waiting. Returns
-        the entry's message id."""
-        try:
-            raw = encode(entry)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _validate.unencodable(entry, exc) from None
+    def _hand(self, built: Built | None) -> str | None:
+        """Hand what the intake built to the engine: the hot path, no waiting. Returns the
+        entry's message id (None: ``before_send`` dropped it)."""
+        if built is None:
+            self._count(lambda core: core.ledger.refuse("filtered"))
+            return None
+        kind, raw, who, ip, message_id = built
         engine = self._engine
         if engine is None or engine.pid != _pid:
             engine = self._start()
             if engine is None:
-                return entry.message_id  # disabled: validated, and that is all
-        if engine.ledger.pending + len(engine.inbox) >= engine.core._limit:
-            self._put_full(engine, (kind, raw, who, ip))  # full, dead or closing: rare
-            return entry.message_id
+                return message_id  # disabled: validated, and that is all
+        admission = engine.core.admission
+        if engine.ledger.pending + len(engine.inbox) >= admission.limit:
+            if not admission.taking:
+                raise ClientClosedError(_CLOSED)  # closing: never wait for the drain
+            self._put_full(engine, (kind, raw, who, ip))  # full, dead or spooling: rare
+            return message_id
         engine.inbox.append((kind, raw, who, ip))
         if not engine.woken:
             engine.woken = True
             engine.call(engine.wake.set)  # False: closed under us; counted at the close
-        return entry.message_id
+        return message_id
 
     def _put_full(self, engine: _Engine, item: Item) -> None:
         """Let the engine drop, raise or wait for room, as ``on_full`` says."""
@@ -437,9 +392,7 @@ class KoalaSyncClient:
             return FlushResult(delivered=0, dropped=0, pending=0)
         if engine.on_loop():
             engine.drain()
-            runtime = engine.core._runtime
-            if runtime is not None:
-                runtime.flush_waiting()
+            engine.core.flush_waiting()
             return FlushResult(delivered=0, dropped=0, pending=engine.snapshot().pending)
         wait = self._config.shutdown_timeout if timeout is None else float(timeout)
         before = self.stats()
@@ -507,11 +460,8 @@ class KoalaSyncClient:
                 pass
         return engine.snapshot()
 
-    # The calls
-    #
-    # As KoalaClient's: a fast path when no ip, context, request context or before_send is
-    # in play, and the core's own helpers for the rest (run here, in the caller's thread).
-    # A bad call is dropped and counted, or raised with strict=True.
+    # The calls: the intake builds (in the caller's thread), the engine thread queues. A
+    # bad call is dropped and counted, or raised with strict=True.
 
     def track(
         self,
@@ -536,16 +486,13 @@ class KoalaSyncClient:
             ClientClosedError: The client is closed, with ``strict=True``.
         """
         try:
-            if self._plain and ip is None and context is None and _current() is None:
-                who = _validate.person(profile_id, email)
-                return self._hand(EVENTS, track_entry(event, properties, message_id, sent_at), who)
-            who, address, extra = self._proto._person(profile_id, email, ip, context)
-            entry = track_entry(event, properties, message_id, sent_at, extra)
-            return self._hand_slow(EVENTS, entry, who, address)
+            return self._hand(
+                self._intake.track(
+                    event, profile_id, email, properties, message_id, sent_at, ip, context
+                )
+            )
         except (ValidationError, ClientClosedError) as exc:
-            if self._strict:
-                raise
-            self._drop(exc, "profile", profile_id=profile_id, email=email)
+            self._refused(exc, False, profile_id, email)
             return None
 
     def identify(
@@ -565,18 +512,11 @@ class KoalaSyncClient:
             The entry's ``message_id``, or None if the call was dropped.
         """
         try:
-            if self._plain and ip is None and context is None and _current() is None:
-                who = _validate.person(profile_id, email)
-                fields = _validate.fields(traits, "traits")
-                return self._hand(IDENTIFIES, identify_entry(fields, message_id, sent_at), who)
-            who, address, extra = self._proto._person(profile_id, email, ip, context)
-            fields = _validate.fields(traits, "traits")
-            entry = identify_entry(fields, message_id, sent_at, extra)
-            return self._hand_slow(IDENTIFIES, entry, who, address)
+            return self._hand(
+                self._intake.identify(profile_id, email, traits, message_id, sent_at, ip, context)
+            )
         except (ValidationError, ClientClosedError) as exc:
-            if self._strict:
-                raise
-            self._drop(exc, "profile", profile_id=profile_id, email=email)
+            self._refused(exc, False, profile_id, email)
             return None
 
     def page(
@@ -598,18 +538,13 @@ class KoalaSyncClient:
             The entry's ``message_id``, or None if the call was dropped.
         """
         try:
-            if self._plain and ip is None and context is None and _current() is None:
-                who = _validate.person(profile_id, email)
-                return self._hand(
-                    PAGE_VIEWS, page_entry(name, properties, message_id, sent_at), who
+            return self._hand(
+                self._intake.page(
+                    profile_id, email, name, properties, message_id, sent_at, ip, context
                 )
-            who, address, extra = self._proto._person(profile_id, email, ip, context)
-            entry = page_entry(name, properties, message_id, sent_at, extra)
-            return self._hand_slow(PAGE_VIEWS, entry, who, address)
+            )
         except (ValidationError, ClientClosedError) as exc:
-            if self._strict:
-                raise
-            self._drop(exc, "profile", profile_id=profile_id, email=email)
+            self._refused(exc, False, profile_id, email)
             return None
 
     def account_identify(
@@ -630,14 +565,13 @@ class KoalaSyncClient:
             The entry's ``message_id``, or None if the call was dropped.
         """
         try:
-            who = _validate.account(domain, account_id)
-            extra = self._account_context(ip, context)
-            entry = identify_entry(account_traits(traits, group_id), message_id, sent_at, extra)
-            return self._hand_slow(IDENTIFIES, entry, who, None)
+            return self._hand(
+                self._intake.account_identify(
+                    domain, account_id, traits, group_id, message_id, sent_at, ip, context
+                )
+            )
         except (ValidationError, ClientClosedError) as exc:
-            if self._strict:
-                raise
-            self._drop(exc, "account", domain=domain, account_id=account_id)
+            self._refused(exc, True, domain, account_id)
             return None
 
     def account_track(
@@ -658,50 +592,40 @@ class KoalaSyncClient:
             The entry's ``message_id``, or None if the call was dropped.
         """
         try:
-            who = _validate.account(domain, account_id)
-            extra = self._account_context(ip, context)
-            entry = track_entry(event, properties, message_id, sent_at, extra)
-            return self._hand_slow(EVENTS, entry, who, None)
+            return self._hand(
+                self._intake.account_track(
+                    event, domain, account_id, properties, message_id, sent_at, ip, context
+                )
+            )
         except (ValidationError, ClientClosedError) as exc:
-            if self._strict:
-                raise
-            self._drop(exc, "account", domain=domain, account_id=account_id)
+            self._refused(exc, True, domain, account_id)
             return None
 
-    # Off the fast path: the core's helpers, and drops counted where the counters live
+    # Off the fast path: drops counted where the counters live
 
-    def _account_context(self, ip: object, context: object) -> dict[str, Any] | None:
-        """An account call's context (its ip goes in it); the request context is not used."""
-        if ip is None and context is None:
-            return None
-        return self._proto._context(None, ip, context, top_level=False)[1]
+    def _refused(
+        self,
+        exc: ValidationError | ClientClosedError,
+        account: bool,
+        first: str | None,
+        second: str | None,
+    ) -> None:
+        """A bad call, or one on a closed client: raised with ``strict=True``, else dropped
+        as ``invalid`` or ``closed``, logged and handed to ``on_error`` by the engine."""
+        if self._strict:
+            raise exc
+        refusal: Refusal = self._intake.refusal(exc, account, first, second)
+        self._count(lambda core: core.refuse_call(refusal))
 
-    def _hand_slow(self, kind: int, entry: Entry, who: Who, ip: str | None) -> str | None:
-        """:meth:`_hand` after ``before_send`` (run here, in the caller); None if it dropped
-        the entry."""
-        proto = self._proto
-        if proto._before_send is not None:
-            changed = proto._filter(entry, who, ip)
-            if changed is None:
-                self._count(lambda core: core._ledger.refuse("filtered"))
-                return None
-            entry, who, ip = changed
-        return self._hand(kind, entry, who, ip)
-
-    def _drop(self, exc: ValidationError | ClientClosedError, kind: str, **ids: object) -> None:
-        """A bad call, or one on a closed client: dropped as ``invalid`` or ``closed``,
-        logged and handed to ``on_error`` by the core, as KoalaClient does."""
-        self._count(lambda core: core._bad_call(exc, kind, **ids))
-
-    def _count(self, refuse: Callable[[KoalaClient], None]) -> None:
-        """Run ``refuse`` on this process's core where its counters are written: on the
+    def _count(self, refuse: Callable[[Engine], None]) -> None:
+        """Run ``refuse`` on this process's engine where its counters are written: on the
         delivery thread (they are not locked), or here if that thread has stopped."""
         engine = self._engine or self._final
         if engine is None or engine.pid != _pid:
             engine = None if self._closed else self._start()
         if engine is None:  # disabled, or closed before a call here: no thread to go to
             with self._lock:
-                refuse(self._core or self._proto)  # the proto: a forked child's, uncounted
+                refuse(self._core or self._spare)  # the spare: a forked child's, uncounted
         elif engine.on_loop() or engine.closed.done() or not engine.call(refuse, engine.core):
             with self._lock:  # closed: the delivery thread writes no counter any more
                 refuse(engine.core)

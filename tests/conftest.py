@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from wire_check import invariant
 
-from koala_async import KoalaClient
+from koala_async._engine import Engine
 
 _LOOPS = ["asyncio", "trio"]
 
@@ -50,21 +50,21 @@ def loop_name(anyio_backend: object) -> str:
 
 @pytest.fixture(autouse=True)
 def every_client_keeps_the_invariant(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """After each test, every KoalaClient it made (the sync client's engine included) keeps
+    """After each test, every engine it made (under a KoalaClient or a KoalaSyncClient) keeps
     accepted == delivered + dropped + pending with no count below zero, and a closed one has
     nothing pending: every entry ended in exactly one counted outcome."""
-    made: list[KoalaClient] = []
-    init = KoalaClient.__init__
+    made: list[Engine] = []
+    init = Engine.__init__
 
-    @functools.wraps(init)  # inspect.signature(KoalaClient) still shows the real one
-    def recording_init(self: KoalaClient, *args: Any, **kwargs: Any) -> None:
+    @functools.wraps(init)
+    def recording_init(self: Engine, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         made.append(self)
 
-    monkeypatch.setattr(KoalaClient, "__init__", recording_init)
+    monkeypatch.setattr(Engine, "__init__", recording_init)
     yield
-    for client in made:
-        stats = client.stats()
+    for engine in made:
+        stats = engine.stats()
         invariant(stats)
-        if client._state.value == "closed":  # what is still pending waits in the spool
+        if engine.state.value == "closed":  # what is still pending waits in the spool
             assert stats.pending == stats.spooled, f"closed with entries unaccounted for: {stats}"

@@ -173,7 +173,7 @@ async def test_an_idle_filer_sleeps_and_a_call_wakes_it(
 ) -> None:
     monkeypatch.setattr(_runtime, "FILE_WITHIN", 0.01)
     async with KoalaClient("pk_test", http_client=http, flush_interval=3600) as koala:
-        runtime = koala._runtime
+        runtime = koala._engine._runtime
         assert runtime is not None
         with anyio.fail_after(5):
             while not runtime.sleeping:  # noqa: ASYNC110 - a flag, not an event, by design
@@ -194,7 +194,7 @@ async def test_an_idle_ticker_sleeps_and_a_call_wakes_it(
     nobody); a call's entry wakes it, and its batch still goes at the flush interval, with
     no flush: only the ticker makes a batch that is not full ready."""
     async with KoalaClient("pk_test", http_client=http, flush_interval=0.1) as koala:
-        runtime = koala._runtime
+        runtime = koala._engine._runtime
         assert runtime is not None
         for visit in range(2):
             with anyio.fail_after(5):
@@ -396,8 +396,8 @@ async def test_its_own_http_clients_are_closed() -> None:
         for i in range(3):
             await koala.track("A", email=f"p{i}@acme.com")
         await koala.flush(timeout=0.2)
-        assert koala._runtime is not None
-        own = list(koala._runtime._made)
+        assert koala._engine._runtime is not None
+        own = list(koala._engine._runtime._made)
     assert own, "senders made their own clients"
     assert all(http.is_closed for http in own)
 

@@ -37,7 +37,7 @@ async def _after_close(fake: FakeCollector, koala: KoalaClient) -> None:
     stats = koala.stats()
     invariant(stats)
     assert (stats.delivered, stats.pending) == (PEOPLE, 0), stats
-    assert koala._state.value == "closed"
+    assert koala._engine.state.value == "closed"
     seen = len(fake.requests)
     await anyio.sleep(0.3)
     assert len(fake.requests) == seen, "nothing is sent once closed"
@@ -154,5 +154,5 @@ def test_a_second_event_loop_is_refused_with_what_to_do() -> None:
     with pytest.raises(ClientClosedError, match="event loop has ended"):
         asyncio.run(strict.track("Step", email="a@acme.com"))
     asyncio.run(koala.aclose())  # harmless now, and it ends closed
-    assert koala._state.value == "closed"
+    assert koala._engine.state.value == "closed"
     invariant(koala.stats())

@@ -351,7 +351,7 @@ from koala_async import KoalaClient
 async def main(path, url):
     async with KoalaClient("pk_test", base_url=url, spool=path, spool_commit_interval=0.02,
                            max_queue_size=50) as koala:
-        spool = koala._spool
+        spool = koala._engine._spool
         i = 0
         while True:
             for _ in range(50):

@@ -439,3 +439,20 @@ def test_exit_never_hangs_on_an_endpoint_that_never_answers(silent_server: str) 
     )
     assert done.returncode == 0, done.stderr
     assert "50 entries were not delivered within the shutdown deadline" in done.stderr
+
+
+def test_a_sync_client_keeps_its_entries_in_a_spool(tmp_path: Path) -> None:
+    """The sync client takes every option the async one does (ClientOptions), the spool too:
+    what it could not deliver waits on disk, and the next client on that file sends it."""
+    path = tmp_path / "spool.db"
+    down = KoalaSyncClient(
+        "pk_test", base_url="http://127.0.0.1:9", spool=path, shutdown_timeout=0.5
+    )
+    ids = [down.track("Signed Up", email=f"u{i}@acme.com") for i in range(5)]
+    closed = down.close()
+    assert closed.spooled == 5, closed
+    fake = FakeCollector()
+    up = fake_client(fake, spool=path)
+    ids.append(up.track("Signed Up", email="later@acme.com"))
+    assert up.close(10).delivered == 6
+    assert set(fake.message_ids()) == set(ids)

@@ -16,7 +16,7 @@ import pytest
 from wire_check import invariant
 
 from koala_async import DeliveryFailure, KoalaClient, RetryPolicy, Stats
-from koala_async._client import _INITIAL_LIMIT
+from koala_async._engine import _INITIAL_LIMIT
 from koala_async.testing import FakeCollector, Received, Reply
 
 pytestmark = pytest.mark.anyio

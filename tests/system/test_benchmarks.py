@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import inspect
 import json
 import math
 import runpy
@@ -93,9 +92,9 @@ def _worker(port: int, sdk: str, mode: str, scenario: str, events: int) -> dict[
 
 
 def _default(option: str) -> Any:
-    from koala_async import KoalaClient
+    from koala_async._options import DEFAULTS
 
-    return inspect.signature(KoalaClient).parameters[option].default
+    return DEFAULTS[option]
 
 
 @pytest.mark.parametrize("scenario", ["one", "many"])
@@ -113,7 +112,7 @@ def test_the_koala_worker_delivers_every_event(sink: int, scenario: str) -> None
 def test_the_memory_mode_measures_while_the_sink_stalls(
     sink: int, scenario: str, per_request: int
 ) -> None:
-    from koala_async._client import _INITIAL_LIMIT
+    from koala_async._engine import _INITIAL_LIMIT
 
     result = _worker(sink, "koala_async", "memory", scenario, 3_000)
     assert result["mem_bytes"] > 0

@@ -1,0 +1,470 @@
+"""The engine: the one owner of a client's delivery machinery and its lifecycle.
+
+Both faces drive it: :class:`~koala_async.KoalaClient` in the caller's event loop, and
+:class:`~koala_async.KoalaSyncClient` on an event loop in a thread of its own. Its door is
+small and documented: :meth:`Engine.open`, :meth:`Engine.offer` (an item built by the
+intake), :meth:`Engine.refuse_call`, :meth:`Engine.flush`, :meth:`Engine.close` and
+:meth:`Engine.stats`. Everything else is built here, once, with its collaborators handed in:
+
+- :mod:`._admission` says whether an entry may join the queue (one writer: this engine);
+- :mod:`._queue` keeps per-person batches and the ready order; :mod:`._ledger` the counters
+  (their only writer);
+- :mod:`._retry`, :mod:`._limiter` and :mod:`._circuit` decide (pure, no I/O);
+- :mod:`._sender` performs those decisions for one batch; :mod:`._runtime` runs the workers,
+  the ticker and the drain; :mod:`._reporter` logs and calls ``on_error``; :mod:`._loop`
+  gives them what they await (asyncio's own on asyncio, anyio's on trio);
+- :mod:`._spool` (opt-in) keeps accepted entries on disk until they are settled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import weakref
+from collections.abc import Awaitable, Coroutine
+from typing import Any
+
+import anyio.to_thread
+import httpx
+
+from . import _loop
+from ._admission import Admission, State
+from ._circuit import CLOSED, DEAD, Circuit
+from ._config import Config
+from ._exceptions import ClientClosedError, DeliveryError, QueueFullError, ValidationError
+from ._http import HttpFactory
+from ._intake import Built, Refusal
+from ._ledger import Ledger
+from ._limiter import Limiter
+from ._queue import Queue, Waiter
+from ._reporter import OnError, Reporter
+from ._runtime import FILE_EVERY, Runtime
+from ._sender import _DROPS, Sender
+from ._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions
+from ._stats import DropReason, FlushResult, Stats
+from ._validate import Who
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger("koala_async")
+
+_INITIAL_LIMIT = 32  # requests in flight at first; the limiter grows it as the backlog asks
+
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for engine in _open_engines:
+        engine.admission.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Engine:
+    """One client's queue, counters, decisions, workers and spool, opened and closed once."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        http_client: httpx.AsyncClient | None,
+        on_error: OnError | None,
+        spool: SpoolOptions | None,
+        face: str,
+    ) -> None:
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise ValidationError(
+                f"http_client must be an httpx.AsyncClient, got {type(http_client).__name__}"
+            )
+        if on_error is not None and not callable(on_error):
+            raise ValidationError("on_error must be a function taking a DeliveryFailure")
+        self.config = config
+        self.face = face  # "KoalaClient" or "KoalaSyncClient", for messages
+        self.admission = Admission(config.max_queue_size, enabled=config.enabled)
+        self.ledger = Ledger()
+        self.reporter = Reporter(on_error)
+        self._spool_options = spool
+        self._spool: Spool | None = None
+        self._http = http_client
+        self._parked = 0  # calls that parked their entry on disk
+        self._token: object = None
+        self._queue = Queue()
+        self._limiter = Limiter(config.max_concurrent_requests, initial=_INITIAL_LIMIT)
+        self._circuit = Circuit(config.retry.backoff, config.retry.max_backoff)
+        self._sender: Sender | None = None
+        self._runtime: Runtime | None = None
+
+    @property
+    def state(self) -> State:
+        return self.admission.state
+
+    # Lifecycle
+
+    async def open(self) -> None:
+        """Start the workers (and the spool) in the running event loop."""
+        admission = self.admission
+        if admission.state not in (State.UNOPENED, State.DISABLED):
+            raise ClientClosedError(
+                f"a {self.face} can be entered once; create a new one to send again"
+            )
+        if admission.state is State.DISABLED:
+            return
+        config = self.config
+        loop = _loop.current()
+        self._token = loop.token()
+        held = 0 if self._spool_options is None else await self._open_spool(self._spool_options)
+        self._sender = Sender(
+            config,
+            self.ledger,
+            self.reporter,
+            self._limiter,
+            self._circuit,
+            backlog=lambda: bool(self._queue.ready),
+            on_change=self._circuit_changed,
+            loop=loop,
+        )
+        http = self._http or HttpFactory(config.base_url, config.timeout)
+        self._runtime = Runtime(
+            self._queue,
+            self.ledger,
+            self._sender,
+            self._limiter,
+            self.reporter,
+            config.flush_interval,
+            http,
+            on_death=admission.orphaned,
+            loop=loop,
+        )
+        await self._runtime.start()
+        if self._spool is not None:
+            self._sender.spool = self._spool
+            self._runtime._spawn(self._spool.run)
+        _open_engines.add(self)
+        admission.open()
+        if held:
+            admission.spool(True)  # what waits on disk is older: new entries queue behind it
+
+    async def _open_spool(self, options: SpoolOptions) -> int:
+        """Open the spool file and take over what an earlier run left in it (returned)."""
+        file, held = await anyio.to_thread.run_sync(SpoolFile.open, options.path)
+        self._queue = queue = SpooledQueue(file.last_seq)
+        self._spool = Spool(
+            options,
+            file,
+            queue,
+            self.ledger,
+            self.reporter,
+            self.config.max_queue_size,
+            overflow=self.admission.spool,
+            loaded=self._spool_loaded,
+        )
+        if held:
+            self.ledger.recover(held)
+            logger.info("%d entries wait in the spool %s: sending them first", held, options.path)
+        return held
+
+    def _spool_loaded(self, ready: bool) -> None:
+        """Entries came back from the spool: they waited already, so send them now."""
+        runtime = self._runtime
+        if runtime is not None:
+            runtime.flush_waiting()
+
+    async def close(self, timeout: float | None = None) -> FlushResult:
+        """Stop taking calls and deliver everything queued, within ``timeout``; see
+        :meth:`KoalaClient.aclose`."""
+        admission = self.admission
+        if not admission.taking:
+            if admission.state in (State.UNOPENED, State.ORPHANED, State.DISABLED):
+                await self._abandon()
+            return self._result(0, 0)
+        self._check_loop()
+        admission.closing()
+        ledger, runtime, sender = self.ledger, self._runtime, self._sender
+        delivered, dropped = ledger.delivered, ledger.dropped_total
+        deadline = self.config.shutdown_timeout if timeout is None else float(timeout)
+        cancelled: BaseException | None = None
+        try:
+            if runtime is not None and sender is not None:
+                sender.close_by(time.monotonic() + deadline)
+                self._queue.eager = True
+                runtime.flush_waiting()
+                spool = self._spool
+                cancelled = await runtime.loop.shielded(
+                    runtime.settled if spool is None else lambda: spool.drained(runtime.settled),
+                    deadline,
+                )
+
+                async def stop() -> None:
+                    await runtime.stop()
+                    self._drop_leftovers(sender)
+                    if spool is not None:
+                        await spool.close()
+                    await runtime.release()
+
+                cancelled = await runtime.loop.shielded(stop, math.inf) or cancelled
+                await runtime.leave()
+        finally:
+            admission.closed()
+            _open_engines.discard(self)
+        lost = ledger.dropped["shutdown_timeout"]
+        if lost:
+            circuit = self._circuit
+            why = f": {sender.last_error}" if sender is not None and sender.last_error else ""
+            hint = (
+                f"; {self.config.shown_url} was not answering"
+                if circuit.state is not CLOSED
+                else "; raise shutdown_timeout to give delivery more time"
+            )
+            logger.warning(
+                "%d %s not delivered within the shutdown deadline of %gs%s%s",
+                lost,
+                "entry was" if lost == 1 else "entries were",
+                deadline,
+                why,
+                hint,
+            )
+        if ledger.spooled and self._spool is not None:
+            logger.info(
+                "%d entries wait in the spool %s for the next client opened on it",
+                ledger.spooled,
+                self._spool.options.path,
+            )
+        if cancelled is not None:
+            raise cancelled  # the owner was cancelled while we flushed: tell it, now we are done
+        return self._result(delivered, dropped)
+
+    def _result(self, delivered: int, dropped: int) -> FlushResult:
+        """What a flush or close achieved, given the counters when it began."""
+        ledger = self.ledger
+        return FlushResult(
+            delivered=ledger.delivered - delivered,
+            dropped=ledger.dropped_total - dropped,
+            pending=ledger.pending + ledger.spooled,
+            spooled=ledger.spooled,
+        )
+
+    def _drop_leftovers(self, sender: Sender) -> None:
+        """After the deadline: count what is left as dropped (and report it)."""
+        for target, batch in list(self._queue.batches()):
+            sender.settle(target, batch, "shutdown_timeout")
+        self._queue.clear()
+
+    async def _abandon(self) -> None:
+        """Close an engine that was never opened, or whose event loop has ended."""
+        orphaned = self.admission.state is State.ORPHANED
+        self.admission.closed()
+        if orphaned:
+            for _target, batch in list(self._queue.batches()):
+                self.ledger.settle(batch, "shutdown_timeout")
+            self._queue.clear()
+
+    def _check_loop(self) -> None:
+        if self._token is not None and _loop.current().token() != self._token:
+            raise ClientClosedError(ORPHANED)
+
+    async def flush(self, timeout: float | None = None) -> FlushResult:
+        """Send everything queued now and wait, at most ``timeout`` seconds, for it; see
+        :meth:`KoalaClient.flush`."""
+        self.check_open()
+        self._check_loop()
+        ledger = self.ledger
+        delivered, dropped = ledger.delivered, ledger.dropped_total
+        runtime = self._runtime
+        if runtime is not None:
+            done = runtime.loop.event()
+            waiter = Waiter(done)
+            for _, batch in self._queue.batches():
+                waiter.add(batch)
+            runtime.flush_waiting()
+            if waiter.left:
+                await runtime.loop.wait(
+                    done, self.config.shutdown_timeout if timeout is None else timeout
+                )
+        if self._circuit.state is DEAD:
+            assert self._sender is not None
+            raise DeliveryError(self._sender.last_error or "the endpoint is gone")
+        return self._result(delivered, dropped)
+
+    def flush_waiting(self) -> None:
+        """Make every partial batch due now (a flush that cannot wait for its outcome)."""
+        if self._runtime is not None:
+            self._runtime.flush_waiting()
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters; see :class:`Stats`."""
+        ledger = self.ledger
+        return Stats(
+            accepted=ledger.accepted,
+            delivered=ledger.delivered,
+            dropped=dict(ledger.dropped),
+            pending=ledger.pending + ledger.spooled,
+            requests=ledger.requests,
+            retries=ledger.retries,
+            last_error=None if self._sender is None else self._sender.last_error,
+            circuit=self._circuit.state,
+            concurrency=self._limiter.limit,
+            spooled=ledger.spooled,
+            recovered=ledger.recovered,
+        )
+
+    def check_open(self) -> None:
+        """Raise :class:`ClientClosedError`, naming the fix, unless calls are taken."""
+        state = self.admission.state
+        if state is State.DISABLED or self.admission.taking:
+            return
+        if state is State.UNOPENED:
+            raise ClientClosedError(
+                "the KoalaClient is not open: use `async with KoalaClient(...) as koala:` "
+                "(in a web app, in its lifespan) before calling it"
+            )
+        if state is State.FORKED:
+            raise ClientClosedError(
+                f"this {self.face} was opened before os.fork(); create a new {self.face} in "
+                "the child process (e.g. in your worker's startup hook)"
+            )
+        if state is State.ORPHANED:
+            raise ClientClosedError(ORPHANED)
+        raise ClientClosedError(f"the {self.face} is closed; create a new one to send again")
+
+    # The queue
+
+    def offer(self, built: Built | None) -> Awaitable[None] | None:
+        """Queue what the intake built (None: ``before_send`` dropped it, counted here).
+
+        Returns None, or something the call must await: a yield to the event loop (a loop
+        of calls that has not let it run, see :meth:`Runtime.added`), or a wait for room in
+        a full queue. Raises what ``on_full="raise"`` and a closed engine raise.
+        """
+        if built is None:
+            self.ledger.refuse("filtered")
+            return None
+        kind, raw, who, ip, _ = built
+        ledger = self.ledger
+        if ledger.pending >= self.admission.limit:  # full, closed, dead or spooling: rare
+            return self._full(kind, raw, who, ip)
+        ledger.accept()  # _enqueue(), inline: a method call here costs every call ~0.05 µs
+        waiting = self._queue.add(kind, raw, who, ip)
+        if waiting % FILE_EVERY and waiting != 1:  # nothing for the filer to hear of
+            return None
+        runtime = self._runtime
+        # The 128th unfiled entry: the loop had no turn since the 64th, so let it run.
+        return runtime.loop.checkpoint() if runtime.added(waiting) else None  # type: ignore[union-attr]
+
+    def offer_encoded(
+        self, kind: int, raw: bytes, who: Who, ip: str | None = None
+    ) -> Coroutine[Any, Any, None] | None:
+        """Queue an entry built in another thread: :meth:`offer` without its yield.
+
+        The door :class:`~koala_async.KoalaSyncClient`'s engine thread uses. Returns None,
+        or a wait for room that the caller must await (the queue is full).
+        """
+        if self.ledger.pending >= self.admission.limit:
+            return self._full(kind, raw, who, ip)
+        self._enqueue(kind, raw, who, ip)
+        return None
+
+    def _enqueue(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
+        """Count an entry accepted and queue it, to be filed at the loop's next turn.
+        (:meth:`offer` does the same inline: it is the hot path.)"""
+        self.ledger.accept()
+        waiting = self._queue.add(kind, raw, who, ip)
+        if not waiting % FILE_EVERY or waiting == 1:
+            self._runtime.added(waiting)  # type: ignore[union-attr]
+
+    def _full(
+        self, kind: int, raw: bytes, who: Who, ip: str | None
+    ) -> Coroutine[Any, Any, None] | None:
+        """The queue is full (or the engine takes nothing): drop, raise, or wait for room."""
+        admission = self.admission
+        if admission.state is State.DISABLED:
+            return None
+        if not admission.taking:
+            self.check_open()
+        if admission.state is State.DEAD and self._spool is None:
+            assert self._circuit.verdict is not None
+            self.refuse_entry(_DROPS[self._circuit.verdict], raw, who, ip)
+            return None
+        if self._spool is not None:  # memory is full, older entries wait on disk, or it is dead
+            runtime = self._runtime
+            assert runtime is not None
+            runtime.file()  # the inbox's entries are older: they take their places first
+            self._spool.park(kind, raw, who, ip)
+            admission.spool(True)
+            self._parked = parked = self._parked + 1
+            # The writer takes parked entries at its own pace: a loop that only parks must
+            # yield now and then, as a request handler does anyway.
+            return None if parked % FILE_EVERY else runtime.loop.checkpoint()
+        on_full = self.config.on_full
+        if on_full == "raise":
+            raise QueueFullError(
+                f"{self.ledger.pending} entries are queued, the most max_queue_size allows; "
+                "raise max_queue_size, or use on_full='pace' to wait for room"
+            )
+        if on_full == "block" or (on_full == "pace" and self._circuit.state is CLOSED):
+            return self._wait_then_put(kind, raw, who, ip)
+        self.refuse_entry("queue_full", raw, who, ip)
+        return None
+
+    async def _wait_then_put(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
+        runtime = self._runtime
+        assert runtime is not None
+        runtime.flush_waiting()  # send partial batches now: room comes sooner
+        admission, size = self.admission, self.config.max_queue_size
+        while self.ledger.pending >= admission.limit:
+            if admission.state is not State.OPEN:
+                if not admission.taking:
+                    self.check_open()
+                assert self._circuit.verdict is not None
+                self.refuse_entry(_DROPS[self._circuit.verdict], raw, who, ip)
+                return
+            if self.config.on_full == "pace" and self._circuit.state is not CLOSED:
+                self.refuse_entry("queue_full", raw, who, ip)  # the endpoint is down: never wait
+                return
+            await runtime.room(size - max(1, size // 10))
+            if not admission.taking:
+                self.check_open()
+        self._enqueue(kind, raw, who, ip)
+
+    def refuse_entry(self, reason: DropReason, raw: bytes, who: Who, ip: str | None) -> None:
+        """Drop an entry at the call: counted, logged (rate-limited), given to on_error."""
+        self.ledger.refuse(reason)
+        if reason == "queue_full":
+            why = (
+                f"{self.config.shown_url} is not answering"
+                if self._circuit.state is not CLOSED
+                else f"max_queue_size={self.config.max_queue_size} entries are waiting"
+            )
+            self.reporter.warn(
+                reason,
+                f"dropping entries (queue_full): {why}; raise max_queue_size, or use "
+                "on_full='block' to wait for room whatever happens",
+            )
+        self.reporter.dropped_entry(reason, raw, who, ip)
+
+    def refuse_call(self, refusal: Refusal) -> None:
+        """Drop a bad call (or one on an engine that is not open): counted, logged (each
+        problem once a minute at most) and handed to ``on_error``."""
+        self.ledger.refuse(refusal.reason)
+        self.reporter.warn(refusal.problem, refusal.message)
+        self.reporter.refused(refusal.failure)
+
+    def _circuit_changed(self) -> None:
+        """The endpoint went down, came back, or is gone: wake what waits on that."""
+        runtime = self._runtime
+        assert runtime is not None
+        if self._circuit.state is DEAD:
+            if self._spool is not None:
+                self._spool.paused = True  # later calls wait on disk, for a fixed key or URL
+            self.admission.dead()  # every later call is dropped at once, with the reason
+            runtime.flush_waiting()  # and what is queued, rather than at the next tick
+        runtime.wake_room()
+
+
+ORPHANED = (
+    "this client's event loop has ended (it was opened under another asyncio.run() or "
+    "anyio.run()); open the client inside the event loop that uses it, e.g. "
+    "`async with KoalaClient(...)` in your main coroutine or your app's lifespan"
+)
