@@ -31,7 +31,16 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
-__all__ = ["MAX_BODY", "MAX_HEAD", "NEED_DATA", "End", "ProtocolError", "Reader", "Response"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_HEAD",
+    "NEED_DATA",
+    "End",
+    "ProtocolError",
+    "Reader",
+    "Response",
+    "TLSAnswer",
+]
 
 MAX_HEAD = 64 * 1024  # status line and headers, interim responses included
 MAX_BODY = 256 * 1024  # the SDK never reads a body: enough for an error message
@@ -40,6 +49,10 @@ MAX_INTERIM = 16  # bounds the work an endless stream of 1xx answers could cause
 
 class ProtocolError(ValueError):
     """The bytes are not an HTTP/1.1 response the reader can follow."""
+
+
+class TLSAnswer(ProtocolError):
+    """A TLS record came where an HTTP answer belongs: the port speaks https."""
 
 
 class _NeedData:
@@ -133,6 +146,7 @@ class Reader:
                 del buffer[: len(buffer) - len(buffer.lstrip(b"\r\n"))]
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
+                _check_not_tls(buffer)
                 if len(buffer) > MAX_HEAD:
                     raise ProtocolError("response head too large")
                 return self._need("response head")
@@ -250,9 +264,16 @@ class Reader:
         self._got += count
 
 
+def _check_not_tls(start: bytes | bytearray) -> None:
+    """Raise :class:`TLSAnswer` if ``start`` is a TLS record (an alert or a handshake)."""
+    if start[1:2] == b"\x03" and start[:1] in (b"\x15", b"\x16"):
+        raise TLSAnswer("a TLS record where an HTTP answer belongs")
+
+
 def _parse_head(status_line: bytes, lines: list[bytes]) -> tuple[Response, int, bool]:
     """A status line and header lines: the response, its Content-Length (-1 if none) and
     whether it is chunked. A transfer coding other than chunked runs to the close (-1)."""
+    _check_not_tls(status_line)
     version, _, rest = status_line.partition(b" ")
     status_text = rest[:3]
     if (

@@ -60,7 +60,15 @@ if TYPE_CHECKING:  # ssl costs ~6 ms to import; a context is only made for https
 
     from anyio.abc import ByteStream
 
-__all__ = ["MAX_BODY", "MAX_HEAD", "Http11Transport", "Origin", "origin", "request_head"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_HEAD",
+    "Http11Transport",
+    "Misconfigured",
+    "Origin",
+    "origin",
+    "request_head",
+]
 
 BODY_GRACE = 1.0  # seconds a body may take after its head, when reads have no limit
 _ONE_WRITE = 64 * 1024  # up to this, a request is written at once and then the answer read
@@ -170,7 +178,19 @@ class Http11Transport(httpx.AsyncBaseTransport):
             # as a ConnectError, 30% random resets kept it open, stalling everyone.
             kind = httpx.ReadError if self._stream is not None else httpx.ConnectError
             await self.aclose()
+            if _plain_http_answered_tls(exc):
+                raise Misconfigured(
+                    f"{_url(origin)} speaks plain HTTP, not TLS ({exc}): start base_url with "
+                    "http://, or give the port that serves https",
+                    request=request,
+                ) from None
             raise kind(str(exc) or type(exc).__name__, request=request) from exc
+        except _h1.TLSAnswer:
+            await self.aclose()
+            raise Misconfigured(
+                f"{_url(origin)} speaks TLS, not plain HTTP: start base_url with https://",
+                request=request,
+            ) from None
         except ValueError as exc:
             await self.aclose()
             raise httpx.RemoteProtocolError(f"malformed response: {exc}", request=request) from exc
@@ -308,6 +328,34 @@ class Http11Transport(httpx.AsyncBaseTransport):
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(OSError, anyio.BrokenResourceError):
                     await stream.aclose()
+
+
+class Misconfigured(httpx.TransportError):
+    """The endpoint answers, but not as ``base_url`` says it would: a redirect, or TLS and
+    plain HTTP crossed (an ``https://`` URL to a plain-HTTP port, or the reverse). No retry
+    can help: the message names the fix, in the configuration."""
+
+
+# What OpenSSL says when the server answered a TLS hello in plain HTTP (a "400" to it).
+_PLAIN_HTTP_REASONS = frozenset(
+    ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+)
+
+
+def _plain_http_answered_tls(error: BaseException) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:  # anyio wraps ssl's error
+        seen.add(id(cause))
+        if getattr(cause, "reason", None) in _PLAIN_HTTP_REASONS:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _url(origin: Origin) -> str:
+    scheme, host, port = origin
+    return f"{scheme.decode()}://{host.decode('ascii')}:{port}"
 
 
 def _idle(stream: ByteStream | _aio.Stream | None, peek: socket.socket | None) -> bool:

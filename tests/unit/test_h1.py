@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from koala_async._h1 import MAX_BODY, MAX_HEAD, NEED_DATA, End, ProtocolError, Reader, Response
+from koala_async._h1 import (
+    MAX_BODY,
+    MAX_HEAD,
+    NEED_DATA,
+    End,
+    ProtocolError,
+    Reader,
+    Response,
+    TLSAnswer,
+)
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 
@@ -281,3 +290,12 @@ def test_junk_is_bounded_and_only_skipped_after_an_answer() -> None:
     with pytest.raises(ProtocolError, match="no status line"):
         read_after_answer(b"x" * (MAX_HEAD + 10))
     fails(b"junk\r\n" + OK, match="status line")
+
+
+@pytest.mark.parametrize(
+    "record", [b"\x15\x03\x01\x00\x02\x02\x46", b"\x16\x03\x03\x00\x10\r\n\r\n"]
+)
+def test_a_tls_record_is_told_apart(record: bytes) -> None:
+    """http:// to a port that speaks TLS: the transport names the fix (https://)."""
+    with pytest.raises(TLSAnswer):
+        read(record, b"")
