@@ -18,12 +18,13 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from ._exceptions import ValidationError
-from ._wire import Entry, Identify, Page, Track
+from ._wire import Entry, Identify, Page, Track, convert
 
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 """A UUID in its usual text form, in any case: what a ko_id cookie holds."""
@@ -31,6 +32,8 @@ _EMAIL = re.compile(r"[^@\s\"<>,;]+@[^@\s\"<>,;]+\.[^@\s\"<>,;.]+\Z")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _TLD = re.compile(r"([a-z]{2,63}|xn--[a-z0-9-]{1,59})\Z")
 _SCALARS = frozenset((str, int, bool, type(None)))
+_BINARY = (bytes, bytearray, memoryview)
+_LEFT_AS_IS = (*_BINARY, Decimal)  # for _check_plain to judge, not converted to str
 _USER_AGENT = re.compile(r"[\x20-\x7e]+\Z")  # printable ASCII: httpx encodes headers as ASCII
 _SENT_AT = re.compile(  # the ISO 8601 forms msgspec's RFC 3339 parser leaves out
     r"(\d{4}-\d\d-\d\d)(?:[Tt ](\d\d)(?::(\d\d)(?::(\d\d)(?:[.,](\d+))?)?)?)?"
@@ -315,14 +318,25 @@ def _is_plain(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
     return True
 
 
+_CARRIED = (
+    "JSON carries str, int, float, bool, None, lists and dicts; datetime, date, time, UUID, "
+    "Decimal, Enum, dataclasses, sets, pydantic models and numpy scalars are converted"
+)
+"""What the refusal of a value says: the rule in one sentence (README, "Bad input")."""
+
+
 def check_fields(value: Mapping[Any, Any], what: str) -> None:
-    """Refuse ``value`` unless msgspec encodes it to JSON that decodes back to the same data.
+    """Refuse ``value`` unless it encodes to JSON that decodes back to the same data.
 
     The slow path of :func:`fields`: it converts ``value`` as the encoder would (sets,
-    dataclasses and Structs become lists and dicts) and walks the result.
+    dataclasses and Structs become lists and dicts, :func:`._wire.convert` the rest) and
+    walks the result. Bytes are left as they are, to be refused: msgspec would send them as
+    base64, which the caller may not have meant.
     """
     try:
-        plain = msgspec.to_builtins(value, str_keys=False)
+        plain = msgspec.to_builtins(
+            value, str_keys=False, builtin_types=_LEFT_AS_IS, enc_hook=convert
+        )
         _check_plain(plain, what)
     except RecursionError:
         raise ValidationError(f"{what} nests too deeply or contains itself") from None
@@ -330,8 +344,7 @@ def check_fields(value: Mapping[Any, Any], what: str) -> None:
         if isinstance(exc, ValidationError):
             raise
         raise ValidationError(
-            f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, "
-            "None, lists and dicts of them"
+            f"{what} hold a value JSON cannot carry ({exc}): {_CARRIED}"
         ) from None
 
 
@@ -340,10 +353,15 @@ def _check_plain(value: Any, where: str) -> None:
     kind = type(value)
     if kind is str:
         _check_text(value, where)
-    elif kind is float:
-        if not math.isfinite(value):
+    elif kind is float or kind is Decimal:
+        if not value.is_finite() if kind is Decimal else not math.isfinite(value):
             # JSON has no NaN or Infinity; msgspec would quietly write them as null.
             raise ValidationError(f"{where} is {shown(value)}, which JSON cannot carry")
+    elif kind in _BINARY:
+        raise ValidationError(
+            f"{where} is {kind.__name__}, which JSON cannot carry: decode it to a str "
+            "(.decode() for text, base64 for binary), as you mean it to be read"
+        )
     elif kind is dict:
         sent_as: dict[str, object] = {}
         for key, item in value.items():
@@ -397,10 +415,7 @@ def unencodable(entry: Entry, exc: Exception) -> ValidationError:
         return error
     if entry.context is not None:
         what += " or context"
-    return ValidationError(
-        f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, None, "
-        "lists and dicts of them"
-    )
+    return ValidationError(f"{what} hold a value JSON cannot carry ({exc}): {_CARRIED}")
 
 
 def sent_at(value: object) -> str:
