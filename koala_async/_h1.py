@@ -139,7 +139,7 @@ class Reader:
 
     def _head(self) -> Response | _NeedData:
         buffer = self._buffer
-        if self._junk >= 0 and not buffer.startswith(b"HTTP/1."):
+        if self._junk >= 0 and buffer and not buffer.startswith(b"HTTP/1."):
             self._skip_junk()
         while True:
             if buffer and buffer[0] in (13, 10):  # blank lines (CR, LF) before a status line

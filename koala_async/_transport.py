@@ -296,10 +296,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
         """Read one answer through a fresh :class:`_h1.Reader`: status, headers, body and
         whether the connection must be closed after it."""
         reader = _h1.Reader(after_answer=reused)
+        await self._receive(reader)  # nothing was there: no need to ask before the first
         while (event := reader.next_event()) is NEED_DATA:
             await self._receive(reader)
-        assert isinstance(event, _h1.Response)
-        status, headers, close = event
+        status, headers, close = event  # type: ignore[misc]  # a Response: End comes after
         # Without a limit per read, the caller bounds the whole request and needs only the
         # status and headers: a body still coming gets a limit of its own, and a body that
         # stalls or breaks must not turn a known answer (an accepted batch, a 429's
@@ -315,10 +315,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 raise
             # A 2xx says the batch was accepted: what follows cannot undo that.
             return status, headers, reader.body(), True
-        assert isinstance(end, _h1.End)
         # Bytes past the answer (a stray CRLF, junk) put the connection out of step with
         # the server: the next answer read on it would be the wrong one.
-        return status, headers, end.body, close or not end.complete or reader.unread > 0
+        body, complete = end  # type: ignore[misc]  # an End
+        return status, headers, body, close or not complete or reader.unread > 0
 
     async def aclose(self) -> None:
         stream, self._stream, self._origin = self._stream, None, None
