@@ -94,6 +94,11 @@ class Stream:
         protocol.buffer.clear()
         return data
 
+    def idle(self) -> bool:
+        """Nothing arrived since the last receive, and the peer has not ended."""
+        protocol = self._protocol
+        return not protocol.buffer and not protocol.ended
+
     async def aclose(self) -> None:
         if self._tls:
             # As anyio's stream with tls_standard_compatible=False: no close_notify

@@ -148,7 +148,7 @@ def account_traits(traits: Mapping[str, Any] | None, group_id: str | None) -> di
     group_id = _validate.text(group_id, "group_id")
     if fields.get("group_id", group_id) != group_id:
         raise ValidationError(
-            f"group_id is given twice, as {group_id!r} and as traits['group_id'] = "
-            f"{fields['group_id']!r}: pass one"
+            f"group_id is given twice, as {_validate.shown(group_id)} and as traits['group_id'] = "
+            f"{_validate.shown(fields['group_id'])}: pass one"
         )
     return {**fields, "group_id": group_id}

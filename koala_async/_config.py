@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 
 from . import _validate
 from ._exceptions import ValidationError
-from ._redact import protect, redact
+from ._redact import protect, redact, redact_text
 from ._retry import RetryPolicy
 from ._version import __version__
 
@@ -23,6 +23,51 @@ __all__ = ["DEFAULT_BASE_URL", "Config", "OnFull"]
 DEFAULT_BASE_URL = "https://api2.getkoala.com"
 OnFull = Literal["pace", "block", "drop", "raise"]
 _ON_FULL = ("pace", "block", "drop", "raise")
+
+
+_EXAMPLE = f"such as {DEFAULT_BASE_URL!r} (or 'http://127.0.0.1:8787' for `koala-async collector`)"
+_MAX_SHOWN = 200  # characters of a bad base_url a message repeats
+
+
+def _base_url(base: object, key: str) -> str:
+    """Check ``base_url`` (or KOALA_BASE_URL): an http(s) origin, nothing more. Returned
+    without a trailing slash. Each refusal names the fix, so that a mistake is seen here
+    and not, later, as every batch dropped or a failure inside a background task."""
+    if not isinstance(base, str):
+        raise ValidationError(f"base_url must be a string, got {type(base).__name__}")
+    shown = redact_text(repr(base[:_MAX_SHOWN]), key) + ("…" if len(base) > _MAX_SHOWN else "")
+    if any(c in base for c in "\r\n\t\0 ") or not base.isprintable():
+        raise ValidationError(
+            f"base_url holds a space or a control character (CR, LF, TAB, NUL...), got "
+            f"{shown}: give the bare URL, {_EXAMPLE}"
+        )
+    base = base.rstrip("/")
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValidationError(f"base_url must be an http(s) URL {_EXAMPLE}, got {shown}")
+    if "@" in parts.netloc:
+        # httpx would send them as basic auth, and every log line would show the password:
+        # Koala's ingestion API takes no credentials but the key in the path.
+        raise ValidationError(
+            "base_url holds a user name or password (user:pass@host), which Koala does not "
+            f"take: remove them, {_EXAMPLE}; for a proxy that needs them, pass an "
+            "http_client= of your own"
+        )
+    if parts.path or parts.query or parts.fragment or base.endswith(("?", "#")):
+        raise ValidationError(
+            f"base_url must be the origin alone ({parts.scheme}://{parts.netloc}), without "
+            f"a path, query or fragment: the SDK adds /web/projects/<key>/batch; got {shown}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 and parts.netloc.rpartition("]")[2].count(":"):
+        raise ValidationError(
+            f"base_url names an impossible port (1 to 65535), got {shown}: leave the port "
+            f"out for the scheme's own ({parts.scheme}://{parts.hostname})"
+        )
+    return base
 
 
 @dataclass(frozen=True)
@@ -76,16 +121,7 @@ class Config:
                 else f"public_api_key {redact(str(key))!r} is not a key: it holds a space, "
                 "slash or similar"
             )
-        base = base_url or os.environ.get("KOALA_BASE_URL") or DEFAULT_BASE_URL
-        if not isinstance(base, str):
-            raise ValidationError(f"base_url must be a string, got {type(base).__name__}")
-        base = base.rstrip("/")
-        parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-            raise ValidationError(
-                f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r} (or "
-                f"'http://127.0.0.1:8787' for `koala-async collector`), got {base!r}"
-            )
+        base = _base_url(base_url or os.environ.get("KOALA_BASE_URL") or DEFAULT_BASE_URL, key)
         agent = f"koala-async/{__version__}"
         caller = _validate.user_agent(user_agent)
         if caller:

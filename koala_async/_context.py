@@ -70,15 +70,21 @@ current = _request.get
 def normalize_ip(value: object) -> str | None:
     """An IPv4 or IPv6 address in its canonical text form, or None if ``value`` is not one.
 
+    An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, what a dual-stack server reports
+    for an IPv4 client) is its IPv4 address, on every Python: 3.10-3.12 write it as
+    ``::ffff:c000:201`` and 3.13 as itself, and Koala's company lookup needs the IPv4.
     Servers put other things where the client's address goes (Starlette's test client says
     ``"testclient"``, a Unix socket has none): those are not sent.
     """
     if not isinstance(value, str):
         return None
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        address = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def set_request_context(

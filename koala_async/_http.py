@@ -31,15 +31,17 @@ import urllib.request
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import httpx
 
-from ._transport import Http11Transport, origin, request_head
+from ._redact import redact_text
+from ._transport import Http11Transport, Misconfigured, origin, request_head
 
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["HttpFactory", "Route", "post"]
+__all__ = ["HttpFactory", "Misconfigured", "Route", "post"]
 
 # Clients made here, with the transport they were made with: only these may skip the client
 # layer. Weak, so a closed and dropped client is forgotten.
@@ -117,17 +119,43 @@ async def post(
     per read, and could only fire later). A user's client keeps all of its settings.
 
     Raises:
+        Misconfigured: a redirect (``3xx``: never followed, the batch may not go to another
+            host; the message names the ``Location``), or TLS and plain HTTP crossed.
         httpx.TransportError: as ``httpx.AsyncClient.post`` would.
         RuntimeError: the client is closed, as ``httpx.AsyncClient.post`` would.
     """
     transport = _own.get(http)
     if transport is None:  # a user's client (or ours behind proxies): all of its settings
-        response = await http.post(route.url, content=content, headers=route.headers)
-        return response.status_code, response.headers.get("retry-after")
+        response = await http.post(
+            route.url, content=content, headers=route.headers, follow_redirects=False
+        )
+        status, found = response.status_code, response.headers
+        if 300 <= status < 400:
+            _redirected(route, status, found.get("location"))
+        return status, found.get("retry-after")
     if http.is_closed:
         raise RuntimeError("Cannot send a request, as the client has been closed.")
     status, headers, _ = await transport.send(route.origin, route.message(content), timeout)
+    retry_after = location = None
     for name, value in headers:
-        if name.lower() == b"retry-after":
-            return status, value.decode("latin-1")
-    return status, None
+        lower = name.lower()
+        if lower == b"retry-after":
+            retry_after = value.decode("latin-1")
+        elif lower == b"location":
+            location = value.decode("latin-1")
+    if 300 <= status < 400:
+        _redirected(route, status, location)
+    return status, retry_after
+
+
+def _redirected(route: Route, status: int, location: str | None) -> None:
+    """Refuse a redirect, naming where it points (the key in it redacted): the fix is
+    base_url."""
+    if location is None:
+        raise Misconfigured(f"HTTP {status} (a redirect without a Location): check base_url")
+    key = route.url.rpartition("/web/projects/")[2].partition("/")[0]
+    shown = redact_text(location[:200], unquote(key)) + ("…" if len(location) > 200 else "")
+    raise Misconfigured(
+        f"HTTP {status} redirects to {shown}; batches are never sent on to another address: "
+        "set base_url to the origin that answers there"
+    )

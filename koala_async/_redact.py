@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from typing import TypeVar
 
-__all__ = ["protect", "redact", "redact_text"]
+__all__ = ["bare", "protect", "redact", "redact_text"]
 
 _keys: set[str] = set()
 
@@ -71,3 +72,30 @@ def protect(key: str) -> None:
     logger = logging.getLogger("httpx")
     if _filter not in logger.filters:
         logger.addFilter(_filter)
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def bare(error: _E) -> _E:
+    """``error`` with no traceback, nor any on the exceptions it was raised from or during.
+
+    An exception handed out (to ``on_error``) would keep the SDK's frames, and their locals
+    hold the request bytes (the key in the path, the body with e-mails) and the entries:
+    ``traceback.TracebackException(capture_locals=True)``, rich's ``show_locals`` and error
+    trackers that capture locals (Sentry does by default) would print them. The type and
+    message say what failed; the frames were the SDK's own.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        pending += (exc.__cause__, exc.__context__)
+        inner = getattr(exc, "exceptions", None)  # an exception group's (3.10: a backport's)
+        if isinstance(inner, tuple):
+            pending += (e for e in inner if isinstance(e, BaseException))
+    return error

@@ -18,6 +18,7 @@ import msgspec
 
 from ._loop import Event, Loop
 from ._queue import Batch, Target
+from ._redact import bare
 from ._stats import DeliveryFailure, DropReason
 from ._validate import Who
 
@@ -94,7 +95,7 @@ class Reporter:
                     ids=target.ids(batch),
                     entries=[msgspec.json.decode(entry) for _, entry in batch.entries()],
                     status=status,
-                    exception=error,
+                    exception=None if error is None else bare(error),
                 )
             )
 
@@ -120,7 +121,7 @@ class Reporter:
                 kind="account" if field in ("domain", "account_id") else "profile",
                 ids=ids,
                 entries=[msgspec.json.decode(raw)],
-                exception=exception,
+                exception=None if exception is None else bare(exception),
             )
         )
 

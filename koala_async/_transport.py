@@ -7,14 +7,16 @@ itself. Callers who need proxies or HTTP/2 pass an ``httpx.AsyncClient`` of thei
 asyncio the connection is :mod:`._aio`'s stream straight on asyncio's transport (a third less
 CPU per request than anyio's socket stream); on trio, anyio's.
 
-It is built to survive hostile or broken servers (tests/test_transport_conformance.py runs
-the same cases against httpx's transport):
+It only does I/O: :mod:`._h1`'s sans-IO reader parses every answer (its rules: 1xx skipped,
+``101`` an error, the head and body caps, framing) and says when a connection is out of step.
+Around it, this transport decides what the SDK needs of a connection (the conformance suite,
+tests/test_transport_conformance.py, runs the same cases against httpx's transport):
 
-- ``1xx`` interim responses (``103 Early Hints``) are skipped; ``101`` is an error.
-- The head is capped at 64 KiB (interim responses included) and the body at 256 KiB: the
-  SDK never uses the body, so a longer one is cut and the connection closed.
 - A ``2xx`` status line means the batch was accepted, whatever follows: a body cut short
   by a close, a timeout or garbage still returns the response (and closes the connection).
+- A connection is reused only when nothing is left unread on it: bytes past an answer, or
+  arriving while it was idle (a stray CRLF, junk after a body), or its end, would be read
+  as the next request's answer, and the batch resent though the server had it.
 - A large body is sent while the response is read, so an early answer (``413`` and a
   close before the body was read) is seen, and the batch is split rather than retried.
 - ``request.extensions["timeout"]`` bounds connecting, each write and each read. There is
@@ -41,13 +43,16 @@ the same cases against httpx's transport to keep the two honest.
 from __future__ import annotations
 
 import contextlib
+import socket
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import sniffio
+from anyio.abc import SocketAttribute
 
-from . import _aio, _loop
+from . import _aio, _h1, _loop
+from ._h1 import MAX_BODY, MAX_HEAD, NEED_DATA
 from ._loop import Loop, Scope
 
 if TYPE_CHECKING:  # ssl costs ~6 ms to import; a context is only made for https
@@ -55,14 +60,19 @@ if TYPE_CHECKING:  # ssl costs ~6 ms to import; a context is only made for https
 
     from anyio.abc import ByteStream
 
-__all__ = ["Http11Transport", "Origin", "origin", "request_head"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_HEAD",
+    "Http11Transport",
+    "Misconfigured",
+    "Origin",
+    "origin",
+    "request_head",
+]
 
-MAX_HEAD = 64 * 1024  # status line and headers, interim responses included
-MAX_BODY = 256 * 1024  # the SDK never reads a body: enough for an error message
 BODY_GRACE = 1.0  # seconds a body may take after its head, when reads have no limit
 _ONE_WRITE = 64 * 1024  # up to this, a request is written at once and then the answer read
 
-_Head = tuple[int, list[tuple[bytes, bytes]], int, bool, bool]
 Origin = tuple[bytes, bytes, int]
 """Scheme, host and port: what a connection is for."""
 
@@ -97,7 +107,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._ssl_context = ssl_context
         self._stream: ByteStream | _aio.Stream | None = None
         self._origin: Origin | None = None
-        self._buffer = bytearray()
+        self._peek: socket.socket | None = None  # see _idle
         self._received = 0  # bytes of the current response seen: 0 means safe to resend
         self._read_timeout: float | None = None
         self._loop: Loop = _loop.ANYIO  # the running loop's, from each connect on
@@ -130,12 +140,15 @@ class Http11Transport(httpx.AsyncBaseTransport):
         the errors). :func:`request_head` makes the head; a caller that sends many requests
         to one URL makes it once, which is the cheapest request this module can send."""
         self._read_timeout = read_timeout
-        reused = self._origin == origin  # None whenever there is no open connection
+        # None whenever there is no open connection
+        reused = self._origin == origin and _idle(self._stream, self._peek)
         try:
             if not reused:
                 await self._connect(origin, connect_timeout)
             try:
-                status, headers, content, close = await self._exchange(message, write_timeout)
+                status, headers, content, close = await self._exchange(
+                    message, write_timeout, reused
+                )
             except (
                 anyio.EndOfStream,
                 anyio.BrokenResourceError,
@@ -147,7 +160,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 # A kept-alive connection the server had closed (nothing of an answer came
                 # back, so the request was not processed): try once on a fresh one.
                 await self._connect(origin, connect_timeout)
-                status, headers, content, close = await self._exchange(message, write_timeout)
+                status, headers, content, close = await self._exchange(
+                    message, write_timeout, False
+                )
         except _Timeout as exc:
             await self.aclose()
             host = origin[1].decode("ascii")
@@ -163,7 +178,19 @@ class Http11Transport(httpx.AsyncBaseTransport):
             # as a ConnectError, 30% random resets kept it open, stalling everyone.
             kind = httpx.ReadError if self._stream is not None else httpx.ConnectError
             await self.aclose()
+            if _plain_http_answered_tls(exc):
+                raise Misconfigured(
+                    f"{_url(origin)} speaks plain HTTP, not TLS ({exc}): start base_url with "
+                    "http://, or give the port that serves https",
+                    request=request,
+                ) from None
             raise kind(str(exc) or type(exc).__name__, request=request) from exc
+        except _h1.TLSAnswer:
+            await self.aclose()
+            raise Misconfigured(
+                f"{_url(origin)} speaks TLS, not plain HTTP: start base_url with https://",
+                request=request,
+            ) from None
         except ValueError as exc:
             await self.aclose()
             raise httpx.RemoteProtocolError(f"malformed response: {exc}", request=request) from exc
@@ -198,19 +225,20 @@ class Http11Transport(httpx.AsyncBaseTransport):
             else:
                 stream = await anyio.connect_tcp(address, port)
         self._stream, self._origin = stream, origin
-        self._buffer.clear()
+        self._peek = None if context or isinstance(stream, _aio.Stream) else _raw(stream)
 
     async def _exchange(
-        self, message: bytes, write_timeout: float | None
+        self, message: bytes, write_timeout: float | None, reused: bool
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-        """Send one request and read its response."""
+        """Send one request and read its response (``reused``: on a kept-alive connection,
+        where junk a server wrote after the last answer may arrive before this one's)."""
         stream = self._stream
         assert stream is not None
         self._received = 0
         if len(message) <= _ONE_WRITE:
             with _limit(self._loop, write_timeout, httpx.WriteTimeout):
                 await stream.send(message)
-            return await self._read_response()
+            return await self._read_response(reused)
         # A large body is sent while the answer is read: a server may answer (413) and
         # close before reading it all, and the answer must not be lost to the failed send.
         failure: list[Exception] = []
@@ -234,7 +262,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             tasks.start_soon(send)
             with reading:
                 try:
-                    status, headers, content, close = await self._read_response()
+                    status, headers, content, close = await self._read_response(reused)
                 except Exception as exc:  # raised outside the task group, so never wrapped
                     error = exc
             tasks.cancel_scope.cancel()
@@ -248,171 +276,49 @@ class Http11Transport(httpx.AsyncBaseTransport):
             close = True  # answered before the request was written: the stream is unusable
         return status, headers, content, close
 
-    async def _receive(self) -> None:
+    async def _receive(self, reader: _h1.Reader) -> None:
+        """Feed ``reader`` what arrives next (``b""`` at the peer's end, once some of the
+        answer came: an end before any of it is the caller's to judge, as EndOfStream)."""
         assert self._stream is not None
         with _limit(self._loop, self._read_timeout, httpx.ReadTimeout):
-            data = await self._stream.receive()
+            try:
+                data = await self._stream.receive()
+            except anyio.EndOfStream:
+                if not self._received:
+                    raise
+                data = b""
         self._received += len(data)
-        self._buffer += data
+        reader.feed(data)
 
-    async def _read_head(self) -> _Head:
-        """Read a status line and headers: status, headers, length, chunked, close."""
-        buffer = self._buffer
-        while (end := buffer.find(b"\r\n\r\n")) < 0:
-            if len(buffer) > MAX_HEAD:
-                raise ValueError("response head too large")
-            await self._receive()
-        if end > MAX_HEAD:
-            raise ValueError("response head too large")
-        status_line, *lines = bytes(buffer[:end]).split(b"\r\n")
-        del buffer[: end + 4]
-        version, _, rest = status_line.partition(b" ")
-        status_text = rest[:3]
-        if (
-            version not in (b"HTTP/1.1", b"HTTP/1.0")
-            or len(status_text) != 3
-            or not status_text.isdigit()
-            or rest[3:4] not in (b"", b" ")
-        ):
-            raise ValueError(f"bad status line {status_line[:40]!r}")
-        status = int(status_text)
-        if status < 100:
-            raise ValueError(f"bad status {status}")
-        headers: list[tuple[bytes, bytes]] = []
-        length = -1
-        chunked, close = False, version == b"HTTP/1.0"
-        framed_by_close = False
-        for line in lines:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
-                raise ValueError(f"bad header line {line[:40]!r}")
-            value = value.strip()
-            lower = name.lower()
-            if lower == b"transfer-encoding":  # not passed on: the body is handed over whole
-                chunked = value.lower().endswith(b"chunked")
-                framed_by_close = not chunked  # another coding: the body ends with the close
-                continue
-            headers.append((name, value))
-            if lower == b"content-length":
-                if not value.isdigit() or (length >= 0 and int(value) != length):
-                    raise ValueError(f"bad Content-Length {value[:40]!r}")
-                length = int(value)
-            elif lower == b"connection":
-                close = b"close" in value.lower()
-        if status in (204, 304) or 100 <= status < 200:
-            length, chunked = 0, False  # never a body, whatever the headers say
-        elif chunked or framed_by_close:
-            length = -1
-        return status, headers, length, chunked, close
-
-    async def _read_response(self) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-        interim = 0
-        while True:
-            status, headers, length, chunked, close = await self._read_head()
-            if status >= 200:
-                break
-            if status == 101:
-                raise ValueError("101 Switching Protocols to a POST")
-            # An interim response (100 Continue, 103 Early Hints): the final one follows.
-            interim += 1
-            if interim > 16:  # bounds the work an endless stream of them could cause
-                raise ValueError("too many interim responses")
-        buffer = self._buffer
-        if 0 <= length <= len(buffer) and length <= MAX_BODY:  # the usual case: all here
-            content = bytes(buffer[:length])
-            del buffer[:length]
-            return status, headers, content, close
-        parts: list[bytes] = []
+    async def _read_response(
+        self, reused: bool
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+        """Read one answer through a fresh :class:`_h1.Reader`: status, headers, body and
+        whether the connection must be closed after it."""
+        reader = _h1.Reader(after_answer=reused)
+        await self._receive(reader)  # nothing was there: no need to ask before the first
+        while (event := reader.next_event()) is NEED_DATA:
+            await self._receive(reader)
+        status, headers, close = event  # type: ignore[misc]  # a Response: End comes after
         # Without a limit per read, the caller bounds the whole request and needs only the
-        # status and headers: the body gets a limit of its own, and a body that stalls or
-        # breaks must not turn a known answer (an accepted batch, a 429's Retry-After) into
-        # a timeout at the caller's deadline, and a resend.
+        # status and headers: a body still coming gets a limit of its own, and a body that
+        # stalls or breaks must not turn a known answer (an accepted batch, a 429's
+        # Retry-After) into a timeout at the caller's deadline, and a resend.
         headed = self._read_timeout is None
         try:
-            with _limit(self._loop, BODY_GRACE if headed else None, httpx.ReadTimeout):
-                if chunked:
-                    complete = await self._read_chunked(parts)
-                elif length >= 0:
-                    complete = await self._read_exactly(length, parts)
-                else:  # delimited by the end of the connection
-                    close = True
-                    complete = await self._read_to_end(parts)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError, ValueError, _Timeout):
+            if (end := reader.next_event()) is NEED_DATA:
+                with _limit(self._loop, BODY_GRACE if headed else None, httpx.ReadTimeout):
+                    while (end := reader.next_event()) is NEED_DATA:
+                        await self._receive(reader)
+        except (anyio.BrokenResourceError, OSError, ValueError, _Timeout):
             if not (headed or 200 <= status < 300):
                 raise
             # A 2xx says the batch was accepted: what follows cannot undo that.
-            return status, headers, b"".join(parts), True
-        return status, headers, b"".join(parts), close or not complete
-
-    async def _read_exactly(self, length: int, parts: list[bytes]) -> bool:
-        """Read a body of ``length`` bytes, up to the cap; say whether it was all read."""
-        buffer = self._buffer
-        wanted = min(length, MAX_BODY)
-        got = 0
-        while True:
-            # Kept in parts as it comes, so a 2xx cut short keeps what it got.
-            if take := min(len(buffer), wanted - got):
-                parts.append(bytes(buffer[:take]))
-                del buffer[:take]
-                got += take
-            if got == wanted:
-                return wanted == length
-            await self._receive()
-
-    async def _read_to_end(self, parts: list[bytes]) -> bool:
-        """Read a body delimited by the end of the connection, up to the cap."""
-        buffer = self._buffer
-        got = 0
-        while True:
-            if take := min(len(buffer), MAX_BODY - got):
-                parts.append(bytes(buffer[:take]))
-                got += take
-            buffer.clear()
-            if got >= MAX_BODY:
-                return False
-            try:
-                await self._receive()
-            except anyio.EndOfStream:
-                return True
-
-    async def _read_chunked(self, parts: list[bytes]) -> bool:
-        buffer = self._buffer
-        size_read = 0
-        while True:
-            while (end := buffer.find(b"\r\n")) < 0:
-                if len(buffer) > MAX_HEAD:
-                    raise ValueError("chunk size line too long")
-                await self._receive()
-            size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
-            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
-                raise ValueError(f"bad chunk size {size_text[:20]!r}")
-            size = int(size_text, 16)
-            del buffer[: end + 2]
-            if size == 0:
-                trailers = 0
-                while (end := buffer.find(b"\r\n")) != 0:  # trailers, then a blank line
-                    if end < 0:
-                        if len(buffer) > MAX_HEAD:
-                            raise ValueError("trailers too large")
-                        await self._receive()
-                    else:
-                        trailers += end
-                        if trailers > MAX_HEAD:
-                            raise ValueError("trailers too large")
-                        del buffer[: end + 2]
-                del buffer[:2]
-                return True
-            if size_read + size > MAX_BODY:
-                # Past the cap: keep what fits, and leave the rest to the closed connection.
-                await self._read_exactly(MAX_BODY - size_read, parts)
-                return False
-            while len(buffer) < size + 2:
-                await self._receive()
-            if buffer[size : size + 2] != b"\r\n":
-                raise ValueError("chunk not followed by CRLF")
-            parts.append(bytes(buffer[:size]))
-            size_read += size
-            del buffer[: size + 2]
+            return status, headers, reader.body(), True
+        # Bytes past the answer (a stray CRLF, junk) put the connection out of step with
+        # the server: the next answer read on it would be the wrong one.
+        body, complete = end  # type: ignore[misc]  # an End
+        return status, headers, body, close or not complete or reader.unread > 0
 
     async def aclose(self) -> None:
         stream, self._stream, self._origin = self._stream, None, None
@@ -422,6 +328,56 @@ class Http11Transport(httpx.AsyncBaseTransport):
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(OSError, anyio.BrokenResourceError):
                     await stream.aclose()
+
+
+class Misconfigured(httpx.TransportError):
+    """The endpoint answers, but not as ``base_url`` says it would: a redirect, or TLS and
+    plain HTTP crossed (an ``https://`` URL to a plain-HTTP port, or the reverse). No retry
+    can help: the message names the fix, in the configuration."""
+
+
+# What OpenSSL says when the server answered a TLS hello in plain HTTP (a "400" to it).
+_PLAIN_HTTP_REASONS = frozenset(
+    ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+)
+
+
+def _plain_http_answered_tls(error: BaseException) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:  # anyio wraps ssl's error
+        seen.add(id(cause))
+        if getattr(cause, "reason", None) in _PLAIN_HTTP_REASONS:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _url(origin: Origin) -> str:
+    scheme, host, port = origin
+    return f"{scheme.decode()}://{host.decode('ascii')}:{port}"
+
+
+def _idle(stream: ByteStream | _aio.Stream | None, peek: socket.socket | None) -> bool:
+    """Whether nothing has arrived on a kept-alive connection since its last answer, so that
+    the next answer read on it is the next request's. ``peek``: the socket under anyio's
+    stream (None over TLS, where TLS records such as session tickets may arrive unasked)."""
+    if isinstance(stream, _aio.Stream):
+        return stream.idle()
+    if peek is None:
+        return True
+    try:
+        peek.recv(1, socket.MSG_PEEK)  # non-blocking: bytes waiting, or b"" for its end
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _raw(stream: ByteStream) -> socket.socket | None:
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 class _limit:

@@ -18,12 +18,13 @@ import re
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from ._exceptions import ValidationError
-from ._wire import Entry, Identify, Page, Track
+from ._wire import Entry, Identify, Page, Track, convert
 
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 """A UUID in its usual text form, in any case: what a ko_id cookie holds."""
@@ -31,6 +32,8 @@ _EMAIL = re.compile(r"[^@\s\"<>,;]+@[^@\s\"<>,;]+\.[^@\s\"<>,;.]+\Z")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _TLD = re.compile(r"([a-z]{2,63}|xn--[a-z0-9-]{1,59})\Z")
 _SCALARS = frozenset((str, int, bool, type(None)))
+_BINARY = (bytes, bytearray, memoryview)
+_LEFT_AS_IS = (*_BINARY, Decimal)  # for _check_plain to judge, not converted to str
 _USER_AGENT = re.compile(r"[\x20-\x7e]+\Z")  # printable ASCII: httpx encodes headers as ASCII
 _SENT_AT = re.compile(  # the ISO 8601 forms msgspec's RFC 3339 parser leaves out
     r"(\d{4}-\d\d-\d\d)(?:[Tt ](\d\d)(?::(\d\d)(?::(\d\d)(?:[.,](\d+))?)?)?)?"
@@ -62,6 +65,19 @@ _events: set[str] = set()
 _event_chars = 0
 
 
+SHOWN = 200
+"""The most characters of a caller's value an error message repeats: a 10 MB bad id must
+not become a 10 MB log line."""
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` cut to about :data:`SHOWN` characters, for messages and logs."""
+    if isinstance(value, str | bytes) and len(value) > SHOWN:
+        return f"{value[:SHOWN]!r}… ({len(value):,} in all)"
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}… ({len(text):,} characters)"
+
+
 def person(profile_id: object, email: object) -> Who:
     """Check a profile call's ids; queue by profile_id (lowercased) when given, else email."""
     if email is not None and (type(email) is not str or email not in _emails):
@@ -81,14 +97,16 @@ def person(profile_id: object, email: object) -> Who:
         if checked is not None:
             return "profile_id", checked, "email", email
     raise ValidationError(
-        f"profile_id must be a UUID string such as the ko_id cookie holds, got {profile_id!r}"
+        f"profile_id must be a UUID string such as the ko_id cookie holds, got {shown(profile_id)}"
     )
 
 
 def _check_email(email: object) -> str:
     """Check an email the cache has not seen, and remember it."""
     if type(email) is not str or not _EMAIL.match(email):
-        raise ValidationError(f"email must be an address like 'ada@example.com', got {email!r}")
+        raise ValidationError(
+            f"email must be an address like 'ada@example.com', got {shown(email)}"
+        )
     if len(email) > MAX_EMAIL:
         raise ValidationError(
             f"email must be at most {MAX_EMAIL} characters (RFC 5321), got one of {len(email)}"
@@ -127,10 +145,12 @@ def account(domain: object, account_id: object) -> Who:
     ):
         if type(account_id) is str and account_id.strip():
             _check_text(account_id, "account_id")
-        raise ValidationError(f"account_id must be a non-empty string, got {account_id!r}")
+        raise ValidationError(f"account_id must be a non-empty string, got {shown(account_id)}")
     if domain is not None:
         if type(domain) is not str:
-            raise ValidationError(f"domain must be a string such as 'acme.com', got {domain!r}")
+            raise ValidationError(
+                f"domain must be a string such as 'acme.com', got {shown(domain)}"
+            )
         return "domain", normalize_domain(domain), "account_id", account_id
     if account_id is None:
         raise ValidationError(
@@ -167,7 +187,9 @@ def _normalize_domain(value: str) -> str:
         host = ""
     labels = host.split(".")
     if len(labels) < 2 or not all(_LABEL.match(x) for x in labels) or not _TLD.match(labels[-1]):
-        raise ValidationError(f"domain must be a domain name such as 'acme.com', got {value!r}")
+        raise ValidationError(
+            f"domain must be a domain name such as 'acme.com', got {shown(value)}"
+        )
     if len(host) > 253:  # the most DNS allows
         raise ValidationError(f"domain must be at most 253 characters, got {len(host)}")
     return host
@@ -183,7 +205,7 @@ def event_name(value: object) -> str:
         return value
     if type(value) is not str or not value.strip():
         raise ValidationError(
-            f"event must be a non-empty string such as 'Signed Up', got {value!r}"
+            f"event must be a non-empty string such as 'Signed Up', got {shown(value)}"
         )
     _check_text(value, "event")
     with _lock:
@@ -198,7 +220,7 @@ def text(value: object, what: str) -> str:
             return value
         _check_text(value, what)
         return value
-    raise ValidationError(f"{what} must be a non-empty string, got {value!r}")
+    raise ValidationError(f"{what} must be a non-empty string, got {shown(value)}")
 
 
 def user_agent(value: object) -> str | None:
@@ -211,12 +233,12 @@ def user_agent(value: object) -> str | None:
         return None
     if type(value) is not str or not value.strip():
         raise ValidationError(
-            f"user_agent must be a non-empty string such as 'acme-app/2.3.0', got {value!r}"
+            f"user_agent must be a non-empty string such as 'acme-app/2.3.0', got {shown(value)}"
         )
     if not _USER_AGENT.match(value):
         raise ValidationError(
             "user_agent must be one line of text, printable ASCII with no control characters "
-            f"(no CR, LF, tab or NUL), such as 'acme-app/2.3.0'; got {value!r}"
+            f"(no CR, LF, tab or NUL), such as 'acme-app/2.3.0'; got {shown(value)}"
         )
     return value.strip()
 
@@ -296,14 +318,25 @@ def _is_plain(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> bool:
     return True
 
 
+_CARRIED = (
+    "JSON carries str, int, float, bool, None, lists and dicts; datetime, date, time, UUID, "
+    "Decimal, Enum, dataclasses, sets, pydantic models and numpy scalars are converted"
+)
+"""What the refusal of a value says: the rule in one sentence (README, "Bad input")."""
+
+
 def check_fields(value: Mapping[Any, Any], what: str) -> None:
-    """Refuse ``value`` unless msgspec encodes it to JSON that decodes back to the same data.
+    """Refuse ``value`` unless it encodes to JSON that decodes back to the same data.
 
     The slow path of :func:`fields`: it converts ``value`` as the encoder would (sets,
-    dataclasses and Structs become lists and dicts) and walks the result.
+    dataclasses and Structs become lists and dicts, :func:`._wire.convert` the rest) and
+    walks the result. Bytes are left as they are, to be refused: msgspec would send them as
+    base64, which the caller may not have meant.
     """
     try:
-        plain = msgspec.to_builtins(value, str_keys=False)
+        plain = msgspec.to_builtins(
+            value, str_keys=False, builtin_types=_LEFT_AS_IS, enc_hook=convert
+        )
         _check_plain(plain, what)
     except RecursionError:
         raise ValidationError(f"{what} nests too deeply or contains itself") from None
@@ -311,8 +344,7 @@ def check_fields(value: Mapping[Any, Any], what: str) -> None:
         if isinstance(exc, ValidationError):
             raise
         raise ValidationError(
-            f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, "
-            "None, lists and dicts of them"
+            f"{what} hold a value JSON cannot carry ({exc}): {_CARRIED}"
         ) from None
 
 
@@ -321,21 +353,26 @@ def _check_plain(value: Any, where: str) -> None:
     kind = type(value)
     if kind is str:
         _check_text(value, where)
-    elif kind is float:
-        if not math.isfinite(value):
+    elif kind is float or kind is Decimal:
+        if not value.is_finite() if kind is Decimal else not math.isfinite(value):
             # JSON has no NaN or Infinity; msgspec would quietly write them as null.
-            raise ValidationError(f"{where} is {value!r}, which JSON cannot carry")
+            raise ValidationError(f"{where} is {shown(value)}, which JSON cannot carry")
+    elif kind in _BINARY:
+        raise ValidationError(
+            f"{where} is {kind.__name__}, which JSON cannot carry: decode it to a str "
+            "(.decode() for text, base64 for binary), as you mean it to be read"
+        )
     elif kind is dict:
         sent_as: dict[str, object] = {}
         for key, item in value.items():
             name = _key(key, where)
             if name in sent_as:
                 raise ValidationError(
-                    f"{where} has the keys {sent_as[name]!r} and {key!r}, both sent as "
-                    f"{name!r}: JSON objects hold one value per key, so keep one"
+                    f"{where} has the keys {shown(sent_as[name])} and {shown(key)}, both sent as "
+                    f"{shown(name)}: JSON objects hold one value per key, so keep one"
                 )
             sent_as[name] = key
-            _check_plain(item, f"{where}[{key!r}]")
+            _check_plain(item, f"{where}[{shown(key)}]")
     elif kind is list or kind is tuple:  # to_builtins leaves tuples as they are
         for i, item in enumerate(value):
             _check_plain(item, f"{where}[{i}]")
@@ -345,14 +382,14 @@ def _key(key: Any, where: str) -> str:
     """The string msgspec writes for a dict key, or a ValidationError if it writes none."""
     kind = type(key)
     if kind is str:
-        _check_text(key, f"{where} key {key!r}")
+        _check_text(key, f"{where} key {shown(key)}")
         return str(key)
     if kind is int:
         return str(key)
     if kind is float and math.isfinite(key):
         return msgspec.json.encode(key).decode()  # as msgspec writes it: 1e20 is "1e20"
     raise ValidationError(
-        f"{where} has the key {key!r}: keys must be strings (or ints and finite floats, "
+        f"{where} has the key {shown(key)}: keys must be strings (or ints and finite floats, "
         "which are sent as strings)"
     )
 
@@ -378,10 +415,7 @@ def unencodable(entry: Entry, exc: Exception) -> ValidationError:
         return error
     if entry.context is not None:
         what += " or context"
-    return ValidationError(
-        f"{what} hold a value JSON cannot carry ({exc}); use str, int, float, bool, None, "
-        "lists and dicts of them"
-    )
+    return ValidationError(f"{what} hold a value JSON cannot carry ({exc}): {_CARRIED}")
 
 
 def sent_at(value: object) -> str:
@@ -398,7 +432,7 @@ def sent_at(value: object) -> str:
         if parsed is None:
             raise ValidationError(
                 f"sent_at must be an ISO 8601 timestamp such as '2024-05-01T12:00:00.000Z', "
-                f"got {value!r}"
+                f"got {shown(value)}"
             )
     elif isinstance(value, datetime):
         parsed = value
@@ -411,7 +445,7 @@ def sent_at(value: object) -> str:
     try:
         utc = parsed.astimezone(timezone.utc)
     except OverflowError:
-        raise ValidationError(f"sent_at {value!r} is out of range once moved to UTC") from None
+        raise ValidationError(f"sent_at {shown(value)} is out of range once moved to UTC") from None
     # isoformat, unlike strftime("%Y"), pads years before 1000 to four digits.
     return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 

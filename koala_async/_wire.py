@@ -18,7 +18,25 @@ __all__ = ["MAX_PER_KIND", "Entry", "encode", "new_message_id", "now_iso", "top_
 MAX_PER_KIND = 30
 """Koala accepts at most this many of each kind of entry in one request."""
 
-encode = msgspec.json.Encoder().encode
+
+def convert(value: Any) -> Any:
+    """The one JSON form of a value msgspec does not encode itself: a pydantic model's
+    ``model_dump(mode="json")``, a numpy scalar's Python number (``.item()``). Anything
+    else is refused (TypeError), as :func:`._validate.check_fields` says at the call."""
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():
+        return value.item()  # a scalar: numpy.int64(3) is 3 (an array is refused)
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")
+
+
+# Values JSON cannot carry (README, "Bad input"), one rule with and without strict: what has
+# one obvious JSON form is converted (datetime, date and time to ISO 8601 strings, UUID to its
+# text, Decimal to a number with its exact digits, Enum to its value, dataclasses, attrs
+# classes and Structs to objects, sets and tuples to arrays, pydantic models and numpy scalars
+# by :func:`convert`); bytes are refused at the call (base64 or text? the caller knows).
+encode = msgspec.json.Encoder(enc_hook=convert, decimal_format="number").encode
 
 
 class Track(msgspec.Struct, tag_field="type", tag="track", kw_only=True, omit_defaults=True):

@@ -8,11 +8,13 @@ the call returned, so each must be refused by the call.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import re
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -275,3 +277,91 @@ async def test_whatever_a_call_accepts_encodes_and_round_trips(
     assert len(expected) == len(given_fields), "two keys were sent as one"
     decoded = _strict_json(_wire.encode(given_fields))
     assert _decoded(decoded, given_fields) == expected
+
+
+# One rule for values JSON cannot carry, the same with and without strict (README, "Bad
+# input"): what has one obvious JSON form is converted, bytes and the rest are refused.
+
+
+class _Plan(enum.Enum):
+    PRO = "pro"
+
+
+def _converted() -> list[tuple[object, object]]:
+    import datetime
+    import decimal
+    import uuid
+
+    cases: list[tuple[object, object]] = [
+        (
+            datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc),
+            "2024-05-01T12:00:00Z",
+        ),
+        (datetime.date(2024, 5, 1), "2024-05-01"),
+        (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001"),
+        (decimal.Decimal("19.99"), 19.99),
+        (_Plan.PRO, "pro"),
+        (Point(1.5), {"x": 1.5}),
+        ({3}, [3]),
+    ]
+    try:
+        import pydantic
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+
+        class Model(pydantic.BaseModel):
+            day: datetime.date
+
+        cases.append((Model(day=datetime.date(2024, 5, 1)), {"day": "2024-05-01"}))
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        cases += [(numpy.int64(3), 3), (numpy.float32(1.5), 1.5), (numpy.bool_(True), True)]
+    return cases
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize(("value", "sent"), _converted())
+async def test_values_with_one_json_form_are_converted(
+    value: object, sent: object, strict: bool
+) -> None:
+    from koala_async.testing import FakeCollector
+
+    fake = FakeCollector()
+    async with KoalaClient(
+        "pk_test", http_client=httpx.AsyncClient(transport=fake.transport()), strict=strict
+    ) as koala:
+        assert await koala.track("E", email="a@b.co", properties={"v": value}) is not None
+    assert fake.events[0].properties == {"v": sent}
+
+
+def _refused() -> list[object]:
+    import decimal
+
+    cases: list[object] = [b"raw", bytearray(b"raw"), memoryview(b"raw"), decimal.Decimal("NaN")]
+    cases.append(object())
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        cases += [numpy.array([1, 2]), numpy.float64("nan")]
+    return cases
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("value", _refused())
+async def test_bytes_and_what_has_no_one_json_form_are_refused(value: object, strict: bool) -> None:
+    koala = KoalaClient("pk_test", enabled=False, strict=strict)
+    call = koala.track("E", email="a@b.co", properties={"nested": [{"v": value}]})
+    if strict:
+        with pytest.raises(ValidationError, match="JSON cannot carry") as raised:
+            await call
+        if isinstance(value, bytes | bytearray | memoryview):
+            assert "base64" in str(raised.value), "the fix is named"
+    else:
+        assert await call is None
+        assert koala.stats().dropped["invalid"] == 1

@@ -12,6 +12,7 @@ import pytest
 
 from koala_async import KoalaClient, RetryPolicy
 from koala_async._redact import redact_text
+from koala_async.testing import Reply
 
 pytestmark = pytest.mark.anyio
 
@@ -83,3 +84,46 @@ async def test_httpx_request_lines_are_redacted(caplog: pytest.LogCaptureFixture
     lines = [r.getMessage() for r in caplog.records if r.name == "httpx"]
     assert lines, "httpx logged its request line"
     assert all("/web/projects/pk_l…/batch" in line for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Reply(reset=True), Reply(status=200, delay=5.0)],
+    ids=["reset", "timeout"],
+)
+async def test_exceptions_handed_to_on_error_keep_no_frames_with_the_key_or_entries(
+    fault: Reply,
+) -> None:
+    """Rendered with capture_locals (as rich's show_locals or Sentry would), an exception
+    given to on_error showed the request bytes: the key in the path, the body's e-mails."""
+    import traceback
+
+    from koala_async import DeliveryFailure
+    from koala_async.testing import FakeCollector
+
+    key, email = "pk_secret_key_4242", "ada.lovelace@example.com"
+    failures: list[DeliveryFailure] = []
+    fake = FakeCollector()
+    fake.responder = lambda received: fault
+    async with fake.serve() as base_url:
+        koala = KoalaClient(
+            key,
+            base_url=base_url,
+            retry=RetryPolicy(max_attempts=2, backoff=0),
+            timeout=0.5,
+            on_error=failures.append,
+        )
+        async with koala:
+            await koala.track("Signed Up", email=email, properties={"plan": "pro"})
+            await koala.flush(timeout=5)
+    assert failures
+    assert failures[0].exception is not None
+    rendered = "".join(
+        traceback.TracebackException.from_exception(
+            failures[0].exception, capture_locals=True
+        ).format()
+    )
+    assert key not in rendered
+    assert quote(key, safe="") not in rendered
+    assert email not in rendered
+    assert failures[0].entries[0]["type"] == "track", "the failure still says what was dropped"

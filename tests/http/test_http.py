@@ -201,3 +201,69 @@ async def test_post_through_a_closed_client_fails_as_httpx_does() -> None:
         await http.aclose()
         with pytest.raises(RuntimeError, match="closed"):
             await post(http, Route(url, HEADERS), b"{}", 5.0)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("users_client", [False, True], ids=["ours", "users"])
+async def test_a_redirect_is_a_misconfiguration_naming_its_location(
+    status: int, users_client: bool
+) -> None:
+    """Never followed (a batch must not go on to another host); the message says where."""
+    location = b"https://elsewhere.example/web/projects/pk_secret_key/batch"
+    redirect = b"HTTP/1.1 %d Moved\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % (
+        status,
+        location,
+    )
+    async with raw_server(lambda n: redirect) as (port, connections):
+        url = f"http://127.0.0.1:{port}/web/projects/pk_secret_key/batch"
+        factory = HttpFactory(url, 5.0)
+        http = httpx.AsyncClient(follow_redirects=True) if users_client else factory.new_client()
+        async with http:
+            with pytest.raises(_http.Misconfigured) as raised:
+                await post(http, Route(url, HEADERS), b"{}", 5.0)
+    message = str(raised.value)
+    assert f"HTTP {status} redirects to https://elsewhere.example/web/projects/pk_s" in message
+    assert "set base_url" in message
+    assert "pk_secret_key" not in message
+    if not users_client:
+        assert len(connections) == 1, "never followed"
+
+
+async def test_https_to_a_plain_http_port_says_so() -> None:
+    """A plain-HTTP server answers the TLS hello with a 400, as nginx or uvicorn do."""
+
+    async def plain(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    url = f"https://127.0.0.1:{port}/web/projects/k/batch"
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, plain)
+        async with HttpFactory(url, 5.0).new_client() as http:
+            with pytest.raises(_http.Misconfigured, match=r"speaks plain HTTP, not TLS.*http://"):
+                await post(http, Route(url, HEADERS), b"{}", 5.0)
+        tasks.cancel_scope.cancel()
+
+
+async def test_http_to_a_tls_port_says_so() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+
+    async def tls(stream: anyio.abc.ByteStream) -> None:  # a TLS alert, as TLS servers send
+        async with stream:
+            await stream.receive()
+            await stream.send(b"\x15\x03\x01\x00\x02\x02\x46")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    url = f"http://127.0.0.1:{port}/web/projects/k/batch"
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, tls)
+        async with HttpFactory(url, 5.0).new_client() as http:
+            with pytest.raises(_http.Misconfigured, match=r"speaks TLS.*https://"):
+                await post(http, Route(url, HEADERS), b"{}", 5.0)
+        tasks.cancel_scope.cancel()

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from koala_async import ValidationError, _validate
+from koala_async import KoalaClient, ValidationError, _validate
 
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
 
@@ -137,3 +137,41 @@ def test_sent_at_refuses_the_same_forms_on_every_python(given: str) -> None:
 def test_sent_at_out_of_range_once_in_utc_is_refused() -> None:
     with pytest.raises(ValidationError, match="out of range once moved to UTC"):
         _validate.sent_at("0001-01-01T00:00:00+01:00")
+
+
+HUGE = "x" * 10_000_000
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "kwargs"),
+    [
+        ("track", {"event": "E", "profile_id": HUGE}),
+        ("track", {"event": "E", "email": HUGE}),
+        ("track", {"event": "E", "email": "a@b.co", "message_id": 1, "properties": {HUGE: 1.5j}}),
+        ("track", {"event": "E", "email": "a@b.co", "sent_at": HUGE}),
+        ("account_track", {"event": "E", "domain": HUGE}),
+        ("account_identify", {"account_id": "a", "group_id": "g", "traits": {"group_id": HUGE}}),
+        ("identify", {"email": "a@b.co", "traits": {"a": [float("nan")], HUGE: {1: 2, "1": 3}}}),
+    ],
+)
+async def test_no_bad_value_is_echoed_whole(
+    method: str, kwargs: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 10 MB bad profile_id once became a 10 MB WARNING line (issue 23)."""
+    koala = KoalaClient("pk_test", enabled=False)
+    with caplog.at_level("DEBUG", logger="koala_async"):
+        assert await getattr(koala, method)(**kwargs) is None
+    assert caplog.records, "the drop is logged"
+    assert all(len(record.getMessage()) < 1000 for record in caplog.records)
+    strict = KoalaClient("pk_test", enabled=False, strict=True)
+    with pytest.raises(ValidationError) as raised:
+        await getattr(strict, method)(**kwargs)
+    assert len(str(raised.value)) < 1000
+
+
+@pytest.mark.parametrize("value", [HUGE, HUGE.encode(), list(range(10**5)), "short"])
+def test_shown_cuts_a_long_repr(value: object) -> None:
+    assert len(_validate.shown(value)) < 250
+    if value == "short":
+        assert _validate.shown(value) == "'short'"
