@@ -58,7 +58,7 @@ from ._queue import Queue, Waiter
 from ._redact import redact
 from ._reporter import OnError, Reporter
 from ._retry import RetryPolicy
-from ._runtime import FILE_EVERY, Runtime
+from ._runtime import FILE_EVERY, MAX_BLOCK, Runtime
 from ._sender import _DROPS, Sender
 from ._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions
 from ._stats import DeliveryFailure, DropReason, FlushResult, Stats
@@ -973,10 +973,16 @@ class KoalaClient:
         return None
 
     async def _wait_then_put(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
+        """Wait for room: ``block`` until there is some, ``pace`` at most :data:`MAX_BLOCK`
+        (then the entry is dropped as ``queue_full``)."""
         runtime = self._runtime
         assert runtime is not None
         runtime.flush_waiting()  # send partial batches now: room comes sooner
         limit = self._config.max_queue_size
+        pace = self._config.on_full == "pace"
+        # pace waits for any room; block for a tenth of the queue (fewer wake-ups)
+        at = limit - 1 if pace else limit - max(1, limit // 10)
+        end = time.monotonic() + MAX_BLOCK
         while self._ledger.pending >= self._limit:
             if self._limit == 0 or self._circuit.state is DEAD:
                 if self._state is not _OPEN:
@@ -984,10 +990,16 @@ class KoalaClient:
                 assert self._circuit.verdict is not None
                 self._refuse(_DROPS[self._circuit.verdict], raw, who, ip)
                 return
-            if self._config.on_full == "pace" and self._circuit.state is not CLOSED:
+            if pace and self._circuit.state is not CLOSED:
                 self._refuse("queue_full", raw, who, ip)  # the endpoint is down: never wait
                 return
-            await runtime.room(limit - max(1, limit // 10))
+            if pace:
+                left = end - time.monotonic()
+                if left <= 0 or not await runtime.room(at, left):
+                    self._refuse("queue_full", raw, who, ip)  # a handler never waits long
+                    return
+            else:
+                await runtime.room(at)
             if self._state is not _OPEN:
                 self._check_open()
         self._enqueue(kind, raw, who, ip)
