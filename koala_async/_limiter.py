@@ -29,12 +29,11 @@ by one per success until the first cut (slow start: doubling per round), then by
 round. ``ceiling`` (``max_concurrent_requests``) bounds it.
 
 A 429 is neither: it says *how fast*, not how many. :class:`Pacer` keeps the rate of
-attempts within :data:`RATE_HEADROOM` times the rate the server accepts, while 429s come.
+attempts near :data:`RATE_HEADROOM` times the rate the server accepts, while 429s come.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 __all__ = ["DECREASE", "MIN_QUEUEING", "MIN_ROUND", "TOLERANCE", "Limiter", "Pacer"]
@@ -162,63 +161,80 @@ class Limiter:
 
 
 RATE_HEADROOM = 1.1
-"""While 429s come, attempts stay within this many times the answers the server accepted."""
+"""While 429s come, attempts go at this many times the rate the server accepted."""
 RATE_WINDOW = 1.0
-"""Seconds of attempts and answers the pacer weighs."""
-RATE_SLACK = 2
-"""Attempts a window allows beyond the headroom, so a lone 429 stalls nobody."""
-_SLOTS = 10
+"""Seconds of answers each pacing decision weighs."""
+LIMITED_SHARE = 0.02
+"""429s above this share of a window's answers start (or keep) pacing; fewer are random."""
+MIN_RATE = 1.0
+"""Requests per second while pacing, at least: the server is asked again, now and then."""
+_BURST = 0.1  # seconds of the paced rate that may go at once
 
 
 class Pacer:
-    """How fast requests may go to an endpoint that answers 429 (pure, fed the clock).
+    """How fast requests may go to an endpoint that answers 429: pure, fed the clock.
 
-    Google's client-side adaptive throttling (SRE book, "Handling Overload"): over the last
-    :data:`RATE_WINDOW`, attempts may be at most ``RATE_HEADROOM * accepted + RATE_SLACK``,
-    where *accepted* is every answer but a 429. It holds only while a 429 came within the
-    window: at random 429s (0.5%) attempts hardly exceed what was accepted, and nothing
-    waits; against a rate limit of N requests/s, attempts settle near 1.1 N/s. The batch
-    that met the 429 waits its own ``Retry-After``; other batches only keep to the rate.
+    A 429 says *how fast*, so pacing is a rate, decided once per :data:`RATE_WINDOW` (in
+    the spirit of TCP's AIMD, on a rate, and of the client-side throttling in Google's SRE
+    book, "Handling Overload"): a window whose answers were more than
+    :data:`LIMITED_SHARE` 429s sets the rate to :data:`RATE_HEADROOM` times what the server
+    accepted in it; a window with fewer doubles the rate (the limit may have been lifted),
+    and ends pacing when the rate held nothing back. At random 429s (0.5%) nothing is
+    paced; against a rate limit of N requests/s, attempts settle near 1.1 N/s. The batch
+    that met a 429 waits its own ``Retry-After`` besides; other batches keep to the rate.
     """
 
-    __slots__ = ("_attempts", "_limited", "_slots", "_taken")
+    __slots__ = ("_accepted", "_held", "_last", "_limited", "_start", "_tokens", "rate")
 
     def __init__(self) -> None:
-        # One slot per tenth of the window: [index, attempts, accepted, 429s]
-        self._slots: deque[list[int]] = deque()
-        self._attempts = self._taken = self._limited = 0
+        self.rate: float | None = None  # requests per second; None: not pacing
+        self._start: float | None = None  # of the current window
+        self._accepted = self._limited = 0
+        self._held = False  # the rate held an attempt back in this window
+        self._tokens = 0.0
+        self._last = 0.0
 
-    def _slot(self, now: float) -> list[int]:
-        index = math.floor(now * _SLOTS / RATE_WINDOW)
-        slots = self._slots
-        while slots and slots[0][0] <= index - _SLOTS:
-            _, attempts, taken, limited = slots.popleft()
-            self._attempts -= attempts
-            self._taken -= taken
-            self._limited -= limited
-        if not slots or slots[-1][0] != index:
-            slots.append([index, 0, 0, 0])
-        return slots[-1]
+    def _roll(self, now: float) -> None:
+        if self._start is None:
+            self._start = now
+        elif now - self._start >= RATE_WINDOW:
+            self._decide(now)
+            self._start = now
+            self._accepted = self._limited = 0
+            self._held = False
+
+    def _decide(self, now: float) -> None:
+        answered = self._accepted + self._limited
+        if answered and self._limited > LIMITED_SHARE * answered:
+            if self.rate is None:
+                self._tokens, self._last = 1.0, now
+            self.rate = max(MIN_RATE, RATE_HEADROOM * self._accepted / RATE_WINDOW)
+        elif self.rate is not None:
+            self.rate = 2 * self.rate if self._held else None
 
     def wait(self, now: float) -> float:
-        """Seconds to wait before an attempt may go: 0 now, else until a slot ages out."""
-        self._slot(now)
-        if not self._limited or self._attempts < RATE_HEADROOM * self._taken + RATE_SLACK:
+        """Seconds to wait before an attempt may go: 0 now."""
+        self._roll(now)
+        rate = self.rate
+        if rate is None:
             return 0.0
-        step = RATE_WINDOW / _SLOTS
-        return max((self._slots[0][0] + _SLOTS) * step - now, step / 100)  # never 0: a spin
+        self._tokens = min(max(1.0, rate * _BURST), self._tokens + (now - self._last) * rate)
+        self._last = now
+        if self._tokens >= 1:
+            return 0.0
+        self._held = True
+        return (1 - self._tokens) / rate
 
     def sent(self, now: float) -> None:
-        """An attempt went."""
-        self._slot(now)[1] += 1
-        self._attempts += 1
+        """An attempt went (after :meth:`wait` said 0)."""
+        self._roll(now)
+        if self.rate is not None:
+            self._tokens -= 1
 
     def answered(self, now: float, limited: bool) -> None:
         """An answer came: a 429 (``limited``) or any other."""
-        slot = self._slot(now)
+        self._roll(now)
         if limited:
-            slot[3] += 1
             self._limited += 1
         else:
-            slot[2] += 1
-            self._taken += 1
+            self._accepted += 1

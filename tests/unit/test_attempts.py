@@ -146,11 +146,13 @@ def test_while_429s_come_batches_keep_to_the_rate() -> None:
     circuit = Circuit(0.5, 30)
     limiter = Limiter(256)
     batches = [Attempts(1, EXACT, circuit, limiter, pacer) for _ in range(10)]
-    for batch in batches[:2]:  # the slack: a lone 429 stalls nobody
+    for batch in batches[:5]:  # within a window: a lone 429 stalls nobody
         assert batch.next(0.0).do is Do.SEND
         batch.answered(0.0, 0.01, 429, None, None, backlog=True)
-    step = batches[2].next(0.0)
-    assert (step.do, step.hold) == (Do.WAIT, Hold.RATE), "2 attempts, 0 accepted: wait"
+    assert batches[5].next(1.0).do is Do.SEND, "a window of 429s: paced from now on"
+    step = batches[6].next(1.0)
+    assert (step.do, step.hold) == (Do.WAIT, Hold.RATE)
+    assert batches[0].next(1.0).hold is Hold.OWN, "the 429's own Retry-After comes first"
 
 
 def test_while_the_circuit_is_open_one_probe_at_a_time() -> None:
