@@ -178,18 +178,22 @@ class Pacer:
     the spirit of TCP's AIMD, on a rate, and of the client-side throttling in Google's SRE
     book, "Handling Overload"): a window whose answers were more than
     :data:`LIMITED_SHARE` 429s sets the rate to :data:`RATE_HEADROOM` times what the server
-    accepted in it; a window with fewer doubles the rate (the limit may have been lifted),
-    and ends pacing when the rate held nothing back. At random 429s (0.5%) nothing is
-    paced; against a rate limit of N requests/s, attempts settle near 1.1 N/s. The batch
-    that met a 429 waits its own ``Retry-After`` besides; other batches keep to the rate.
+    accepted in it (halving at most the rate, or what was sent: a window whose offer was
+    one burst accepted only the server's burst); a window with fewer raises the rate by
+    as much again (the limit may have been lifted; doubling, as slow start would, sent
+    1.65 N/s in such windows against a rate limit of N), and ends pacing when the rate
+    held nothing back. At random 429s
+    (0.5%) nothing is paced; against a rate limit of N requests/s, attempts settle near
+    1.1 N/s. The batch that met a 429 waits its own ``Retry-After`` besides; other
+    batches keep to the rate.
     """
 
-    __slots__ = ("_accepted", "_held", "_last", "_limited", "_start", "_tokens", "rate")
+    __slots__ = ("_accepted", "_held", "_last", "_limited", "_sent", "_start", "_tokens", "rate")
 
     def __init__(self) -> None:
         self.rate: float | None = None  # requests per second; None: not pacing
         self._start: float | None = None  # of the current window
-        self._accepted = self._limited = 0
+        self._accepted = self._limited = self._sent = 0
         self._held = False  # the rate held an attempt back in this window
         self._tokens = 0.0
         self._last = 0.0
@@ -200,7 +204,7 @@ class Pacer:
         elif now - self._start >= RATE_WINDOW:
             self._decide(now)
             self._start = now
-            self._accepted = self._limited = 0
+            self._accepted = self._limited = self._sent = 0
             self._held = False
 
     def _decide(self, now: float) -> None:
@@ -208,19 +212,25 @@ class Pacer:
         if answered and self._limited > LIMITED_SHARE * answered:
             if self.rate is None:
                 self._tokens, self._last = 1.0, now
-            self.rate = max(MIN_RATE, RATE_HEADROOM * self._accepted / RATE_WINDOW)
+            # What the server took, with headroom; but no lower than half of what was
+            # offered: a window whose offer was one burst (a flush of every person) accepted
+            # only the server's burst, and pacing to that crawled (4 requests/s of 20).
+            offered = self._sent / RATE_WINDOW if self.rate is None else self.rate
+            self.rate = max(MIN_RATE, RATE_HEADROOM * self._accepted / RATE_WINDOW, offered / 2)
         elif self.rate is not None:
-            self.rate = 2 * self.rate if self._held else None
+            self.rate = RATE_HEADROOM * self.rate if self._held else None
 
     def wait(self, now: float) -> float:
-        """Seconds to wait before an attempt may go: 0 now."""
+        """Seconds to wait before an attempt may go: 0 now (then report it :meth:`sent`).
+        Waiters ask again after their wait; one reserving slots ahead sent more (1.5 N/s
+        against a rate limit of N: reservations made at one rate outlive its change)."""
         self._roll(now)
         rate = self.rate
         if rate is None:
             return 0.0
         self._tokens = min(max(1.0, rate * _BURST), self._tokens + (now - self._last) * rate)
         self._last = now
-        if self._tokens >= 1:
+        if self._tokens >= 1 - 1e-9:  # a waiter woken on time goes, whatever the rounding
             return 0.0
         self._held = True
         return (1 - self._tokens) / rate
@@ -228,6 +238,7 @@ class Pacer:
     def sent(self, now: float) -> None:
         """An attempt went (after :meth:`wait` said 0)."""
         self._roll(now)
+        self._sent += 1
         if self.rate is not None:
             self._tokens -= 1
 

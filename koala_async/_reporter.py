@@ -2,9 +2,10 @@
 
 ``on_error`` runs in a task of its own, fed through a queue, so a slow or failing callback
 never holds up a sender, and a callback that calls ``flush()`` cannot deadlock the client.
-The queue holds :data:`MAX_WAITING` failures at most: beyond, a failure is not built, only
-counted (:attr:`Reporter.missed`), and a warning says so once (a 10 ms callback during an
-outage at 2,800 calls/s once grew it by 150 MB in 40 s).
+The queue holds :data:`MAX_WAITING` failures at most (not few: a loop of calls on a dead
+endpoint drops one per call without a turn of the event loop); beyond, a failure is not
+built, only counted (:attr:`Reporter.missed`), and a warning says so once (a 10 ms
+callback during an outage at 2,800 calls/s once grew it by 150 MB in 40 s).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ OnError = Callable[[DeliveryFailure], "Awaitable[None] | None"]
 """What ``on_error`` may be: a function or coroutine function taking a DeliveryFailure."""
 
 LOG_EVERY = 60.0  # seconds between repeated warnings of one kind
-MAX_WAITING = 1_000
+MAX_WAITING = 10_000
 """Failures that may wait for ``on_error`` at once; later ones are counted, not handed on."""
 _QUIET = frozenset(("unauthorized", "gone", "shutdown_timeout"))  # said once, elsewhere
 

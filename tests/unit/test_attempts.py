@@ -69,9 +69,11 @@ def test_the_default_backoff_schedule_exactly() -> None:
     assert step == Step(Do.SETTLE, reason="retries_exhausted", status=503)
     assert attempts.sent == 9
     no_budget = run(RetryPolicy(budget=math.inf))
+    ceilings = []
     for _ in range(9):
         answer(no_budget, 503, took=0.0)
-        assert no_budget.next(0.0).do is Do.WAIT
+        ceilings.append(no_budget.next(0.0).seconds)
+    assert ceilings == [0.5, 1, 2, 4, 8, 16, 30, 30, 30], "as README says"
     answer(no_budget, 503, took=0.0)
     assert no_budget.next(0.0).reason == "retries_exhausted", "max_attempts=10"
 
@@ -152,6 +154,7 @@ def test_while_429s_come_batches_keep_to_the_rate() -> None:
     assert batches[5].next(1.0).do is Do.SEND, "a window of 429s: paced from now on"
     step = batches[6].next(1.0)
     assert (step.do, step.hold) == (Do.WAIT, Hold.RATE)
+    assert batches[6].next(1.0 + step.seconds).do is Do.SEND, "its turn came"
     assert batches[0].next(1.0).hold is Hold.OWN, "the 429's own Retry-After comes first"
 
 

@@ -181,26 +181,28 @@ def test_random_429s_pace_nothing() -> None:
 def test_a_window_of_429s_paces_at_the_accepted_rate_plus_headroom() -> None:
     pacer = Pacer()
     for i in range(100):  # one window: 100 attempts, 50 accepted
+        assert pacer.wait(i / 100) == 0
         pacer.sent(i / 100)
         pacer.answered(i / 100, limited=i % 2 == 0)
     assert pacer.wait(1.0) == 0, "the window closes: one may go at once"
-    assert pacer.rate == pytest.approx(RATE_HEADROOM * 50 / RATE_WINDOW)
+    rate = RATE_HEADROOM * 50 / RATE_WINDOW
+    assert pacer.rate == pytest.approx(rate)
     pacer.sent(1.0)
-    assert pacer.wait(1.0) == pytest.approx(1 / (RATE_HEADROOM * 50)), "then one every 1/rate s"
+    assert pacer.wait(1.0) == pytest.approx(1 / rate), "then one every 1/rate s"
+    assert pacer.wait(1.0) == pytest.approx(1 / rate), "asked again: the same, nothing taken"
 
 
 def test_pacing_ends_when_the_429s_stop_and_the_rate_held_nothing_back() -> None:
     pacer = Pacer()
     pacer.answered(0.0, limited=True)
-    pacer.wait(1.0)
+    assert pacer.wait(1.0) == 0
     assert pacer.rate == MIN_RATE, "nothing accepted: the least rate, never none"
     pacer.sent(1.0)
     assert pacer.wait(1.1) > 0, "held back"
     pacer.answered(1.5, limited=False)
-    pacer.wait(2.0)
-    assert pacer.rate == 2 * MIN_RATE, "no 429s in a window that held back: doubled"
-    pacer.answered(2.5, limited=False)
-    pacer.wait(3.0)
+    pacer.answered(2.0, limited=False)
+    assert pacer.rate == RATE_HEADROOM * MIN_RATE, "no 429s in a window that held back: up"
+    pacer.answered(3.0, limited=False)
     assert pacer.rate is None, "a window that held nothing back: pacing is over"
 
 
