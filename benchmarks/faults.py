@@ -12,7 +12,9 @@ its schedule, its slowest call, the limiter's range, and the server's attempts p
     python benchmarks/faults.py [--seconds 20] [--rate 2000] [--people 1000] [SCENARIO ...]
 
 Scenarios: ``5xx`` (10% 502/503), ``503`` (2% 503), ``429`` (0.5% 429), ``bucket`` (a token
-bucket of ``--bucket`` requests/s, 100 by default). ``tests/test_faults.py`` runs short ones.
+bucket of ``--bucket`` requests/s, 100 by default), ``overload`` (a server that answers one
+request at a time, 5 ms each: latency grows with what is in flight, 200 requests/s at
+most). ``tests/test_faults.py`` runs short ones.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import anyio
 
-SCENARIOS = ("5xx", "503", "429", "bucket")
+SCENARIOS = ("5xx", "503", "429", "bucket", "overload")
 
 
 class Faults:
@@ -43,6 +45,7 @@ class Faults:
         self.tokens = max(1.0, bucket / 10)  # a tenth of a second's burst
         self.last = time.monotonic()
         self.seconds: dict[int, list[int]] = {}  # second -> [attempts, accepted, 429s]
+        self.answering: list[float] = []  # when each request still unanswered will be
 
     def reply(self, received: Any) -> Any:
         from koala_async.testing import Reply
@@ -51,6 +54,10 @@ class Faults:
         counts = self.seconds.setdefault(int(now), [0, 0, 0])
         counts[0] += 1
         delay = self.random.uniform(0, 0.3)
+        if self.scenario == "overload":  # one request at a time: 5 ms each, queued
+            self.answering = [end for end in self.answering if end > now]
+            delay = 0.005 * (len(self.answering) + 1)
+            self.answering.append(now + delay)
         draw = self.random.random()
         status, retry_after = 200, None
         if self.scenario == "5xx" and draw < 0.1:
