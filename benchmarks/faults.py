@@ -153,6 +153,7 @@ def run(
     people: int,
     bucket: float = 100,
     shutdown_timeout: float = 10,
+    backend: str = "asyncio",
 ) -> dict[str, Any]:
     """One scenario, end to end: the collector in a child process, the producer here."""
     port = free_port()
@@ -163,7 +164,9 @@ def run(
         assert server.stdin is not None
         assert server.stdout is not None
         assert "listening" in server.stdout.readline()
-        produced = anyio.run(produce, port, rate, seconds, people, shutdown_timeout)
+        produced = anyio.run(
+            produce, port, rate, seconds, people, shutdown_timeout, backend=backend
+        )
         server.stdin.write("\n")
         server.stdin.flush()
         arrived = json.loads(server.stdout.readline())

@@ -25,11 +25,14 @@ def faults() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("scenario", ["5xx", "503", "429"])
-def test_random_failures_lose_nothing(faults: ModuleType, scenario: str) -> None:
+@pytest.mark.parametrize(
+    ("scenario", "backend"),
+    [("5xx", "asyncio"), ("5xx", "trio"), ("503", "asyncio"), ("429", "asyncio")],
+)
+def test_random_failures_lose_nothing(faults: ModuleType, scenario: str, backend: str) -> None:
     """10% random 502/503, 2% 503, 0.5% 429 with Retry-After: 1 (which lost 83%, 679 of
     40,000 and 48% of a busy site's entries, read as overload or pausing every sender)."""
-    result = faults.run(scenario, seconds=3, rate=400, people=200)
+    result = faults.run(scenario, seconds=3, rate=400, people=200, backend=backend)
     assert (result["lost"], result["dropped"]) == (0, {}), result
     assert result["delivered"] == result["calls"] == 1200
 
@@ -41,3 +44,11 @@ def test_a_rate_limit_paces_attempts_and_loses_nothing(faults: ModuleType) -> No
     assert (result["lost"], result["dropped"]) == (0, {}), result
     assert result["429s"] > 0, "the bucket was met"
     assert result["attempts"] <= 1.2 * result["accepted"] + 40, result
+
+
+def test_an_overloaded_server_is_backed_off(faults: ModuleType) -> None:
+    """A server that answers one request at a time (latency grows with what is in flight):
+    the limit stays far below its ceiling of 256, and nothing is lost."""
+    result = faults.run("overload", seconds=3, rate=400, people=200)
+    assert (result["lost"], result["dropped"]) == (0, {}), result
+    assert result["limit_median"] < 64, result
