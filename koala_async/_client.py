@@ -82,7 +82,7 @@ class KoalaClient:
         flush_interval: Seconds an entry may wait before its batch is sent.
         max_queue_size: Entries that may be queued or in flight at once.
         on_full: When the queue is full: ``"pace"`` (default) makes the call wait for room
-            while delivery is progressing, and drops the entry at once while the endpoint is
+            50 ms at most, then drops the entry, and drops it at once while the endpoint is
             down; ``"block"`` always waits; ``"drop"`` never waits; ``"raise"`` raises
             :class:`QueueFullError`. Drops are counted as ``queue_full`` and reported.
         max_concurrent_requests: The most requests in flight at once (one per person at

@@ -40,7 +40,7 @@ from ._ledger import Ledger
 from ._limiter import Limiter
 from ._queue import Queue, Waiter
 from ._reporter import OnError, Reporter
-from ._runtime import FILE_EVERY, Runtime
+from ._runtime import FILE_EVERY, MAX_BLOCK, Runtime
 from ._sender import _DROPS, Sender
 from ._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions
 from ._stats import DropReason, FlushResult, Stats
@@ -409,10 +409,16 @@ class Engine:
         return None
 
     async def _wait_then_put(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
+        """Wait for room: ``block`` until there is some, ``pace`` at most :data:`MAX_BLOCK`
+        (then the entry is dropped as ``queue_full``)."""
         runtime = self._runtime
         assert runtime is not None
         runtime.flush_waiting()  # send partial batches now: room comes sooner
         admission, size = self.admission, self.config.max_queue_size
+        pace = self.config.on_full == "pace"
+        # pace waits for any room; block for a tenth of the queue (fewer wake-ups)
+        at = size - 1 if pace else size - max(1, size // 10)
+        end = time.monotonic() + MAX_BLOCK
         while self.ledger.pending >= admission.limit:
             if admission.state is not State.OPEN:
                 if not admission.taking:
@@ -420,10 +426,16 @@ class Engine:
                 assert self._circuit.verdict is not None
                 self.refuse_entry(_DROPS[self._circuit.verdict], raw, who, ip)
                 return
-            if self.config.on_full == "pace" and self._circuit.state is not CLOSED:
+            if pace and self._circuit.state is not CLOSED:
                 self.refuse_entry("queue_full", raw, who, ip)  # the endpoint is down: never wait
                 return
-            await runtime.room(size - max(1, size // 10))
+            if pace:
+                left = end - time.monotonic()
+                if left <= 0 or not await runtime.room(at, left):
+                    self.refuse_entry("queue_full", raw, who, ip)  # a handler never waits long
+                    return
+            else:
+                await runtime.room(at)
             if not admission.taking:
                 self.check_open()
         self._enqueue(kind, raw, who, ip)

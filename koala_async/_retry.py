@@ -9,8 +9,10 @@ Rules worth knowing:
 - A server's ``Retry-After`` is a lower bound on our wait, never a reason to give up or to
   hurry: ``0`` or a date in the past still waits our own backoff, and a long one is capped
   at ``max_retry_after`` rather than dropping the batch.
-- A rate limit (429) always waits at least :data:`RATE_LIMIT_FLOOR`, doubling while 429s keep
-  coming, so a ``Retry-After: 0`` cannot make a storm.
+- A rate limit (429) holds the batch that met it at least :data:`RATE_LIMIT_FLOOR`, doubling
+  while its 429s keep coming, so a ``Retry-After: 0`` cannot make a storm; other batches
+  only keep to the rate the server accepts (:class:`~koala_async._limiter.Pacer`).
+- The backoff's schedule is the ``backoff`` package's ``expo`` with ``full_jitter``.
 - Waits imposed by the server (429, ``Retry-After``) use neither attempts nor the batch's
   ``budget``: the server asked us to wait, so waiting is not failing.
 """
@@ -20,10 +22,11 @@ from __future__ import annotations
 import email.utils
 import enum
 import math
-import random
 import ssl
 import time
+from collections.abc import Callable, Iterator
 
+import backoff
 import msgspec
 
 from ._exceptions import ValidationError
@@ -36,6 +39,7 @@ __all__ = [
     "classify",
     "overloads",
     "retry_after",
+    "timed_out",
 ]
 
 RATE_LIMIT_FLOOR = 0.1
@@ -80,10 +84,22 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
                     f"RetryPolicy.{name} must be a number of seconds, 0 or more, got {value!r}"
                 )
 
+    def ceilings(self) -> Iterator[float]:
+        """The backoff's ceilings, retry by retry: ``backoff * 2**retry`` up to
+        ``max_backoff`` (the ``backoff`` package's ``expo``)."""
+        waits = backoff.expo(base=2, factor=self.backoff, max_value=min(self.max_backoff, _YEAR))
+        next(waits)  # expo is a coroutine-style generator: its first value is None
+        return waits
+
     def backoff_wait(self, retry: int) -> float:
         """The jittered wait before retry number ``retry`` (0 for the first retry)."""
-        ceiling = min(self.backoff * 2.0 ** min(retry, 62), self.max_backoff)
-        return random.uniform(0, ceiling) if ceiling > 0 else 0.0
+        ceilings = self.ceilings()
+        for _ in range(retry):
+            next(ceilings)
+        return backoff.full_jitter(next(ceilings))
+
+
+_YEAR = 365 * 86400.0  # expo's values stay floats: 2**1024 would not
 
 
 class Verdict(enum.Enum):
@@ -119,30 +135,32 @@ def classify(status: int) -> Verdict:
     return Verdict.REJECTED
 
 
-_OVERLOAD = frozenset((408, 429, 502, 503, 504))
+_OVERLOAD = frozenset((408, 502, 503, 504))
 
 
-def overloads(status: int | None, error: BaseException | None = None) -> bool:
-    """Does a failed attempt say the server has more than it can take? A 408, 429, 502, 503
-    or 504 does, and so does a timeout. A 500 (or another 5xx) or a broken connection says
-    that this request failed, not that there were too many: as in Netflix's
-    concurrency-limits, only overload cuts the number in flight (at 30% random 500s, or
-    resets, cutting settled it at 2-7 and a busy site fell behind). The batch is retried
-    the same either way."""
-    if status is None:
-        return isinstance(error, TimeoutError) or type(error).__name__.endswith("Timeout")
+def overloads(status: int | None) -> bool:
+    """Does a failed answer say the server may have more than it can take? A 408, 502, 503
+    or 504 may; a 500 (or another 5xx) says that this request failed. The limiter cuts on
+    overload answers only when they are most of a round trip's (see :mod:`._limiter`);
+    a 429 is the pacer's, not the limiter's."""
     return status in _OVERLOAD
 
 
+def timed_out(error: BaseException | None) -> bool:
+    """Was the failure a timeout (no complete answer in time)? A reset is not."""
+    return isinstance(error, TimeoutError) or type(error).__name__.endswith("Timeout")
+
+
 def classify_error(error: BaseException) -> Verdict:
-    """Judge a failure to get an answer: a TLS certificate error means the endpoint is not
-    the one we were told of; no connection at all means it is unreachable (for now)."""
+    """Judge a failure to get an answer: a TLS certificate error, or an error marked ``gone``
+    (a redirect, TLS and plain HTTP crossed), means the endpoint is not the one we were told
+    of; no connection at all means it is unreachable (for now)."""
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:  # httpx wraps the OS error
         seen.add(id(cause))
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return Verdict.GONE
+        if isinstance(cause, ssl.SSLCertVerificationError) or getattr(cause, "gone", False):
+            return Verdict.GONE  # not the endpoint we were told of, or misconfigured
         cause = cause.__cause__ or cause.__context__
     name = type(error).__name__
     if name in ("ConnectError", "ConnectTimeout"):
@@ -178,12 +196,16 @@ class Tries:
     None when the batch should be given up.
     """
 
-    __slots__ = ("attempts", "policy", "spent")
+    __slots__ = ("_ceilings", "_jitter", "attempts", "policy", "spent")
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(
+        self, policy: RetryPolicy, jitter: Callable[[float], float] = backoff.full_jitter
+    ) -> None:
         self.policy = policy
         self.attempts = 0
         self.spent = 0.0  # seconds of budget used: failed attempts' time and our own backoff
+        self._ceilings = policy.ceilings()
+        self._jitter = jitter  # tests pass ``lambda ceiling: ceiling`` to pin the schedule
 
     def failed(self, took: float, server_wait: float | None) -> float | None:
         """An attempt failed (5xx, timeout, no connection) after ``took`` seconds.
@@ -195,7 +217,7 @@ class Tries:
         self.spent += took
         if self.attempts >= policy.max_attempts:
             return None
-        own = policy.backoff_wait(self.attempts - 1)
+        own = self._jitter(next(self._ceilings))
         if self.spent + own > policy.budget:
             return None
         self.spent += own
@@ -205,7 +227,7 @@ class Tries:
 
 
 def rate_limit_wait(policy: RetryPolicy, server_wait: float | None, streak: int) -> float:
-    """How long every sender pauses after a 429, the ``streak``-th in a row (1 for the first).
+    """How long a batch waits after a 429, its ``streak``-th in a row (1 for the first).
 
     At least :data:`RATE_LIMIT_FLOOR` (or the backoff base if larger), doubling with the
     streak up to ``max_backoff``; a longer ``Retry-After`` wins, capped at ``max_retry_after``.

@@ -19,6 +19,7 @@ reach them, and :meth:`stop` cancels each.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -37,6 +38,9 @@ __all__ = ["Runtime"]
 logger = logging.getLogger("koala_async")
 
 CALLBACK_GRACE = 1.0  # seconds on_error may take, past the deadline, to hear of the last drops
+MAX_BLOCK = 0.05
+"""Seconds a call with ``on_full="pace"`` waits for room at most (Kafka's ``max.block.ms``
+idea, in a request handler's scale); then its entry is dropped as ``queue_full``."""
 FILE_WITHIN = 0.05  # seconds an entry may wait in the queue's inbox before it is filed
 FILE_EVERY = 64  # entries in the inbox that have it filed at the loop's next turn
 
@@ -264,13 +268,17 @@ class Runtime:
             self._room.set()
             self._room = None
 
-    async def room(self, at: int) -> None:
-        """Wait until at most ``at`` entries are pending, or :meth:`wake_room`."""
+    async def room(self, at: int, timeout: float = math.inf) -> bool:
+        """Wait until at most ``at`` entries are pending, or :meth:`wake_room`, for at most
+        ``timeout`` seconds; False if that passed first."""
         if self._room is None:
             self._room, self._room_at = self.loop.event(), at
         else:
             self._room_at = min(self._room_at, at)
-        await self._room.wait()
+        if timeout == math.inf:
+            await self._room.wait()
+            return True
+        return await self.loop.wait(self._room, timeout)
 
     async def settled(self) -> None:
         """Wait until nothing is pending."""

@@ -1,6 +1,6 @@
-"""One batch to an outcome: attempts, waits, 413 halving. It performs what the pure rules
-decide (:mod:`._retry`, :mod:`._circuit`, :mod:`._limiter`) and reports every outcome to the
-ledger; it decides nothing itself.
+"""One batch to an outcome: the sender performs what :class:`~._attempts.Attempts` decides
+(send, wait, split, settle) and reports every outcome to the ledger; it decides nothing
+itself.
 """
 
 from __future__ import annotations
@@ -14,39 +14,26 @@ from typing import TYPE_CHECKING
 import httpx
 
 from . import _http
+from ._attempts import DROPS as _DROPS
+from ._attempts import Attempts, Do, Hold, Step
 from ._circuit import DEAD, OPEN, Circuit
 from ._config import Config
 from ._ledger import Ledger
-from ._limiter import Limiter
+from ._limiter import Limiter, Pacer
 from ._loop import Loop
 from ._queue import Batch, Target
 from ._redact import redact_text
 from ._reporter import Reporter
-from ._retry import (
-    FATAL,
-    Tries,
-    Verdict,
-    classify,
-    classify_error,
-    overloads,
-    rate_limit_wait,
-    retry_after,
-)
+from ._retry import Verdict
 from ._stats import DropReason
 
 if TYPE_CHECKING:
     from ._spool import Spool
 
-__all__ = ["Sender"]
+__all__ = ["_DROPS", "Sender"]
 
 logger = logging.getLogger("koala_async")
 
-_DROPS: dict[Verdict, DropReason] = {
-    Verdict.REJECTED: "rejected",
-    Verdict.TOO_LARGE: "too_large",
-    Verdict.UNAUTHORIZED: "unauthorized",
-    Verdict.GONE: "gone",
-}
 _NEXT_STEP = "set KOALA_BASE_URL to a collector; run `koala-async collector` for a local one"
 
 
@@ -79,8 +66,7 @@ class Sender:
         # by Target.account: prepared once, not per request
         self._routes = tuple(_http.Route(url, config.headers) for url in config.urls)
         self._changed = loop.event()
-        self.paused_until = 0.0  # a 429 pauses every sender until then
-        self._rate_streak = 0
+        self._pacer = Pacer()  # the endpoint's rate, while it answers 429
         self.in_flight = 0
         self.deadline = math.inf  # set by close_by: waits are cut to fit before it
         self._closing = loop.event()
@@ -115,9 +101,6 @@ class Sender:
         if left > 0:
             await self._loop.sleep(left)
 
-    async def _wait_for_change(self, wait: float) -> None:
-        await self._loop.wait(self._changed, self._cut(wait, 2))
-
     def _wake(self) -> None:
         """Wake every :meth:`_wait_for_change`."""
         self._changed.set()
@@ -127,27 +110,6 @@ class Sender:
         self._wake()
         self._on_change()
 
-    async def _admitted(self) -> bool | None:
-        """Wait until this batch may be sent: None if the endpoint is dead; else whether the
-        request is the circuit's probe."""
-        circuit = self._circuit
-        while True:
-            if circuit.state is DEAD:
-                return None
-            now = time.monotonic()
-            pause = self.paused_until - now
-            if pause > 0:
-                await self._sleep(pause, 2)
-                if self.deadline != math.inf:
-                    # Closing: the pause was cut to fit the deadline, and is over. Waiting
-                    # again would cut the rest ever thinner and send only at the deadline.
-                    self.paused_until = 0.0
-                continue
-            wait = circuit.admit(now)
-            if wait is None:
-                return circuit.state is OPEN
-            await self._wait_for_change(wait)
-
     # Delivering
 
     async def send(self, http: httpx.AsyncClient, target: Target) -> None:
@@ -155,90 +117,73 @@ class Sender:
         first half goes now (the second stays first in the target's queue)."""
         while True:
             batch = target.seal()
-            reason, status, error = await self._attempts(http, target, batch)
-            if reason == "too_large" and batch.size > 1:
+            end = await self._attempts(http, target, batch)
+            if end.do is Do.SPLIT:
                 target.split()
                 continue
-            self.settle(target, batch, reason, status, error)
+            self.settle(target, batch, end.reason, end.status, end.error)
             return
 
-    async def _attempts(
-        self, http: httpx.AsyncClient, target: Target, batch: Batch
-    ) -> tuple[DropReason | None, int | None, BaseException | None]:
-        """Send one batch until it is accepted or given up; return why it was given up."""
-        config, ledger, circuit = self._config, self._ledger, self._circuit
-        route = self._routes[target.account]
+    async def _attempts(self, http: httpx.AsyncClient, target: Target, batch: Batch) -> Step:
+        """Perform the batch's steps until it is to be settled or split."""
+        run = Attempts(batch.size, self._config.retry, self._circuit, self._limiter, self._pacer)
         content = target.body(batch)
-        tries = Tries(config.retry)
-        sent = False
         while True:
-            probe = await self._admitted()
-            if probe is None:
-                assert circuit.verdict is not None
-                return _DROPS[circuit.verdict], None, None
-            status: int | None = None
-            error: BaseException | None = None
-            header: str | None = None
-            ledger.requests += 1
-            if sent:
-                ledger.retries += 1
-            sent = True
-            self.in_flight += 1
-            started = time.monotonic()
-            try:
-                with self._loop.fail_after(config.timeout):  # the whole request, all told
-                    status, header = await _http.post(http, route, content, config.timeout)
-            except TimeoutError:  # the deadline above: no (complete) answer in time
-                verdict = Verdict.RETRY
-                error = TimeoutError(f"no complete answer within {config.timeout:g} s")
-            except Exception as exc:  # transport errors, timeouts, a closed http_client, ...
-                verdict, error = classify_error(exc), exc
-            except BaseException:
-                if probe:
-                    circuit.abandon()
-                raise
+            step = run.next(time.monotonic())
+            if step.do is Do.SEND:
+                await self._post(http, target.account, content, run)
+            elif step.do is not Do.WAIT:
+                return step
+            elif step.hold is Hold.CIRCUIT:
+                await self._loop.wait(self._changed, self._cut(step.seconds, step.turns))
+            elif step.hold is Hold.RATE:
+                await self._sleep(step.seconds, step.turns)
             else:
-                verdict = classify(status)
-            finally:
-                self.in_flight -= 1
-            now = time.monotonic()
-            if verdict is Verdict.DELIVERED:
-                self._rate_streak = 0
-                if circuit.answered(verdict, now, probe):
-                    logger.warning("%s answers again; sending what waited", config.shown_url)
-                    self._changed_now()
-                self._limiter.succeeded(self._backlog())
-                return None, status, None
-            self._record(status, error, target.account)
-            if verdict is Verdict.GONE and error is not None:
-                circuit.dead_now(verdict)  # a TLS certificate error needs no confirmation
-                changed = True
+                logger.debug(
+                    "%s; retrying a batch of %d in %.2fs", self.last_error, batch.size, step.seconds
+                )
+                self.lend(-1)
+                try:
+                    await self._sleep(step.seconds, step.turns)
+                finally:
+                    self.lend(1)
+
+    async def _post(
+        self, http: httpx.AsyncClient, account: bool, content: bytes, run: Attempts
+    ) -> None:
+        """Make one attempt and feed ``run`` what it met."""
+        config, ledger = self._config, self._ledger
+        ledger.requests += 1
+        if run.sent > 1:
+            ledger.retries += 1
+        status: int | None = None
+        header: str | None = None
+        error: BaseException | None = None
+        self.in_flight += 1
+        started = time.monotonic()
+        try:
+            with self._loop.fail_after(config.timeout):  # the whole request, all told
+                status, header = await _http.post(
+                    http, self._routes[account], content, config.timeout
+                )
+        except TimeoutError:  # the deadline above: no (complete) answer in time
+            error = TimeoutError(f"no complete answer within {config.timeout:g} s")
+        except Exception as exc:  # transport errors, timeouts, a closed http_client, ...
+            error = exc
+        except BaseException:
+            run.abandoned()
+            raise
+        finally:
+            self.in_flight -= 1
+        now = time.monotonic()
+        if error is not None or status is None or not 200 <= status < 300:
+            self._record(status, error, account)
+        if run.answered(now, now - started, status, header, error, self._backlog()):
+            if run.verdict is Verdict.DELIVERED:
+                logger.warning("%s answers again; sending what waited", config.shown_url)
             else:
-                changed = circuit.answered(verdict, now, probe, self._limiter.limit)
-            if changed:
                 self._report_circuit()
-                self._changed_now()
-            if verdict is Verdict.RATE_LIMITED:
-                self._rate_streak += 1
-                self._limiter.overloaded(self.in_flight)
-                pause = rate_limit_wait(config.retry, retry_after(header), self._rate_streak)
-                self.paused_until = max(self.paused_until, now + pause)
-                continue  # waiting out a rate limit is not failing: no attempt, no budget
-            if verdict in (Verdict.REJECTED, Verdict.TOO_LARGE):
-                return _DROPS[verdict], status, None
-            if verdict in FATAL:
-                continue  # the circuit is open (or dead): it confirms with a spaced probe
-            if overloads(status, error):
-                self._limiter.overloaded(self.in_flight)
-            wait = tries.failed(now - started, retry_after(header))
-            if wait is None:
-                return "retries_exhausted", status, error
-            logger.debug("%s; retrying a batch of %d in %.2fs", self.last_error, batch.size, wait)
-            self.lend(-1)
-            try:
-                await self._sleep(wait, config.retry.max_attempts - tries.attempts)
-            finally:
-                self.lend(1)
+            self._changed_now()
 
     def _record(self, status: int | None, error: BaseException | None, account: bool) -> None:
         if self._circuit.state is DEAD:

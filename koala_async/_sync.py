@@ -50,6 +50,7 @@ from ._intake import Built, Refusal
 from ._loop import Event, Tasks
 from ._queue import Item
 from ._redact import redact
+from ._runtime import MAX_BLOCK
 from ._stats import DROP_REASONS, FlushResult, Stats
 
 if TYPE_CHECKING:
@@ -365,10 +366,14 @@ class KoalaSyncClient:
         engine.full.append((item, done))  # after this thread's earlier entries: in order
         if not engine.call(engine.wake.set):
             raise ClientClosedError(_CLOSED)
+        # pace: the engine waits MAX_BLOCK at most; the caller, that and as much for the hop
+        pace = self._config.on_full == "pace"
         while True:
             try:
-                return done.result(_POLL)
+                return done.result(2 * MAX_BLOCK if pace else _POLL)
             except concurrent.futures.TimeoutError:
+                if pace:
+                    return None  # the engine takes it or drops it (queue_full), counted
                 if not engine.running:  # the loop ended without taking it
                     raise ClientClosedError(_CLOSED) from None
 

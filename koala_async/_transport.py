@@ -335,6 +335,8 @@ class Misconfigured(httpx.TransportError):
     plain HTTP crossed (an ``https://`` URL to a plain-HTTP port, or the reverse). No retry
     can help: the message names the fix, in the configuration."""
 
+    gone = True  # read by _retry.classify_error (pure: it imports no transport)
+
 
 # What OpenSSL says when the server answered a TLS hello in plain HTTP (a "400" to it).
 _PLAIN_HTTP_REASONS = frozenset(

@@ -1,11 +1,10 @@
 """Issue 10's production promises, with default settings, against real HTTP servers on
 127.0.0.1 that each test starts and stops: a busy site at a 50 ms round trip, a bare
-``await track()`` loop, a shutdown under errors, an outage, and the global 429 pause.
+``await track()`` loop, a shutdown under errors, an outage, and a 429 that holds only its own batch.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -54,15 +53,16 @@ async def test_a_busy_site_at_a_50ms_round_trip_loses_nothing_with_defaults(
 
 
 async def test_a_bare_track_loop_drops_nothing_and_stays_bounded() -> None:
-    """A backfill: 60,000 events, 10 per person, through a queue of 5,000. It once sent no
-    request during the loop and dropped two thirds as queue_full. (benchmarks/ runs the
-    issue's 300,000 events; this keeps the suite quick on 2 cores.)"""
+    """A backfill: 60,000 events, 10 per person, through a queue of 5,000, with
+    on_full="block" (a backfill's choice: "pace" waits 50 ms at most, for handlers). It
+    once sent no request during the loop and dropped two thirds as queue_full.
+    (benchmarks/ runs the issue's 300,000 events; this keeps the suite quick on 2 cores.)"""
     fake = FakeCollector()
     async with fake.serve(host="127.0.0.1", port=0) as base_url:
         # The collector shares this event loop: on a loaded machine its answers can be slow
         # enough to time out, which is not what this test is about.
         async with KoalaClient(
-            "pk_test", base_url=base_url, max_queue_size=5_000, timeout=60
+            "pk_test", base_url=base_url, max_queue_size=5_000, timeout=60, on_full="block"
         ) as koala:
             most = 0
             for i in range(60_000):
@@ -185,38 +185,41 @@ async def test_a_wait_under_way_when_the_close_begins_is_cut_to_fit_the_deadline
 
 async def test_an_outage_neither_blocks_calls_nor_storms_and_loses_nothing() -> None:
     """The endpoint is down for 5 s (it accepts connections and drops them, like a crashed
-    upstream behind a proxy) while a handler-like task keeps calling track()."""
+    upstream behind a proxy) while a handler-like task keeps calling track().
+
+    Counted, not timed: connections made while the client's circuit was open are probes
+    (timestamps taken by a server sharing a loaded event loop made this flaky). That a probe
+    goes one at a time is the circuit's pure rule, pinned in tests/test_decisions.py."""
     port = free_port()
-    connections: list[tuple[float, float]] = []  # (opened, closed) of each connection
+    connections = 0
+    probes = 0
+    policy = RetryPolicy(backoff=0.1, max_backoff=1.0)
+    koala = KoalaClient(
+        "pk_test", base_url=f"http://127.0.0.1:{port}", retry=policy, shutdown_timeout=15
+    )
 
     async def drop(stream: SocketStream) -> None:
-        opened = anyio.current_time()
+        nonlocal connections, probes
+        connections += 1
+        probes += koala.stats().circuit == "open"
         try:
             await stream.receive()
             await anyio.sleep(0.05)
         except (anyio.EndOfStream, anyio.BrokenResourceError):
             pass
         finally:
-            connections.append((opened, anyio.current_time()))
             await stream.aclose()
 
     ids: list[str | None] = []
-    slowest = 0.0
-    open_since: float | None = None
+    opened = False
     fake = FakeCollector()
-    policy = RetryPolicy(backoff=0.1, max_backoff=1.0)
-    async with KoalaClient(
-        "pk_test", base_url=f"http://127.0.0.1:{port}", retry=policy, shutdown_timeout=15
-    ) as koala:
+    async with koala:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
         async with anyio.create_task_group() as tg:
             tg.start_soon(listener.serve, drop)
             for i in range(250):  # 5 s of a handler calling 50 times a second
-                started = anyio.current_time()
                 ids.append(await koala.track("Clicked", email=f"p{i % 40}@acme.com"))
-                slowest = max(slowest, anyio.current_time() - started)
-                if open_since is None and koala.stats().circuit == "open":
-                    open_since = anyio.current_time()
+                opened = opened or koala.stats().circuit == "open"
                 await anyio.sleep(0.02)
             tg.cancel_scope.cancel()
         await listener.aclose()
@@ -224,38 +227,41 @@ async def test_an_outage_neither_blocks_calls_nor_storms_and_loses_nothing() -> 
             await koala.flush(timeout=15)
     stats = koala.stats()
     invariant(stats)
-    assert open_since is not None, "the circuit opened"
-    assert slowest < 1.0, "no call waited on the outage"
+    assert opened, "the circuit opened"
+    assert None not in ids, "every call was taken, none waited for room"
     assert (stats.delivered, stats.dropped_total) == (250, 0), stats
     assert fake.message_ids() == Counter(dict.fromkeys(ids, 1))
-    probes = sorted(c for c in connections if c[0] > open_since)
-    assert len(probes) >= 2, "the endpoint was probed while down"
-    assert all(a[1] <= b[0] for a, b in itertools.pairwise(probes)), "one probe at a time"
-    assert len(connections) < 60, f"{len(connections)} connections in 5 s: a retry storm"
+    assert probes >= 2, "the endpoint was probed while down"
+    assert connections < 60, f"{connections} connections in 5 s: a retry storm"
 
 
-async def test_a_429_pauses_every_sender_not_just_its_own_batch() -> None:
+async def test_a_429_holds_its_own_batch_and_stalls_nobody_else() -> None:
+    """A 429 with ``Retry-After`` holds the batch that met it; another person's batch goes
+    meanwhile (every 429 once paused every sender: at 0.5% random 429s with
+    ``Retry-After: 1``, 48% of a busy site's entries were lost)."""
     fake = FakeCollector()
-    limited: list[float] = []
-    arrivals: dict[str, float] = {}
+    order: list[tuple[str, int]] = []
 
     def reply(received: Received) -> Reply | None:
         email = received.body.get("email", "")
-        arrivals.setdefault(email, anyio.current_time())
-        if email == "first@acme.com" and not limited:
-            limited.append(anyio.current_time())
-            return Reply(status=429, retry_after=0.5)
+        if email == "first@acme.com" and not order:
+            order.append((email, 429))
+            return Reply(status=429, retry_after=30)
+        order.append((email, 200))
         return None
 
     fake.responder = reply
     async with (
         fake.serve(host="127.0.0.1", port=0) as base_url,
-        KoalaClient("pk_test", base_url=base_url) as koala,
+        KoalaClient("pk_test", base_url=base_url, shutdown_timeout=3) as koala,
     ):
         await koala.track("A", email="first@acme.com")
-        await koala.flush(timeout=0.2)  # answered 429: its pause has begun
-        assert limited, "the 429 was given"
+        await koala.flush(timeout=0.2)  # answered 429: its batch waits 30 s
+        assert order == [("first@acme.com", 429)], "the 429 was given"
         await koala.track("B", email="second@acme.com")
-        await koala.flush()
-    assert koala.stats().delivered == 2
-    assert arrivals["second@acme.com"] - limited[0] >= 0.45, "the other sender waited too"
+        await koala.flush(timeout=1)
+        assert order[1:] == [("second@acme.com", 200)], "the other batch went meanwhile"
+    stats = koala.stats()
+    invariant(stats)
+    assert (stats.delivered, stats.dropped_total) == (2, 0), "the held one went at the close"
+    assert order[2:] == [("first@acme.com", 200)]

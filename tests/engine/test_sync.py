@@ -271,8 +271,13 @@ def test_a_full_queue_raises_drops_or_waits_in_the_callers_thread() -> None:
     stats = dropping.stats()
     assert (stats.accepted, stats.dropped["queue_full"], stats.pending) == (3, 1, 2)
     assert balanced(stats)
+    pacing = fake_client(fake, max_queue_size=2)  # on_full="pace": a bounded wait, then a drop
+    for name in "ABC":
+        pacing.track(name, email=f"{name.lower()}@acme.com")
     raising.close(timeout=0.1)
     dropping.close(timeout=0.1)
+    pacing.close(timeout=0.1)
+    assert pacing.stats().dropped["queue_full"] == 1
 
 
 # Lifecycle

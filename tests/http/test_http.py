@@ -267,3 +267,25 @@ async def test_http_to_a_tls_port_says_so() -> None:
             with pytest.raises(_http.Misconfigured, match=r"speaks TLS.*https://"):
                 await post(http, Route(url, HEADERS), b"{}", 5.0)
         tasks.cancel_scope.cancel()
+
+
+async def test_a_client_behind_a_redirect_stops_at_once_and_says_where(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sender reads a redirect as a gone endpoint: no retries, one error naming the
+    Location and the fix, and later calls dropped at once."""
+    from koala_async import KoalaClient
+
+    redirect = (
+        b"HTTP/1.1 308 Moved\r\nLocation: https://elsewhere.example/x\r\nContent-Length: 0\r\n\r\n"
+    )
+    async with raw_server(lambda n: redirect) as (port, _):
+        koala = KoalaClient("pk_test", base_url=f"http://127.0.0.1:{port}", shutdown_timeout=5)
+        async with koala:
+            await koala.track("Signed Up", email="ada@acme.com")
+            await koala.aclose()
+        stats = koala.stats()
+    assert stats.requests == 1, "never retried"
+    assert stats.dropped["gone"] == 1
+    assert "redirects to https://elsewhere.example/x" in caplog.text
+    assert "set base_url" in caplog.text

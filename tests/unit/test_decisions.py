@@ -1,5 +1,5 @@
 """The pure decisions, without a server or an event loop: what an answer means, how long to
-wait, how many requests may be in flight, whether the endpoint is up."""
+wait, whether the endpoint is up. (The limiter's are in tests/unit.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pytest
 
 from koala_async import RetryPolicy, ValidationError
 from koala_async._circuit import CLOSED, CONFIRMATIONS, DEAD, OPEN, THRESHOLD, Circuit
-from koala_async._limiter import Limiter
 from koala_async._retry import (
     RATE_LIMIT_FLOOR,
     Tries,
@@ -24,6 +23,7 @@ from koala_async._retry import (
     overloads,
     rate_limit_wait,
     retry_after,
+    timed_out,
 )
 
 
@@ -134,35 +134,6 @@ def test_a_rate_limit_always_waits_a_doubling_floor() -> None:
     assert rate_limit_wait(policy, None, 100) == 30
 
 
-def test_the_limiter_grows_fast_with_a_backlog_then_additively_after_an_overload() -> None:
-    limiter = Limiter(ceiling=256, initial=8)
-    for _ in range(8):
-        limiter.succeeded(backlog=True)
-    assert limiter.limit == 16, "slow start: one more per success"
-    limiter.succeeded(backlog=False)
-    assert limiter.limit == 16, "no backlog: no growth"
-    limiter.overloaded(in_flight=10)
-    assert limiter.limit == int(16 * 0.7)
-    for _ in range(10):
-        limiter.overloaded(in_flight=10)  # answers already in flight when it was cut
-    assert limiter.limit == int(16 * 0.7), "one cut per round trip"
-    before = limiter.limit
-    for _ in range(before):
-        limiter.succeeded(backlog=True)
-    assert limiter.limit == before + 1, "after an overload: one more per round trip"
-
-
-def test_the_limiter_stays_within_floor_and_ceiling() -> None:
-    limiter = Limiter(ceiling=4, initial=8)
-    assert limiter.limit == 4
-    for _ in range(100):
-        limiter.succeeded(backlog=True)
-    assert limiter.limit == 4
-    for _ in range(100):
-        limiter.overloaded(in_flight=0)
-    assert limiter.limit == 1
-
-
 def test_the_circuit_opens_at_once_when_unreachable_and_probes_one_at_a_time() -> None:
     circuit = Circuit(backoff=0.5, max_backoff=30)
     assert circuit.answered(Verdict.UNREACHABLE, now=0.0, probe=False)
@@ -210,11 +181,12 @@ def test_at_a_high_rate_the_circuit_wants_a_round_trip_of_failures_in_a_row() ->
 @pytest.mark.parametrize(
     ("status", "overload"),
     [
-        *[(status, True) for status in (408, 429, 502, 503, 504)],
-        *[(status, False) for status in (500, 507, 599)],
+        *[(status, True) for status in (408, 502, 503, 504)],
+        *[(status, False) for status in (429, 500, 507, 599)],
     ],
 )
-def test_only_overload_cuts_the_number_in_flight(status: int, overload: bool) -> None:
+def test_which_answers_may_mean_overload(status: int, overload: bool) -> None:
+    """A 429 is the pacer's (how fast), not the limiter's (how many)."""
     assert overloads(status) is overload
 
 
@@ -228,10 +200,8 @@ def test_only_overload_cuts_the_number_in_flight(status: int, overload: bool) ->
         (httpx.RemoteProtocolError("closed"), False),
     ],
 )
-def test_a_timeout_is_overload_and_a_broken_connection_is_not(
-    error: BaseException, overload: bool
-) -> None:
-    assert overloads(None, error) is overload
+def test_a_timeout_is_told_from_a_broken_connection(error: BaseException, overload: bool) -> None:
+    assert timed_out(error) is overload
 
 
 @pytest.mark.parametrize("verdict", [Verdict.UNAUTHORIZED, Verdict.GONE])
