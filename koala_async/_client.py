@@ -224,8 +224,8 @@ class KoalaClient:
         except (ValidationError, ClientClosedError) as exc:
             self._refused(exc, False, profile_id, email)
             return None
-        if waiting is not None:
-            await waiting
+        if waiting is not None and await waiting is False:
+            return None  # dropped at the call (a dead endpoint, a full queue): counted
         return None if built is None else built[4]
 
     async def identify(
@@ -257,8 +257,8 @@ class KoalaClient:
         except (ValidationError, ClientClosedError) as exc:
             self._refused(exc, False, profile_id, email)
             return None
-        if waiting is not None:
-            await waiting
+        if waiting is not None and await waiting is False:
+            return None  # dropped at the call (a dead endpoint, a full queue): counted
         return None if built is None else built[4]
 
     async def page(
@@ -289,8 +289,8 @@ class KoalaClient:
         except (ValidationError, ClientClosedError) as exc:
             self._refused(exc, False, profile_id, email)
             return None
-        if waiting is not None:
-            await waiting
+        if waiting is not None and await waiting is False:
+            return None  # dropped at the call (a dead endpoint, a full queue): counted
         return None if built is None else built[4]
 
     async def account_identify(
@@ -323,8 +323,8 @@ class KoalaClient:
         except (ValidationError, ClientClosedError) as exc:
             self._refused(exc, True, domain, account_id)
             return None
-        if waiting is not None:
-            await waiting
+        if waiting is not None and await waiting is False:
+            return None  # dropped at the call (a dead endpoint, a full queue): counted
         return None if built is None else built[4]
 
     async def account_track(
@@ -354,8 +354,8 @@ class KoalaClient:
         except (ValidationError, ClientClosedError) as exc:
             self._refused(exc, True, domain, account_id)
             return None
-        if waiting is not None:
-            await waiting
+        if waiting is not None and await waiting is False:
+            return None  # dropped at the call (a dead endpoint, a full queue): counted
         return None if built is None else built[4]
 
     def _refused(

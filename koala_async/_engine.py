@@ -23,7 +23,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 import anyio.to_thread
@@ -53,6 +53,25 @@ logger = logging.getLogger("koala_async")
 _INITIAL_LIMIT = 32  # requests in flight at first; the limiter grows it as the backlog asks
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+class _Dropped:
+    """What :meth:`Engine.offer` returns for an entry dropped at the call (dead endpoint,
+    full queue): awaiting it gives False, as a wait for room that ended in a drop does, and
+    the call returns None instead of an id that will never arrive."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, bool]:
+        return False
+        yield  # a generator that never suspends
+
+
+DROPPED = _Dropped()
+
+Waiting = Awaitable["bool | None"]
+"""What a call awaits after an offer: a yield (None), or the outcome of a wait for room
+(False: the entry was dropped)."""
 
 
 def _after_fork_in_child() -> None:
@@ -331,12 +350,13 @@ class Engine:
 
     # The queue
 
-    def offer(self, built: Built | None) -> Awaitable[None] | None:
+    def offer(self, built: Built | None) -> Waiting | None:
         """Queue what the intake built (None: ``before_send`` dropped it, counted here).
 
         Returns None, or something the call must await: a yield to the event loop (a loop
-        of calls that has not let it run, see :meth:`Runtime.added`), or a wait for room in
-        a full queue. Raises what ``on_full="raise"`` and a closed engine raise.
+        of calls that has not let it run, see :meth:`Runtime.added`), a wait for room in a
+        full queue, or :data:`DROPPED`; what it gives is False if the entry was dropped.
+        Raises what ``on_full="raise"`` and a closed engine raise.
         """
         if built is None:
             self.ledger.refuse("filtered")
@@ -355,7 +375,7 @@ class Engine:
 
     def offer_encoded(
         self, kind: int, raw: bytes, who: Who, ip: str | None = None
-    ) -> Coroutine[Any, Any, None] | None:
+    ) -> Waiting | None:
         """Queue an entry built in another thread: :meth:`offer` without its yield.
 
         The door :class:`~koala_async.KoalaSyncClient`'s engine thread uses. Returns None,
@@ -374,9 +394,7 @@ class Engine:
         if not waiting % FILE_EVERY or waiting == 1:
             self._runtime.added(waiting)  # type: ignore[union-attr]
 
-    def _full(
-        self, kind: int, raw: bytes, who: Who, ip: str | None
-    ) -> Coroutine[Any, Any, None] | None:
+    def _full(self, kind: int, raw: bytes, who: Who, ip: str | None) -> Waiting | None:
         """The queue is full (or the engine takes nothing): drop, raise, or wait for room."""
         admission = self.admission
         if admission.state is State.DISABLED:
@@ -386,7 +404,7 @@ class Engine:
         if admission.state is State.DEAD and self._spool is None:
             assert self._circuit.verdict is not None
             self.refuse_entry(_DROPS[self._circuit.verdict], raw, who, ip)
-            return None
+            return DROPPED
         if self._spool is not None:  # memory is full, older entries wait on disk, or it is dead
             runtime = self._runtime
             assert runtime is not None
@@ -406,11 +424,11 @@ class Engine:
         if on_full == "block" or (on_full == "pace" and self._circuit.state is CLOSED):
             return self._wait_then_put(kind, raw, who, ip)
         self.refuse_entry("queue_full", raw, who, ip)
-        return None
+        return DROPPED
 
-    async def _wait_then_put(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
+    async def _wait_then_put(self, kind: int, raw: bytes, who: Who, ip: str | None) -> bool:
         """Wait for room: ``block`` until there is some, ``pace`` at most :data:`MAX_BLOCK`
-        (then the entry is dropped as ``queue_full``)."""
+        (then the entry is dropped as ``queue_full``). False: it was dropped."""
         runtime = self._runtime
         assert runtime is not None
         runtime.flush_waiting()  # send partial batches now: room comes sooner
@@ -425,20 +443,21 @@ class Engine:
                     self.check_open()
                 assert self._circuit.verdict is not None
                 self.refuse_entry(_DROPS[self._circuit.verdict], raw, who, ip)
-                return
+                return False
             if pace and self._circuit.state is not CLOSED:
                 self.refuse_entry("queue_full", raw, who, ip)  # the endpoint is down: never wait
-                return
+                return False
             if pace:
                 left = end - time.monotonic()
                 if left <= 0 or not await runtime.room(at, left):
                     self.refuse_entry("queue_full", raw, who, ip)  # a handler never waits long
-                    return
+                    return False
             else:
                 await runtime.room(at)
             if not admission.taking:
                 self.check_open()
         self._enqueue(kind, raw, who, ip)
+        return True
 
     def refuse_entry(self, reason: DropReason, raw: bytes, who: Who, ip: str | None) -> None:
         """Drop an entry at the call: counted, logged (rate-limited), given to on_error."""

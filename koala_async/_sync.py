@@ -35,7 +35,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,7 @@ import msgspec
 
 from . import _loop
 from ._client import build
-from ._engine import Engine
+from ._engine import Engine, Waiting
 from ._exceptions import ClientClosedError, KoalaError, ValidationError
 from ._intake import Built, Refusal
 from ._loop import Event, Tasks
@@ -81,7 +81,7 @@ class _Engine:
         self.inbox: deque[Item] = deque()
         self.woken = False  # a drain is due: later calls need not wake the loop
         self.wake = asyncio.Event()  # set from any thread (through the loop) to drain
-        self.full: deque[tuple[Item, concurrent.futures.Future[None]]] = deque()
+        self.full: deque[tuple[Item, concurrent.futures.Future[bool]]] = deque()
         self.accepting = False  # the core is open and takes entries from the inbox
         self.loop = asyncio.new_event_loop()
         self.ident: int | None = None  # the engine thread's id
@@ -171,7 +171,7 @@ class _Engine:
             item, done = full.popleft()
             self.put_full(item, done)
 
-    def put_full(self, item: Item, done: concurrent.futures.Future[None] | None) -> None:
+    def put_full(self, item: Item, done: concurrent.futures.Future[bool] | None) -> None:
         """The queue was full: put one entry as ``on_full`` says, telling ``done`` how."""
         try:
             waiting = self.core.offer_encoded(*item)
@@ -183,23 +183,19 @@ class _Engine:
         if waiting is not None:
             self._wait(waiting, done)
         elif done is not None:
-            done.set_result(None)
+            done.set_result(True)
 
     def _refuse_full(self) -> None:
         while self.full:
             self.full.popleft()[1].set_exception(ClientClosedError(_CLOSED))
 
-    def _wait(
-        self, waiting: Coroutine[Any, Any, None], done: concurrent.futures.Future[None] | None
-    ) -> None:
+    def _wait(self, waiting: Waiting, done: concurrent.futures.Future[bool] | None) -> None:
         assert self.tasks is not None
         self.tasks.spawn(lambda: self._settle(waiting, done))
 
-    async def _settle(
-        self, waiting: Coroutine[Any, Any, None], done: concurrent.futures.Future[None] | None
-    ) -> None:
+    async def _settle(self, waiting: Waiting, done: concurrent.futures.Future[bool] | None) -> None:
         try:
-            await waiting
+            taken = await waiting
         except BaseException as exc:  # closed while waiting for room, or cancelled at close
             if done is None:
                 self.ledger.refuse("shutdown_timeout")  # its caller was told it was taken
@@ -211,7 +207,7 @@ class _Engine:
                 raise
         else:
             if done is not None:
-                done.set_result(None)
+                done.set_result(taken is not False)
 
     def snapshot(self) -> Stats:
         """The core's counters plus the inbox, as pending. On the loop thread, or once the
@@ -348,7 +344,8 @@ class KoalaSyncClient:
         if engine.ledger.pending + len(engine.inbox) >= admission.limit:
             if not admission.taking:
                 raise ClientClosedError(_CLOSED)  # closing: never wait for the drain
-            self._put_full(engine, (kind, raw, who, ip))  # full, dead or spooling: rare
+            if not self._put_full(engine, (kind, raw, who, ip)):  # full, dead, spooling: rare
+                return None  # dropped at the call (a dead endpoint, a full queue): counted
             return message_id
         engine.inbox.append((kind, raw, who, ip))
         if not engine.woken:
@@ -356,13 +353,14 @@ class KoalaSyncClient:
             engine.call(engine.wake.set)  # False: closed under us; counted at the close
         return message_id
 
-    def _put_full(self, engine: _Engine, item: Item) -> None:
-        """Let the engine drop, raise or wait for room, as ``on_full`` says."""
+    def _put_full(self, engine: _Engine, item: Item) -> bool:
+        """Let the engine drop, raise or wait for room, as ``on_full`` says; False if it
+        dropped the entry."""
         if engine.on_loop():  # e.g. from on_error: waiting here would stop the loop
             engine.drain()
             engine.put_full(item, None)
-            return
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            return True
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         engine.full.append((item, done))  # after this thread's earlier entries: in order
         if not engine.call(engine.wake.set):
             raise ClientClosedError(_CLOSED)
@@ -373,7 +371,7 @@ class KoalaSyncClient:
                 return done.result(2 * MAX_BLOCK if pace else _POLL)
             except concurrent.futures.TimeoutError:
                 if pace:
-                    return None  # the engine takes it or drops it (queue_full), counted
+                    return True  # the engine takes it or drops it (queue_full), counted
                 if not engine.running:  # the loop ended without taking it
                     raise ClientClosedError(_CLOSED) from None
 

@@ -238,8 +238,8 @@ async def test_a_refused_key_is_fatal_reported_once_and_fails_fast(
         with pytest.raises(DeliveryError, match=message):
             await koala.flush()
         requests = len(server.statuses)
-        for i in range(1000):
-            await koala.track("A", email=f"late{i}@acme.com")
+        late = [await koala.track("A", email=f"late{i}@acme.com") for i in range(1000)]
+        assert late == [None] * 1000, "a dropped call returns None, not an id never sent"
         assert koala.stats().pending == 0, "nothing piles up once the key is refused"
     stats = koala.stats()
     assert stats.dropped[reason] == 1050
@@ -258,9 +258,9 @@ async def test_on_full_drop_counts_and_reports() -> None:
     async with server.client(
         max_queue_size=10, flush_interval=60, on_error=failures.append, on_full="drop"
     ) as k:
-        for i in range(15):
-            await k.track("A", email=f"p{i}@acme.com")
+        ids = [await k.track("A", email=f"p{i}@acme.com") for i in range(15)]
         assert k.stats().pending == 10
+        assert ids[10:] == [None] * 5, "a dropped call returns None"
     stats = k.stats()
     assert (stats.delivered, stats.dropped["queue_full"]) == (10, 5)
     assert [f.reason for f in failures] == ["queue_full"] * 5
