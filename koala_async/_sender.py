@@ -218,6 +218,11 @@ class Sender:
             if changed:
                 self._report_circuit()
                 self._changed_now()
+            elif probe:
+                # The probe failed and the circuit stays open: the batches that found it
+                # probing wait with no timer. Wake them, so one probes next even if this
+                # batch is given up now (else nothing is ever sent again).
+                self._wake()
             if verdict is Verdict.RATE_LIMITED:
                 self._rate_streak += 1
                 self._limiter.overloaded(self.in_flight)
