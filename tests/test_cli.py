@@ -136,7 +136,7 @@ async def test_a_100k_line_import_delivers_every_line_once_in_bounded_memory(
     assert fake.violations == []
     assert "read 100,000, delivered 100,000, rejected 0, failed 0" in result.stdout.decode()
     assert "import: " in result.stderr.decode(), "progress lines when not on a terminal"
-    # The whole file as Python dicts would take well over 100 MB; the queue holds 20k at most.
+    # The whole file as Python dicts would take well over 100 MB; the queue holds 100k at most.
     peak_mb = peak_rss_mb(result)
     assert peak_mb < 120, f"peak RSS of the import was {peak_mb:.0f} MB"
     assert not (tmp_path / "events.jsonl.dead.jsonl").exists()
@@ -274,6 +274,11 @@ async def test_the_collector_command_prints_batches_and_writes_jsonl(tmp_path: P
     assert records[1]["status"] == 400
 
 
+async def _drain(stream: anyio.abc.ByteReceiveStream) -> None:
+    async for _ in stream:
+        pass
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 async def test_ctrl_c_stops_an_import_which_then_says_how_to_finish_the_job(
     tmp_path: Path, presses: int
@@ -303,8 +308,10 @@ async def test_ctrl_c_stops_an_import_which_then_says_how_to_finish_the_job(
                         said += await process.stderr.receive()
                     process.send_signal(signal.SIGINT)  # give up on what is queued
                 slow = False
-                out = b"".join([chunk async for chunk in process.stdout]).decode()
-                await process.wait()
+                async with anyio.create_task_group() as drain:  # a full pipe would block it
+                    drain.start_soon(_drain, process.stderr)
+                    out = b"".join([chunk async for chunk in process.stdout]).decode()
+                    await process.wait()
         assert process.returncode == 130, out
         numbers = re.search(r"read ([\d,]+), delivered ([\d,]+), rejected 0, failed 0", out)
         assert "Interrupted. Finish the file with --resume (or --start-line " in out
@@ -384,7 +391,7 @@ async def test_an_import_stops_reading_when_koala_refuses_the_key_for_good(tmp_p
     ids = _write_lines(source, 30_000, people=1_000)
     fake = FakeCollector(responder=lambda received: Reply(401, body=b'{"error": "unauthorized"}'))
     async with fake.serve() as base_url:
-        result = await cli("import", str(source), base_url=base_url)
+        result = await cli("import", str(source), "--queue-size", "2000", base_url=base_url)
     out = result.stdout.decode()
     assert result.returncode == 1, out
     assert "refused the public API key" in out

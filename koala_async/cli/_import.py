@@ -49,7 +49,7 @@ __all__ = ["add_parser"]
 
 _DEAD_SUFFIXES = (".dead.jsonl", ".dead.csv")
 _SHOWN_IN_DRY_RUN = 20  # invalid lines a dry run prints before it only counts them
-_CHECKPOINT_EVERY = 0.5  # seconds between checkpoints (each waits for what it covers)
+_CHECKPOINT_EVERY = 2.0  # seconds between checkpoints (each waits for what it covers)
 _PROBE_EVERY = 2.0  # the longest wait between tries, and between probes of a down endpoint
 # Retries never run out: an outage of any length is waited out. Only refusals are dropped.
 _RETRY = RetryPolicy(max_attempts=sys.maxsize, budget=math.inf, max_backoff=_PROBE_EVERY)
@@ -97,6 +97,14 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="most requests in flight (default: the client's, adaptive)",
+    )
+    load.add_argument(
+        "--queue-size",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="entries the client may hold (default 100,000): memory, and how far a "
+        "checkpoint may lag behind reading",
     )
     load.add_argument(
         "--timeout",
@@ -195,21 +203,29 @@ class _Lines:
     """The lines handed to the client and not yet covered by a checkpoint, by message_id:
     a failure names its entries by message_id, and its dead letters are their lines.
 
-    Kept in generations, one per checkpoint: once a checkpoint's flush has settled its
-    lines, their generation is forgotten, so this holds a second of lines or so.
+    Each line is one int, its number, offset and length packed (:meth:`pack`), and is read
+    again from the file when it fails: the bytes of every line in flight would cost more
+    memory than the client's queue. Kept in generations, one per checkpoint: once a
+    checkpoint's flush has settled its lines, their generation is forgotten.
     """
 
-    def __init__(self) -> None:
-        self.current: dict[str, tuple[int, bytes]] = {}
-        self._older: list[dict[str, tuple[int, bytes]]] = []
+    def __init__(self, path: Path) -> None:
+        self.current: dict[str, int] = {}
+        self._older: list[dict[str, int]] = []
+        self._path = path
+        self._file: BinaryIO | None = None
 
-    def cut(self) -> dict[str, tuple[int, bytes]]:
+    @staticmethod
+    def pack(number: int, offset: int, length: int) -> int:
+        return (number << 80) | (offset << 32) | length
+
+    def cut(self) -> dict[str, int]:
         """Start a new generation; return the one just ended."""
         ended, self.current = self.current, {}
         self._older.append(ended)
         return ended
 
-    def forget(self, generation: dict[str, tuple[int, bytes]]) -> None:
+    def forget(self, generation: dict[str, int]) -> None:
         """Drop ``generation`` and every older one: they are settled."""
         for i, older in enumerate(self._older):
             if older is generation:
@@ -217,13 +233,21 @@ class _Lines:
                 return
 
     def pop(self, message_id: object) -> tuple[int, bytes] | None:
+        """The number and bytes of the line that gave ``message_id``, if it is known."""
         if not isinstance(message_id, str):
             return None
         for generation in (self.current, *reversed(self._older)):
-            found = generation.pop(message_id, None)
-            if found is not None:
-                return found
+            packed = generation.pop(message_id, None)
+            if packed is not None:
+                if self._file is None:
+                    self._file = self._path.open("rb")
+                self._file.seek((packed >> 32) & (1 << 48) - 1)
+                return packed >> 80, self._file.read(packed & (1 << 32) - 1)
         return None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 @dataclass
@@ -345,7 +369,7 @@ async def _run(
     checkpoint: _Checkpoint,
 ) -> bool:
     """Feed ``source`` to a client and deliver it; return whether it read to the end."""
-    lines = _Lines()
+    lines = _Lines(args.file)
 
     def on_error(failure: DeliveryFailure) -> None:
         tally.heard += len(failure.entries)
@@ -367,7 +391,7 @@ async def _run(
         user_agent=args.user_agent,
         enabled=not args.dry_run,
         on_full="block",  # backpressure: read no faster than Koala takes it
-        max_queue_size=20_000,
+        max_queue_size=args.queue_size,
         timeout=min(args.timeout, 10.0),
         retry=_RETRY,
         shutdown_timeout=600,
@@ -462,6 +486,7 @@ async def _run(
         if not args.dry_run:
             _last_checkpoint(checkpoint, tally, stats, read_all, dead)
         progress.show(snapshot(stats), final=True)
+        lines.close()
         tasks.cancel_scope.cancel()
     return read_all
 
@@ -506,6 +531,7 @@ async def _feed(
     """Hand every line to ``koala``; invalid ones go to ``dead`` (a dry run prints them).
     Return whether it read to the end."""
     calls = {name: getattr(koala, name) for name in CALLS}
+    pack = lines.pack
     for read, (number, raw, kind, kwargs, error) in enumerate(source, 1):
         if error is None:
             try:
@@ -513,7 +539,8 @@ async def _feed(
             except KoalaError as exc:
                 error = str(exc)
             else:
-                lines.current[kwargs["message_id"]] = (number, raw)
+                end = source.offset
+                lines.current[kwargs["message_id"]] = pack(number, end - len(raw), len(raw))
         tally.read = read
         tally.next_line = number + 1
         tally.offset = source.offset
