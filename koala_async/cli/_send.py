@@ -8,11 +8,8 @@ import logging
 import sys
 from typing import Any
 
-from .._calls import CALLS, CallKind
-from .._client import KoalaClient
-from .._exceptions import DeliveryError, KoalaError
-from .._retry import RetryPolicy
-from .._stats import DeliveryFailure
+from .. import DeliveryError, DeliveryFailure, KoalaClient, KoalaError, RetryPolicy
+from ..backfill import CALLS, CallKind
 from ._options import calls_taking, connection_options, key, option_name, pairs
 
 __all__ = ["add_parser"]
