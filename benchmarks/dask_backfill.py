@@ -11,22 +11,26 @@ started before the clock, and warmed by one small run), and the sink's count is 
 from __future__ import annotations
 
 import argparse
+import importlib
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import dask.dataframe as dd
-import distributed
-import pandas as pd
 from run import sink, wait_for_sink
 
 from koala_async.dask import send_dataframe
 
+# Untyped libraries, as Any.
+dd: Any = importlib.import_module("dask.dataframe")
+distributed: Any = importlib.import_module("distributed")
+pd: Any = importlib.import_module("pandas")
+
 HERE = Path(__file__).parent
 
 
-def frame(rows: int) -> dd.DataFrame:
+def frame(rows: int) -> Any:
     data = pd.DataFrame(
         {
             "order_id": range(rows),
@@ -58,7 +62,7 @@ def main() -> None:
                 ) as cluster,
                 distributed.Client(cluster),
             ):
-                options = {"public_api_key": "pk_bench", "base_url": url}
+                options: dict[str, Any] = {"public_api_key": "pk_bench", "base_url": url}
                 send_dataframe(frame(800), "track", person="email", key=["order_id"], **options)
                 sink(args.port, "/_reset", {})
                 data = frame(args.rows)
