@@ -45,7 +45,7 @@ TEST_DEPS = [
     "redis>=5",
 ]
 PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
-EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery]"
+EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery,dask]"
 # The pure tier, plus what differs between Python versions (validation, encoding, what the
 # core awaits: asyncio's own on 3.11+, anyio's on 3.10): each other Python runs these.
 FAST_TESTS = [

@@ -93,6 +93,7 @@ class Attempts:
         "_size",
         "_streak",
         "_tries",
+        "probed",
         "sent",
         "verdict",
     )
@@ -115,6 +116,7 @@ class Attempts:
         self._end: Step | None = None
         self._streak = 0  # 429s in a row for this batch
         self._probe = False  # the attempt under way tests an open circuit
+        self.probed = False  # the last answer was to a probe
         self.sent = 0  # attempts made
         self.verdict: Verdict | None = None  # what the last answer meant
 
@@ -178,6 +180,7 @@ class Attempts:
                 backlog=backlog,
             )
         probe, self._probe = self._probe, False
+        self.probed = probe  # a probe that failed: the sender wakes who waits to probe next
         circuit = self._circuit
         if verdict is Verdict.GONE and error is not None:
             circuit.dead_now(verdict)  # a TLS certificate error needs no confirmation

@@ -184,6 +184,11 @@ class Sender:
             else:
                 self._report_circuit()
             self._changed_now()
+        elif run.probed:
+            # The probe failed and the circuit stays open: the batches that found it
+            # probing wait with no timer. Wake them, so one probes next even if this
+            # batch is given up now (else nothing is ever sent again).
+            self._wake()
 
     def _record(self, status: int | None, error: BaseException | None, account: bool) -> None:
         if self._circuit.state is DEAD:

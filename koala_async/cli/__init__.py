@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from .._exceptions import KoalaError
-from .._version import __version__
+from .. import KoalaError, __version__
 from . import _collector, _demo, _import, _send, _spool
 from ._options import LogFormatter
 

@@ -1,11 +1,14 @@
-"""``koala-async collector``: a local Koala that prints what arrives and flags violations."""
+"""``koala-async collector``: a local Koala that prints what arrives and flags violations, and
+its totals (entries and unique message_ids by key, kind and type) on exit, on SIGUSR1 and
+at ``GET /_totals``."""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import json
-import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,12 +16,11 @@ from typing import Any
 
 import anyio
 
-from .._exceptions import KoalaError
-from ..testing import FakeCollector, Received, Reply
-from ..testing._http_server import serve_http
+from .. import KoalaError
+from ..testing import FakeCollector, Received, Reply, Totals
 from ._options import color
 
-__all__ = ["add_parser", "describe", "short_key"]
+__all__ = ["add_parser", "describe", "short_key", "totals_text"]
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -37,15 +39,24 @@ def short_key(key: str) -> str:
     return f"{key[:4]}…{key[-2:]}" if len(key) > 8 else "…"
 
 
-async def _collector(args: argparse.Namespace) -> int:
-    fake = FakeCollector()
-    out = args.jsonl.open("a", encoding="utf-8") if args.jsonl else None
+class _Collector(FakeCollector):
+    """Prints each request (and appends it to ``--jsonl``), counts it in :attr:`running`,
+    then forgets it: a collector may run for days. ``GET /_totals`` answers the totals."""
 
-    def handle(method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply:
-        reply = fake.handle(method, path, headers, raw)
-        received = fake.requests[-1]
+    def __init__(self, out: Any) -> None:
+        super().__init__()
+        self.out = out
+        self.running = Totals()
+
+    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply:
+        if method == "GET" and path == "/_totals":
+            body = {"requests": self.running.requests, "refused": self.running.refused}
+            return Reply(body=json.dumps({**body, "totals": self.running.rows()}).encode())
+        reply = super().handle(method, path, headers, raw)
+        received = self.requests[-1]
+        self.running.add(received)
         print(describe(received), flush=True)
-        if out is not None:
+        if self.out is not None:
             record = {
                 "time": time.time(),
                 "kind": received.kind,
@@ -55,15 +66,26 @@ async def _collector(args: argparse.Namespace) -> int:
                 "body": received.body,
                 "violations": list(received.violations),
             }
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-        fake.reset()  # keep nothing: a collector may run for days
+            self.out.write(json.dumps(record) + "\n")
+            self.out.flush()
+        self.reset()
         return reply
 
+
+async def _collector(args: argparse.Namespace) -> int:
+    out = args.jsonl.open("a", encoding="utf-8") if args.jsonl else None
+    fake = _Collector(out)
     try:
-        async with serve_http(handle, args.host, args.port) as url:
+        async with fake.serve(args.host, args.port) as url:
             print(f"koala-async collector listening on {url}; set KOALA_BASE_URL={url}", flush=True)
-            await anyio.sleep(math.inf)
+            print(f"totals: kill -USR1 {os.getpid()}, or GET {url}/_totals", flush=True)
+            with anyio.open_signal_receiver(
+                signal.SIGINT, signal.SIGTERM, signal.SIGUSR1
+            ) as signals:
+                async for signum in signals:
+                    print(totals_text(fake.running), flush=True)
+                    if signum != signal.SIGUSR1:
+                        break
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise KoalaError(f"port {args.port} is in use; pass --port") from None
@@ -71,7 +93,18 @@ async def _collector(args: argparse.Namespace) -> int:
     finally:
         if out is not None:
             out.close()
-    return 0  # pragma: no cover - only a signal ends it
+    return 0
+
+
+def totals_text(totals: Totals) -> str:
+    """The totals as a table: one line per key, kind and entry type."""
+    lines = [f"totals: {totals.requests:,} requests, {totals.refused:,} refused"]
+    for row in totals.rows():
+        lines.append(
+            f"  {short_key(row['key']):<10} {row['kind']:<8} {row['type']:<9} "
+            f"entries {row['entries']:>10,}  unique ids {row['unique_ids']:>10,}"
+        )
+    return "\n".join(lines)
 
 
 def describe(received: Received) -> str:

@@ -8,7 +8,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from .._client import KoalaClient
+from .. import KoalaClient
 from ..testing import FakeCollector
 
 __all__ = ["add_parser"]

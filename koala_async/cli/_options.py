@@ -9,9 +9,8 @@ import os
 import re
 from typing import Any, TextIO
 
-from .._calls import CALLS, CallKind
-from .._exceptions import KoalaError
-from .._redact import redact
+from .. import KoalaError
+from ..backfill import CALLS, CallKind
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -44,7 +43,8 @@ def key(args: argparse.Namespace) -> str:
 def endpoint(args: argparse.Namespace, public_key: str) -> str:
     """The ``/batch`` URL the client sends to, with the key redacted, for messages."""
     base = args.base_url or os.environ.get("KOALA_BASE_URL") or DEFAULT_BASE_URL
-    return f"{base.rstrip('/')}/web/projects/{redact(public_key)}/batch"
+    shown = f"{public_key[:4]}…" if len(public_key) > 8 else "…"  # as the client's logs
+    return f"{base.rstrip('/')}/web/projects/{shown}/batch"
 
 
 def option_name(parameter: str) -> str:

@@ -1,31 +1,108 @@
-"""Backfills: read calls from JSONL or CSV, one at a time, and turn failures into dead letters.
+"""Backfills: read calls from JSONL or CSV, one at a time, with each line's bytes.
 
 A JSONL line is one call: ``{"kind": "track", "event": "Signed Up", "email": "…",
-"properties": {…}}``, where ``kind`` names one of the client's calls (``_calls.CALLS``) and
-the other keys are that call's arguments. A dead letter is the same line plus ``"_error"``,
-so a dead-letter file imports as it is.
+"properties": {…}}``, where ``kind`` names one of the client's calls
+(:data:`koala_async.backfill.CALLS`) and the other keys are that call's arguments. Keys that
+start with ``_`` are ignored (the dead letters of earlier versions carried ``_error``).
 
-A line without a ``message_id`` gets one derived from its content *and* its line number:
-importing the same file again sends the same ids (Koala drops the repeats), while two
-identical lines, such as the same event at two moments without a timestamp, stay two events.
+Every line read comes with its number, its bytes as they are in the file, and the offset
+where the next line starts: the importer writes the bytes of a line it cannot deliver to
+the dead letters unchanged, and checkpoints by offset. A line without a ``message_id`` gets
+:func:`koala_async.backfill.line_id` (its number and bytes).
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from .._calls import CALLS
-from .._exceptions import KoalaError
-from .._stats import DeliveryFailure
+import msgspec
 
-__all__ = ["Call", "Column", "calls_from_csv", "calls_from_jsonl", "dead_letters", "parse_map"]
+from .. import KoalaError
+from ..backfill import CALLS, line_id
 
-_NAMESPACE = uuid.UUID("5b0b7b8e-8a2e-4d5e-9a51-6f3b1c7d2e10")
+__all__ = [
+    "Call",
+    "Column",
+    "Line",
+    "Source",
+    "calls_from_jsonl",
+    "csv_source",
+    "jsonl_source",
+    "parse",
+    "parse_map",
+]
+
+_PARAMETERS = {name: frozenset(call.parameters) for name, call in CALLS.items()}
+_KINDS = ", ".join(CALLS)
+_decode = msgspec.json.decode
+
+Line = tuple[int, bytes, str, "dict[str, Any]", "str | None"]
+"""One line read: its number, its bytes, the call's kind, its arguments, and why it is bad
+(None if it is not)."""
+
+
+def parse(record: object, number: int, raw: bytes) -> tuple[str, dict[str, Any], str | None]:
+    """Check one decoded record's shape (not its values): its kind, arguments, and error."""
+    if type(record) is not dict:
+        return "", {}, "a line must be a JSON object"
+    kind = record.pop("kind", None)
+    parameters = _PARAMETERS.get(kind) if type(kind) is str else None
+    if parameters is None:
+        return str(kind), record, f"kind must be one of {_KINDS}, got {kind!r}"
+    assert isinstance(kind, str)
+    if not parameters.issuperset(record):
+        for name in [name for name in record if str(name).startswith("_")]:
+            del record[name]
+        unknown = sorted(str(name) for name in record if name not in parameters)
+        if unknown:
+            return kind, record, f"{kind} takes no {', '.join(unknown)}"
+    if record.get("message_id") is None:
+        record["message_id"] = line_id(number, raw)
+    return kind, record, None
+
+
+class Source:
+    """A file's lines as :data:`Line` tuples, from line ``start`` on.
+
+    Attributes:
+        offset: Where the line after the last one yielded starts, in bytes.
+        header: A CSV's header line as it is in the file (b"" for JSONL): a file of dead
+            letters starts with it.
+    """
+
+    def __init__(self, lines: Callable[[Source], Iterator[Line]], offset: int) -> None:
+        self.offset = offset
+        self.header = b""
+        self._lines = lines
+
+    def __iter__(self) -> Iterator[Line]:
+        return self._lines(self)
+
+
+def jsonl_source(file: BinaryIO, start: int = 1, offset: int = 0) -> Source:
+    """Read JSONL from ``file``, a binary file positioned at ``offset``, where line
+    ``start`` begins (a checkpoint seeks there; otherwise the lines before are skipped)."""
+
+    def lines(source: Source) -> Iterator[Line]:
+        at = offset
+        for number, raw in enumerate(file, 1 if offset == 0 else start):
+            at += len(raw)
+            source.offset = at
+            if number < start:
+                continue
+            try:
+                record = _decode(raw)
+            except msgspec.DecodeError as exc:
+                if raw.strip():  # blank lines are skipped
+                    yield number, raw, "", {}, f"not JSON: {exc}"
+                continue
+            kind, kwargs, error = parse(record, number, raw)
+            yield number, raw, kind, kwargs, error
+
+    return Source(lines, offset)
 
 
 @dataclass(frozen=True)
@@ -38,43 +115,12 @@ class Call:
     error: str | None = None
 
 
-def message_id(kind: str, fields: dict[str, Any], line: int) -> str:
-    """A message_id for a line that has none: the same for the same content on the same line."""
-    canonical = json.dumps({"kind": kind, **fields}, sort_keys=True, default=str)
-    return str(uuid.uuid5(_NAMESPACE, f"{line}\n{canonical}"))
-
-
-def parse(record: object, line: int) -> Call:
-    """Turn one decoded record into a :class:`Call`, checking its shape (not its values)."""
-    if not isinstance(record, dict):
-        return Call(line, "", {}, "a line must be a JSON object")
-    fields = {k: v for k, v in record.items() if not str(k).startswith("_")}
-    kind = fields.pop("kind", None)
-    call = CALLS.get(kind) if isinstance(kind, str) else None
-    if call is None:
-        return Call(
-            line, str(kind), fields, f"kind must be one of {', '.join(CALLS)}, got {kind!r}"
-        )
-    unknown = set(fields) - set(call.parameters)
-    if unknown:
-        return Call(line, call.name, fields, f"{call.name} takes no {', '.join(sorted(unknown))}")
-    if fields.get("message_id") is None:
-        fields["message_id"] = message_id(call.name, fields, line)
-    return Call(line, call.name, fields)
-
-
-def calls_from_jsonl(file: Iterable[str], start: int = 1) -> Iterator[Call]:
-    """Read calls from JSONL, one line at a time, from line ``start`` on; blank lines are
-    skipped."""
-    for number, text in enumerate(file, 1):
-        if number < start or not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield Call(number, "", {"_text": text.rstrip("\n")}, f"not JSON: {exc}")
-            continue
-        yield parse(record, number)
+def calls_from_jsonl(lines: Iterable[str | bytes], start: int = 1) -> Iterator[Call]:
+    """The calls of JSONL ``lines`` (text or bytes), as :class:`Call` objects: the slow,
+    convenient form of :func:`jsonl_source`, for tests and tools."""
+    encoded = (line if isinstance(line, bytes) else line.encode() for line in lines)
+    for number, _raw, kind, kwargs, error in jsonl_source(encoded, start):  # type: ignore[arg-type]
+        yield Call(number, kind, kwargs, error)
 
 
 def _bool(text: str) -> bool:
@@ -85,16 +131,12 @@ def _bool(text: str) -> bool:
         raise ValueError(f"{text!r} is not a bool (true/false, 1/0, yes/no)") from None
 
 
-def _json(text: str) -> Any:
-    return json.loads(text)
-
-
 _TYPES: dict[str, Callable[[str], Any]] = {
     "str": str,
     "int": int,
     "float": float,
     "bool": _bool,
-    "json": _json,
+    "json": _decode,
 }
 
 
@@ -109,7 +151,7 @@ class Column:
     def value(self, text: str) -> Any:
         try:
             return _TYPES[self.type](text)
-        except ValueError as exc:
+        except (ValueError, msgspec.DecodeError) as exc:
             raise ValueError(f"column {self.column!r} as {self.type}: {exc}") from None
 
 
@@ -121,7 +163,7 @@ def parse_map(maps: Sequence[str], kind: str | None, header: Sequence[str]) -> l
             does not have, or no kind for the rows.
     """
     if kind is None and "kind" not in header:
-        raise KoalaError(f"CSV: pass --kind ({', '.join(CALLS)}) or give the file a kind column")
+        raise KoalaError(f"CSV: pass --kind ({_KINDS}) or give the file a kind column")
     call = CALLS.get(kind) if kind is not None else None
     columns = []
     for option in maps:
@@ -149,58 +191,63 @@ def parse_map(maps: Sequence[str], kind: str | None, header: Sequence[str]) -> l
     return columns
 
 
-def calls_from_csv(
-    file: Iterable[str], kind: str | None, maps: Sequence[str], start: int = 1
-) -> Iterator[Call]:
-    """Read calls from CSV, from row ``start`` on (the header is row 1).
+def csv_source(
+    file: BinaryIO, kind: str | None, maps: Sequence[str], start: int = 1, offset: int = 0
+) -> Source:
+    """Read CSV rows from ``file`` (binary, at its start), from row ``start`` on (the header
+    is row 1; ``offset``, if not 0, is where row ``start`` begins: the rows before are not
+    read).
 
     ``maps`` are ``--map FIELD=COLUMN[:TYPE]`` options: ``properties.X`` and ``traits.X`` fill
     one key of those dicts; TYPE (str, int, float, bool, json) converts the text. Empty cells
     are skipped. The options are checked against the header before the first row is read.
+    A row's bytes are the lines it spans in the file, its line ending included.
     """
     if kind is not None and kind not in CALLS:
-        raise KoalaError(f"--kind must be one of {', '.join(CALLS)}, got {kind!r}")
-    reader = csv.DictReader(file)
-    columns = parse_map(maps, kind, reader.fieldnames or [])
-    return _rows(reader, kind, columns, start)
+        raise KoalaError(f"--kind must be one of {_KINDS}, got {kind!r}")
+    taken: list[bytes] = []
 
+    def text() -> Iterator[str]:
+        for raw in file:
+            taken.append(raw)
+            yield raw.decode("utf-8", "replace")
 
-def _rows(
-    reader: csv.DictReader[str], kind: str | None, columns: list[Column], start: int
-) -> Iterator[Call]:
-    for number, row in enumerate(reader, 2):
-        if number < start:
-            continue
-        record: dict[str, Any] = {"kind": kind or row.get("kind")}
-        try:
-            for column in columns:
-                text = row.get(column.column)
-                if text in (None, ""):
-                    continue
-                group, _, name = column.field.partition(".")
-                if name:
-                    record.setdefault(group, {})[name] = column.value(text)
-                else:
-                    record[column.field] = column.value(text)
-        except ValueError as exc:
-            yield Call(number, str(record["kind"]), {"_row": row}, str(exc))
-            continue
-        yield parse(record, number)
+    reader = csv.reader(text())
+    header = next(reader, [])
+    columns = parse_map(maps, kind, header)
+    index = {name: i for i, name in enumerate(header)}
+    where = [(index[c.column], *c.field.partition(".")[::2], c) for c in columns]
+    kind_at = index.get("kind", -1)
+    head = b"".join(taken)
+    taken.clear()
+    if offset:
+        file.seek(offset)
 
+    def lines(source: Source) -> Iterator[Line]:
+        at = offset or len(head)
+        for number, row in enumerate(reader, start if offset else 2):
+            raw = b"".join(taken)
+            taken.clear()
+            at += len(raw)
+            source.offset = at
+            if number < start:
+                continue
+            name = kind or (row[kind_at] if 0 <= kind_at < len(row) else None)
+            record: dict[str, Any] = {"kind": name}
+            try:
+                for i, group, key, column in where:
+                    cell = row[i] if i < len(row) else ""
+                    if cell == "":
+                        continue
+                    if key:
+                        record.setdefault(group, {})[key] = column.value(cell)
+                    else:
+                        record[group] = column.value(cell)
+            except ValueError as exc:
+                yield number, raw, str(name), {}, str(exc)
+                continue
+            yield number, raw, *parse(record, number, raw)
 
-def dead_letters(failure: DeliveryFailure, error: str | None = None) -> Iterator[dict[str, Any]]:
-    """Turn a batch the client gave up on back into importable lines, with the reason (or
-    ``error``, when the caller knows better)."""
-    if error is None:
-        error = failure.reason
-        if failure.status is not None:
-            error += f" (HTTP {failure.status})"
-        elif failure.exception is not None:
-            error += f" ({type(failure.exception).__name__}: {failure.exception})"
-    for entry in failure.entries:
-        kind = entry["type"]
-        if failure.kind == "account":
-            kind = "account_identify" if kind == "identify" else "account_track"
-        line = {"kind": kind, **failure.ids}
-        line.update((k, v) for k, v in entry.items() if k != "type")
-        yield {**line, "_error": error}
+    source = Source(lines, offset or len(head))
+    source.header = head
+    return source

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from typing import Any
 
-from .._calls import CALLS, CallKind
-from .._client import KoalaClient
-from .._exceptions import DeliveryError, KoalaError
-from .._retry import RetryPolicy
-from .._stats import DeliveryFailure
+from .. import DeliveryError, DeliveryFailure, KoalaClient, KoalaError, RetryPolicy
+from ..backfill import CALLS, CallKind
 from ._options import calls_taking, connection_options, key, option_name, pairs
 
 __all__ = ["add_parser"]
@@ -32,6 +30,13 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     for name in _OPTIONS:
         if name in ("properties", "traits"):
             send.add_argument(option_name(name), dest=name, action="append", metavar="KEY=VALUE")
+        elif name == "context":
+            send.add_argument(
+                "--context",
+                action="append",
+                metavar="JSON|KEY=VALUE",
+                help="the call's context: a JSON object, or KEY=VALUE (repeatable)",
+            )
         elif name == "sent_at":
             send.add_argument("--sent-at", dest=name, help="ISO 8601 time (default: now)")
         else:
@@ -69,9 +74,27 @@ def arguments(call: CallKind, args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name, None)
         if name == call.payload:
             kwargs[name] = pairs(value or [], option_name(name))
+        elif name == "context" and value is not None:
+            kwargs[name] = context(value)
         elif name != "event" and value is not None:
             kwargs[name] = value
     return kwargs
+
+
+def context(values: list[str]) -> dict[str, Any]:
+    """``--context`` options: JSON objects (``'{"locale": "en-US"}'``) and ``KEY=VALUE``
+    pairs, merged in order; a value that is JSON keeps its type."""
+    result: dict[str, Any] = {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise KoalaError(f"--context {value!r} is not a JSON object: {exc}") from None
+            result.update(parsed)
+        else:
+            result.update(pairs([value], "--context (a JSON object, or KEY=VALUE)"))
+    return result
 
 
 async def _send(args: argparse.Namespace) -> int:

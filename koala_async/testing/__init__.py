@@ -14,6 +14,6 @@
         assert fake.violations == []
 """
 
-from ._collector import Entry, FakeCollector, Received, Reply
+from ._collector import Entry, FakeCollector, Received, Reply, Totals
 
-__all__ = ["Entry", "FakeCollector", "Received", "Reply"]
+__all__ = ["Entry", "FakeCollector", "Received", "Reply", "Totals"]

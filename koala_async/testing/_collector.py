@@ -23,7 +23,7 @@ from ._http_server import serve_http
 from ._reply import Reply
 from ._rules import check_body
 
-__all__ = ["Entry", "FakeCollector", "Received", "Reply"]
+__all__ = ["Entry", "FakeCollector", "Received", "Reply", "Totals"]
 
 _PATH = re.compile(r"/web/projects/(?P<key>[^/]+)/(?P<accounts>accounts/)?batch\Z")
 
@@ -114,6 +114,54 @@ class Entry:
         return value if isinstance(value, dict) else {}
 
 
+_LISTS = {"events": "track", "identifies": "identify", "page_views": "page"}
+
+
+@dataclass
+class Totals:
+    """What a collector took, counted as it comes: entries and unique message_ids, by key,
+    kind (profile or account) and entry type, plus requests and refused requests.
+
+    Keeps one set of message_ids per (key, kind, type), so it answers "how many distinct
+    entries arrived" without keeping the requests.
+    """
+
+    requests: int = 0
+    refused: int = 0  # answered with anything but a 2xx, or breaking the spec's rules
+    _ids: dict[tuple[str, str, str], tuple[list[int], set[str]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def add(self, received: Received) -> None:
+        """Count one request; only an accepted one's entries count."""
+        self.requests += 1
+        if not 200 <= received.status < 300 or received.violations:
+            self.refused += 1
+            return
+        for name, kind in _LISTS.items():
+            entries = received.body.get(name)
+            if not isinstance(entries, list):
+                continue
+            count, ids = self._ids.setdefault((received.key, received.kind, kind), ([0], set()))
+            count[0] += len(entries)
+            ids.update(
+                e["message_id"]
+                for e in entries
+                if isinstance(e, dict) and isinstance(e.get("message_id"), str)
+            )
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (key, kind, type): ``{"key", "kind", "type", "entries", "unique_ids"}``."""
+        return [
+            {"key": key, "kind": kind, "type": type_, "entries": count[0], "unique_ids": len(ids)}
+            for (key, kind, type_), (count, ids) in sorted(self._ids.items())
+        ]
+
+    def clear(self) -> None:
+        self.requests = self.refused = 0
+        self._ids.clear()
+
+
 Responder = Callable[[Received], "Reply | None"]
 
 
@@ -131,6 +179,8 @@ class FakeCollector:
 
     responder: Responder | None = None
     requests: list[Received] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    """Entries and unique message_ids taken, by key, kind and type (see :class:`Totals`)."""
     violations: list[str] = field(default_factory=list)
     _entries: list[Entry] = field(default_factory=list, repr=False)
     _faults: deque[Reply] = field(default_factory=deque, repr=False)
@@ -175,6 +225,7 @@ class FakeCollector:
     def reset(self) -> None:
         """Forget everything received, and any faults still to come."""
         self.requests.clear()
+        self.totals.clear()
         self.violations.clear()
         self._entries.clear()
         self._faults.clear()
@@ -256,7 +307,9 @@ class FakeCollector:
             reply = self.responder(received)
         reply = reply or Reply()
         status = 0 if reply.reset else reply.status
-        self.requests.append(replace(received, status=status))
+        received = replace(received, status=status)
+        self.requests.append(received)
+        self.totals.add(received)
         self.violations.extend(problems)
         if 200 <= status < 300 and not problems:
             self._entries.extend(entries)

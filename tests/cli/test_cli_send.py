@@ -62,3 +62,30 @@ async def test_version() -> None:
     result = await cli("--version")
     assert result.returncode == 0
     assert result.stdout.decode().strip() == f"koala-async {__version__}"
+
+
+async def test_context_takes_a_json_object_and_key_value_pairs() -> None:
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+        result = await cli(
+            "send",
+            "track",
+            "Signed Up",
+            "--email",
+            "ada@acme.com",
+            "--context",
+            '{"locale": "en-US", "page": {"url": "https://acme.com/"}}',
+            "--context",
+            "timezone=Europe/Paris",
+            base_url=base_url,
+        )
+        bad = await cli(
+            "send", "page", "--email", "a@b.co", "--context", "{nope", base_url=base_url
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    (event,) = fake.events
+    assert event.context["locale"] == "en-US"
+    assert event.context["timezone"] == "Europe/Paris"
+    assert event.context["page"]["url"] == "https://acme.com/"
+    assert bad.returncode == 2
+    assert "--context '{nope' is not a JSON object" in bad.stderr.decode()
