@@ -464,6 +464,9 @@ class KoalaClient:
             concurrency=self._limiter.limit,
             spooled=ledger.spooled,
             recovered=ledger.recovered,
+            capacity=self._config.max_queue_size,
+            in_flight=0 if self._sender is None else self._sender.in_flight,
+            request_seconds=ledger.request_seconds,
         )
 
     # The calls

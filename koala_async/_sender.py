@@ -202,6 +202,7 @@ class Sender:
             finally:
                 self.in_flight -= 1
             now = time.monotonic()
+            ledger.request_seconds += now - started
             if verdict is Verdict.DELIVERED:
                 self._rate_streak = 0
                 if circuit.answered(verdict, now, probe):
