@@ -43,9 +43,11 @@ TEST_DEPS = [
     # Celery talks to a redis-server the tests start (.ci/run installs it).
     "gunicorn>=22",
     "redis>=5",
+    # koala_async.otel is tested with the SDK's InMemoryMetricReader (the extra needs the API only).
+    "opentelemetry-sdk>=1.27",
 ]
 PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
-EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery]"
+EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery,otel,prometheus]"
 FAST_TESTS = [
     "tests/test_validation.py",
     "tests/test_encoding.py",
