@@ -45,6 +45,8 @@ TEST_DEPS = [
     "redis>=5",
     # koala_async.otel is tested with the SDK's InMemoryMetricReader (the extra needs the API only).
     "opentelemetry-sdk>=1.27",
+    # examples/lambda_asgi.py: an ASGI app on AWS Lambda (tests/test_serverless.py).
+    "mangum>=0.17",
 ]
 PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
 EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery,otel,prometheus]"
