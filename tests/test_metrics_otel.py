@@ -3,6 +3,7 @@ InMemoryMetricReader, from a client delivering to a collector on a port."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,13 @@ async def test_several_clients_each_by_its_name() -> None:
             for attributes in collect(reader)["koala_async.processor.entry.accepted"]
         }
         assert names == {"web"}
+
+
+def test_the_readme_example_runs() -> None:
+    """README's "Metrics" sample, on the global MeterProvider (a proxy until one is set)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (sample,) = (b for b in blocks if "from koala_async.otel import instrument" in b)
+    namespace: dict[str, object] = {"koala": KoalaClient("pk_test")}
+    exec(sample, namespace)
+    assert repr(namespace["handle"]) == "<Instrumentation name='default'>"
