@@ -43,9 +43,13 @@ TEST_DEPS = [
     # Celery talks to a redis-server the tests start (.ci/run installs it).
     "gunicorn>=22",
     "redis>=5",
+    # koala_async.otel is tested with the SDK's InMemoryMetricReader (the extra needs the API only).
+    "opentelemetry-sdk>=1.27",
+    # examples/lambda_asgi.py: an ASGI app on AWS Lambda (tests/test_serverless.py).
+    "mangum>=0.17",
 ]
 PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
-EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery,dask]"
+EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery,dask,otel,prometheus]"
 # The pure tier, plus what differs between Python versions (validation, encoding, what the
 # core awaits: asyncio's own on 3.11+, anyio's on 3.10): each other Python runs these.
 FAST_TESTS = [

@@ -120,6 +120,11 @@ class Engine:
     def state(self) -> State:
         return self.admission.state
 
+    @property
+    def spool_path(self) -> str | None:
+        """The spool's file, if the engine has one."""
+        return None if self._spool_options is None else self._spool_options.path
+
     # Lifecycle
 
     async def open(self) -> None:
@@ -327,6 +332,9 @@ class Engine:
             concurrency=self._limiter.limit,
             spooled=ledger.spooled,
             recovered=ledger.recovered,
+            capacity=self.config.max_queue_size,
+            in_flight=0 if self._sender is None else self._sender.in_flight,
+            request_seconds=ledger.request_seconds,
         )
 
     def check_open(self) -> None:

@@ -22,6 +22,7 @@ class Ledger:
         "dropped_total",
         "pending",
         "recovered",
+        "request_seconds",
         "requests",
         "retries",
         "spooled",
@@ -36,6 +37,7 @@ class Ledger:
         self.recovered = 0  # found in the spool at open
         self.requests = 0
         self.retries = 0
+        self.request_seconds = 0.0  # summed from send to answer
 
     @property
     def accepted(self) -> int:

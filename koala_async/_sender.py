@@ -176,6 +176,7 @@ class Sender:
         finally:
             self.in_flight -= 1
         now = time.monotonic()
+        ledger.request_seconds += now - started
         if error is not None or status is None or not 200 <= status < 300:
             self._record(status, error, account)
         if run.answered(now, now - started, status, header, error, self._backlog()):

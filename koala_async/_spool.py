@@ -613,3 +613,14 @@ def rows(path: str) -> Iterator[tuple[str, str, str, str | None, int, bytes, str
             yield FIELDS[code], key, SECONDARY[code], secondary, kind, raw, ip
     finally:
         db.close()
+
+
+def oldest(path: str) -> float | None:
+    """When the oldest entry in the spool was accepted (``time.time()``), or None if it is
+    empty: one indexed read, no checks (for metrics, read while a client writes)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        row = db.execute("SELECT created FROM entries ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
+    finally:
+        db.close()

@@ -47,6 +47,11 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
         spooled: Of ``pending``, the entries waiting on disk only, in the spool (0 without one).
         recovered: Entries this client found in its spool at open, left by an earlier run
             (counted in ``accepted`` too).
+        capacity: The most entries memory may hold, queued or in flight
+            (``max_queue_size``): ``pending - spooled`` never exceeds it.
+        in_flight: HTTP requests sent and not yet answered.
+        request_seconds: Seconds all requests took, summed from send to answer (divide by
+            ``requests`` for the mean).
     """
 
     accepted: int
@@ -60,6 +65,9 @@ class Stats(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int = 0
     spooled: int = 0
     recovered: int = 0
+    capacity: int = 0
+    in_flight: int = 0
+    request_seconds: float = 0.0
 
     @property
     def dropped_total(self) -> int:
