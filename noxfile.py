@@ -1,5 +1,5 @@
 """Developer tasks: ``nox`` runs what CI runs (``tests``, ``tests_other_pythons``, ``lint``,
-``typecheck``); ``nox -s bench`` measures.
+``typecheck``, ``docs``); ``nox -s bench`` measures.
 
 ``tests`` runs the whole suite on the interpreter nox runs on, in two processes
 (pytest-xdist): most tests wait on real servers, so two took the suite from 337 s to 185 s
@@ -20,7 +20,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "tests_other_pythons", "lint", "typecheck"]
+nox.options.sessions = ["tests", "tests_other_pythons", "lint", "typecheck", "docs"]
 # Run on the Pythons this machine has; the summary lists the others as skipped.
 nox.options.error_on_missing_interpreters = False
 nox.options.download_python = "never"  # test the Pythons installed, not fetched builds
@@ -43,9 +43,12 @@ TEST_DEPS = [
     # Celery talks to a redis-server the tests start (.ci/run installs it).
     "gunicorn>=22",
     "redis>=5",
+    # tests/test_docs.py runs the code on the documentation pages.
+    "sybil>=6",
 ]
 PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
-EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery]"
+FRAMEWORKS = "starlette,fastapi,aiohttp,django,flask,celery"  # pyproject extras
+EXTRAS = f".[{FRAMEWORKS}]"
 FAST_TESTS = [
     "tests/test_validation.py",
     "tests/test_encoding.py",
@@ -118,6 +121,23 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and its tests."""
     session.install("-e", EXTRAS, *TEST_DEPS, "mypy>=1.10", "types-jsonschema", "django-stubs>=5")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site (docs/_build/html) with warnings as errors, and check its links.
+
+    The API reference imports every integration, so the frameworks are installed. Links
+    between pages and to their anchors are checked by the build (MyST reports a missing
+    one); ``linkcheck`` then fetches nothing (``linkcheck_ignore`` skips links out of the
+    site), so neither step needs the network.
+    """
+    session.install("-e", f".[docs,{FRAMEWORKS}]")
+    build = Path("docs", "_build")
+    for builder in ("html", "linkcheck"):
+        session.run(
+            "sphinx-build", "-W", "--keep-going", "-q", "-b", builder, "docs", str(build / builder)
+        )
 
 
 @nox.session
