@@ -14,9 +14,10 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -24,7 +25,7 @@ from sybil import Document, Example
 from sybil.evaluators.python import pad
 from sybil.parsers.myst import CodeBlockParser
 
-from koala_async import KoalaClient, KoalaError, KoalaSyncClient
+from koala_async import DropReason, KoalaClient, KoalaError, KoalaSyncClient, RetryPolicy
 from koala_async.testing import FakeCollector
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -116,3 +117,45 @@ def test_every_page_is_in_the_table_of_contents() -> None:
                 if entry.strip() and not entry.startswith(":"):
                     listed.add((page.parent / entry.strip()).with_suffix(".md"))
     assert {p for p in PAGES if p.name != "index.md"} - listed == set()
+
+
+def _table_rows(page: str, heading: str) -> dict[str, str]:
+    """The first table under ``heading`` on a reference page: first cell -> second cell."""
+    text = (DOCS / "reference" / page).read_text()
+    section = text[text.index(heading) :]
+    rows: dict[str, str] = {}
+    for line in section.splitlines()[2:]:
+        if rows and not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) > 1 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("heading", "function"),
+    [("## Client options", KoalaClient.__init__), ("## `RetryPolicy`", RetryPolicy)],
+)
+def test_the_options_page_gives_every_option_and_its_default(
+    heading: str, function: Callable[..., object]
+) -> None:
+    rows = _table_rows("options.md", heading)
+    parameters = [p for p in inspect.signature(function).parameters.values() if p.name != "self"]
+    assert list(rows) == [p.name for p in parameters]  # every option, in the signature's order
+    for parameter in parameters:
+        shown = re.match(r"`([^`]*)`", rows[parameter.name])
+        if parameter.default is None:  # read from the environment, made for you, or unset
+            continue
+        assert shown, f"{parameter.name}: the default should be written as code"
+        assert eval(shown.group(1)) == parameter.default, parameter.name
+
+
+def test_the_sync_client_takes_the_async_clients_options_but_the_spool() -> None:
+    sync = list(inspect.signature(KoalaSyncClient.__init__).parameters)
+    core = list(inspect.signature(KoalaClient.__init__).parameters)
+    assert sync == [name for name in core if not name.startswith("spool")]
+
+
+def test_the_stats_page_explains_every_drop_reason() -> None:
+    assert list(_table_rows("stats.md", "## Drop reasons")) == list(get_args(DropReason))
