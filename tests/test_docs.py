@@ -159,3 +159,13 @@ def test_the_sync_client_takes_the_async_clients_options_but_the_spool() -> None
 
 def test_the_stats_page_explains_every_drop_reason() -> None:
     assert list(_table_rows("stats.md", "## Drop reasons")) == list(get_args(DropReason))
+
+
+def test_the_supported_pythons_are_those_nox_tests() -> None:
+    """The README's and the install page's tables say "supported" of what nox runs, only."""
+    noxfile = (DOCS.parent / "noxfile.py").read_text()
+    [listed] = re.findall(r"^SUPPORTED = (\[.*?\])", noxfile, re.M)
+    tested = ast.literal_eval(listed)
+    for page in (DOCS.parent / "README.md", DOCS / "install.md"):
+        claimed = re.findall(r"^\| (3\.\d+t?) \| supported \|", page.read_text(), re.M)
+        assert claimed == tested, page.name
