@@ -135,9 +135,10 @@ def docs(session: nox.Session) -> None:
     session.install("-e", f".[docs,{FRAMEWORKS}]")
     build = Path("docs", "_build")
     for builder in ("html", "linkcheck"):
-        session.run(
-            "sphinx-build", "-W", "--keep-going", "-q", "-b", builder, "docs", str(build / builder)
-        )
+        # -E: read every page each time, so a warning in a page unchanged since the last
+        # build is raised again rather than hidden by Sphinx's saved environment.
+        options = ["-E", "-W", "--keep-going", "-q", "-b", builder]
+        session.run("sphinx-build", *options, "docs", str(build / builder))
 
 
 @nox.session
