@@ -1,5 +1,5 @@
 """Developer tasks: ``nox`` runs what CI runs (``tests``, ``tests_other_pythons``, ``lint``,
-``typecheck``); ``nox -s bench`` measures.
+``typecheck``, ``docs``); ``nox -s bench`` measures.
 
 ``tests`` runs the whole suite on the interpreter nox runs on, in two processes
 (pytest-xdist): most tests wait on real servers, so two took the suite from 337 s to 185 s
@@ -20,7 +20,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "tests_other_pythons", "lint", "typecheck"]
+nox.options.sessions = ["tests", "tests_other_pythons", "lint", "typecheck", "docs"]
 # Run on the Pythons this machine has; the summary lists the others as skipped.
 nox.options.error_on_missing_interpreters = False
 nox.options.download_python = "never"  # test the Pythons installed, not fetched builds
@@ -45,11 +45,14 @@ TEST_DEPS = [
     "redis>=5",
     # koala_async.otel is tested with the SDK's InMemoryMetricReader (the extra needs the API only).
     "opentelemetry-sdk>=1.27",
-    # examples/lambda_asgi.py: an ASGI app on AWS Lambda (tests/test_serverless.py).
+    # examples/lambda_asgi.py: an ASGI app on AWS Lambda (tests/integrations/test_serverless.py).
     "mangum>=0.17",
+    # tests/system/test_docs.py runs the code on the documentation pages.
+    "sybil>=6",
 ]
 PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
-EXTRAS = ".[starlette,fastapi,aiohttp,django,flask,celery,dask,otel,prometheus]"
+FRAMEWORKS = "starlette,fastapi,aiohttp,django,flask,celery,dask,otel,prometheus"  # extras
+EXTRAS = f".[{FRAMEWORKS}]"
 # The pure tier, plus what differs between Python versions (validation, encoding, what the
 # core awaits: asyncio's own on 3.11+, anyio's on 3.10): each other Python runs these.
 FAST_TESTS = [
@@ -137,6 +140,24 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and its tests."""
     session.install("-e", EXTRAS, *TEST_DEPS, "mypy>=1.10", "types-jsonschema", "django-stubs>=5")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site (docs/_build/html) with warnings as errors, and check its links.
+
+    The API reference imports every integration, so the frameworks are installed. Links
+    between pages and to their anchors are checked by the build (MyST reports a missing
+    one); ``linkcheck`` then fetches nothing (``linkcheck_ignore`` skips links out of the
+    site), so neither step needs the network.
+    """
+    session.install("-e", f".[docs,{FRAMEWORKS}]")
+    build = Path("docs", "_build")
+    for builder in ("html", "linkcheck"):
+        # -E: read every page each time, so a warning in a page unchanged since the last
+        # build is raised again rather than hidden by Sphinx's saved environment.
+        options = ["-E", "-W", "--keep-going", "-q", "-b", builder]
+        session.run("sphinx-build", *options, "docs", str(build / builder))
 
 
 @nox.session

@@ -401,11 +401,11 @@ def test_stats_defaults_without_a_spool() -> None:
     assert (stats.spooled, stats.recovered) == (0, 0)
 
 
-async def test_the_readme_adopts_dead_workers_spools(
+async def test_the_docs_adopt_dead_workers_spools(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    (block,) = re.findall(r"```python\n(  async def adopt_dead_workers.*?)```", readme, re.S)
+    page = (Path(__file__).parents[2] / "docs" / "how-to" / "spool.md").read_text()
+    (block,) = re.findall(r"```python\n([^`]*async def adopt_dead_workers.*?)```", page, re.S)
     namespace: dict[str, object] = {"KoalaClient": KoalaClient, "SpoolError": SpoolError}
     exec(textwrap.dedent(block), namespace)
     adopt = namespace["adopt_dead_workers_spools"]

@@ -1,10 +1,12 @@
-"""The README's examples run as written."""
+"""The README's examples run as written (the docs pages': tests/test_docs.py)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from koala_async.testing import FakeCollector
@@ -35,8 +37,33 @@ async def test_the_quickstart_runs_against_a_local_collector(
     assert traits == [{"headcount": 100, "group_id": "marketing-team"}]
 
 
-async def test_the_testing_example_passes() -> None:
-    example = next(block for block in python_blocks() if "FakeCollector" in block)
-    namespace: dict[str, object] = {}
-    exec(example, namespace)
-    await namespace["test_signup_is_tracked"]()  # type: ignore[operator]
+async def test_the_fastapi_quickstart_tracks_the_visitor(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("fastapi")
+    [quickstart] = [block for block in python_blocks() if "koala_async.fastapi" in block]
+    fake = FakeCollector()
+    async with fake.serve() as base_url:
+        monkeypatch.setenv("KOALA_BASE_URL", base_url)
+        monkeypatch.setenv("KOALA_PUBLIC_API_KEY", "pk_test")
+        namespace: dict[str, Any] = {}
+        exec(quickstart, namespace)
+        app = namespace["app"]
+        async with app.router.lifespan_context(app):  # what a server does at start and stop
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="https://acme.com") as web:
+                response = await web.post("/login", params={"email": "ada@acme.com"})
+    assert response.json() == {"ok": "yes"}
+    ko_id = response.cookies["ko_id"]
+    assert [(e.profile_id, e.email) for e in fake.identifies] == [(ko_id, "ada@acme.com")]
+    assert [(e.profile_id, e.event) for e in fake.events] == [(ko_id, "Logged In")]
+    assert fake.violations == []
+
+
+def test_the_development_commands_ci_runs_are_in_the_readme() -> None:
+    """.ci/run and a new user follow these lines: they must not drift out of the README."""
+    for command in (
+        "pip install .",
+        "koala-async demo",
+        "python -m pip install nox",
+        "python -m nox",
+    ):
+        assert command in README, command

@@ -1,4 +1,4 @@
-"""The README's sync sections run as written, against a collector."""
+"""The README's sync quickstart and the docs' sync pages run as written, against a collector."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ import pytest
 from sync_support import ROOT, collector, message_ids, received
 
 README = (ROOT / "README.md").read_text()
-SECTION = README[README.index("## From sync code") : README.index("## Testing your code")]
-BLOCKS = re.findall(r"```python\n(.*?)```", SECTION, re.S)
+SECTION = README[README.index("### From sync code") : README.index("## Documentation")]
+# The sync pages of the docs site (tests/test_docs.py runs them too, in this process; these
+# tests run them as users do, in a process of their own).
+PAGES = [
+    ROOT / "docs" / "how-to" / f"{page}.md" for page in ("scripts", "django", "flask", "celery")
+]
+BLOCKS = re.findall(
+    r"```python\n(.*?)```", "\n".join([SECTION] + [p.read_text() for p in PAGES]), re.S
+)
 
 
 def test_the_sync_snippet_delivers_to_a_local_collector(tmp_path: Path) -> None:
@@ -34,7 +41,7 @@ def test_the_sync_snippet_delivers_to_a_local_collector(tmp_path: Path) -> None:
 def test_each_framework_section_imports_and_builds(framework: str) -> None:
     pytest.importorskip(framework)
     blocks = [b for b in BLOCKS if f"koala_async.{framework}" in b and "import" in b]
-    assert blocks, f"no {framework} example in the README"
+    assert blocks, f"no {framework} example in docs/how-to/{framework}.md"
     prelude = ""
     if framework == "django":
         prelude = textwrap.dedent(
