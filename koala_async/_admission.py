@@ -38,11 +38,12 @@ class Admission:
     finds ``pending >= limit`` asks :attr:`state` what to do, which is the rare path.
     """
 
-    __slots__ = ("limit", "size", "state")
+    __slots__ = ("before_close", "limit", "size", "state")
 
     def __init__(self, size: int, *, enabled: bool = True) -> None:
         self.size = size
         self.state = State.UNOPENED if enabled else State.DISABLED
+        self.before_close = self.state  # what the close began from (open, dead, spooling)
         self.limit = 0
 
     @property
@@ -65,6 +66,7 @@ class Admission:
             self._set(State.DEAD)
 
     def closing(self) -> None:
+        self.before_close = self.state
         self._set(State.CLOSING)
 
     def closed(self) -> None:

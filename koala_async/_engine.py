@@ -18,6 +18,7 @@ intake), :meth:`Engine.refuse_call`, :meth:`Engine.flush`, :meth:`Engine.close` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -286,8 +287,18 @@ class Engine:
             self._queue.clear()
 
     def _check_loop(self) -> None:
-        if self._token is not None and _loop.current().token() != self._token:
-            raise ClientClosedError(ORPHANED)
+        """Refuse use from an event loop other than the one the engine was opened in: its
+        entries would wait for that loop, which may never run them."""
+        if self._token is None:
+            return
+        if not self.admission.taking:  # closed, forked, orphaned: check_open says which
+            self.check_open()
+        try:
+            token = _loop.current().token()
+        except RuntimeError:  # no event loop runs this call: a coroutine driven by hand
+            token = None
+        if token != self._token:
+            raise ClientClosedError(_OTHER_LOOP.format(face=self.face))
 
     async def flush(self, timeout: float | None = None) -> FlushResult:
         """Send everything queued now and wait, at most ``timeout`` seconds, for it; see
@@ -369,6 +380,8 @@ class Engine:
         if built is None:
             self.ledger.refuse("filtered")
             return None
+        if self._token is not _running_loop():  # asyncio: the loop it was opened in, or None
+            self._check_loop()  # another event loop (or trio, or Python 3.10's anyio token)
         kind, raw, who, ip, _ = built
         ledger = self.ledger
         if ledger.pending >= self.admission.limit:  # full, closed, dead or spooling: rare
@@ -393,6 +406,20 @@ class Engine:
             return self._full(kind, raw, who, ip)
         self._enqueue(kind, raw, who, ip)
         return None
+
+    def delivering(self) -> bool:
+        """The engine takes entries into memory and will deliver them: open, or closing
+        from open (not dead, not overflowing to its spool), its workers not yet stopped."""
+        admission, runtime = self.admission, self._runtime
+        state = admission.state
+        if state is State.CLOSING:
+            state = admission.before_close
+        return state is State.OPEN and runtime is not None and not runtime.stopping
+
+    def take(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
+        """Queue an entry whose call was already told it was taken (the sync client's
+        inbox), past ``max_queue_size`` if need be: only while :meth:`delivering`."""
+        self._enqueue(kind, raw, who, ip)
 
     def _enqueue(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
         """Count an entry accepted and queue it, to be filed at the loop's next turn.
@@ -502,6 +529,12 @@ class Engine:
         runtime.wake_room()
 
 
+_running_loop = asyncio._get_running_loop
+_OTHER_LOOP = (
+    "this {face} was opened in another event loop (a module-scoped async fixture, another "
+    "thread's loop); open it in the event loop that calls it, or use one KoalaSyncClient "
+    "from threads"
+)
 ORPHANED = (
     "this client's event loop has ended (it was opened under another asyncio.run() or "
     "anyio.run()); open the client inside the event loop that uses it, e.g. "

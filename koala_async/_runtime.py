@@ -78,7 +78,7 @@ class Runtime:
         self._filing = loop.event()  # set: the queue's inbox waits to be filed
         self.sleeping = False  # the filer found nothing to file: it waits for a call's entry
         self._ticker_sleeps: Event | None = None  # set: the ticker has something to age
-        self._stopping = False
+        self.stopping = False
         self._stopped: Event | None = None
         self._group: Tasks | None = None
         self._settled: Event | None = None  # set when nothing is pending
@@ -107,8 +107,8 @@ class Runtime:
             try:
                 await run()
             except BaseException:
-                if not self._stopping:  # cancelled from outside: its event loop is ending
-                    self._stopping = True
+                if not self.stopping:  # cancelled from outside: its event loop is ending
+                    self.stopping = True
                     self._on_death()
                 raise
             finally:
@@ -183,7 +183,7 @@ class Runtime:
         while waiting and idle:
             idle.pop().set()
             waiting -= 1
-        while waiting and self.workers < self._limiter.limit and not self._stopping:
+        while waiting and self.workers < self._limiter.limit and not self.stopping:
             self.workers += 1
             self._spawn(self._work)
             waiting -= 1
@@ -291,7 +291,7 @@ class Runtime:
     async def stop(self) -> None:
         """Cancel the workers and the ticker, and wait until they are gone: after this,
         nothing else settles a batch."""
-        self._stopping = True
+        self.stopping = True
         for cancel in list(self._cancels):
             cancel()
         for event in self._idle:

@@ -6,8 +6,8 @@ the async client's, not a copy. The hot path never waits for that thread: a call
 through the same :class:`~._intake.Intake` as ``KoalaClient``'s in the caller's thread (same
 errors, same drops), appends ``(kind, raw, who, ip)`` to a deque (an atomic append) and
 wakes the loop only when nobody has yet, so a burst of calls costs one wake-up. The loop
-thread moves the inbox into the engine's queue through :meth:`Engine.offer_encoded`, the
-engine's door for entries built elsewhere. Only a full queue makes
+thread moves the inbox into the engine's queue (:meth:`Engine.take`, or
+:meth:`Engine.offer_encoded` when it is not simply delivering). Only a full queue makes
 a call hop to the loop, to drop, raise or wait as ``on_full`` says. Drops at the call
 (``invalid``, ``closed``, ``filtered``) are counted on the loop thread too, where the
 counters are written.
@@ -18,13 +18,20 @@ The traps peers fell into, and what this does about each:
   call, and every call compares the pid: a child starts its own engine, with fresh counters.
 - **flush() from the engine's own thread** (an ``on_error`` callback): it cannot wait on
   itself, so it asks for delivery and returns at once instead of deadlocking.
-- **interpreter exit**: an atexit hook closes every client within its ``shutdown_timeout``;
-  the thread is a daemon and every wait is bounded, so exit never hangs.
-- **gevent monkey-patching**: detected, and a warning says it is not supported.
+- **the ends of a process**: every started engine is held until its loop ends, whether or
+  not its client still exists, and closed, all at once, each within its ``shutdown_timeout``:
+  at interpreter exit (atexit, so ``sys.exit`` too), in ``multiprocessing`` children (which
+  end with ``os._exit``: a ``multiprocessing.util.Finalize``), and in the background when
+  its client is garbage-collected. The thread is a daemon and every wait is bounded, so exit
+  never hangs; what a close could not deliver is counted and logged.
+- **gevent monkey-patching**: the engine's thread is a real OS thread (``_thread``'s
+  original), and no lock is held while waiting, so a lock made before the patch (gunicorn
+  ``--preload``) never blocks the hub; what a greenlet waits on is gevent's, which yields.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import atexit
 import concurrent.futures
@@ -33,6 +40,7 @@ import math
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -43,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import _loop
+from ._admission import State
 from ._client import build
 from ._engine import Engine, Waiting
 from ._exceptions import ClientClosedError, KoalaError, ValidationError
@@ -50,7 +59,6 @@ from ._intake import Built, Refusal
 from ._loop import Event, Tasks
 from ._queue import Item
 from ._redact import redact
-from ._runtime import MAX_BLOCK
 from ._stats import DROP_REASONS, FlushResult, Stats
 
 if TYPE_CHECKING:
@@ -65,14 +73,18 @@ logger = logging.getLogger("koala_async")
 # This process's id, set again in a forked child (the at-fork hook below): a call compares
 # it with its engine's instead of asking the kernel (os.getpid is a system call, 0.19 µs).
 _pid = os.getpid()
-_START_TIMEOUT = 10.0  # seconds a first call waits for the engine thread to be up (~1 ms)
 _STATS_TIMEOUT = 1.0  # seconds stats() waits for the loop before reading the counters as is
+_START_TIMEOUT = 10.0  # seconds a first call waits for the engine's loop (about a ms)
 _BOOKKEEPING = 0.2  # seconds of a close's timeout kept for counting and logging the drops
 _POLL = 0.25  # seconds between checks that the engine is alive, while a call waits for room
 
 
 class _Engine:
-    """One process's delivery: an engine opened on an event loop in a daemon thread."""
+    """One process's delivery: an engine opened on an event loop in a daemon thread.
+
+    Held by :data:`_engines` from its start until its loop has ended, whether or not its
+    KoalaSyncClient still exists: the exit hooks close every engine, so a client made in a
+    function, or garbage-collected while holding entries, still delivers them."""
 
     def __init__(self, core: Engine) -> None:
         self.pid = _pid
@@ -82,39 +94,57 @@ class _Engine:
         self.woken = False  # a drain is due: later calls need not wake the loop
         self.wake = asyncio.Event()  # set from any thread (through the loop) to drain
         self.full: deque[tuple[Item, concurrent.futures.Future[bool]]] = deque()
+        # Drops at the call, to count on the loop: a burst (threads calling a closing client)
+        # costs one wake-up, not one callback each, which would starve the close.
+        self.refusals: deque[Callable[[Engine], None]] = deque()
+        self.late = threading.Lock()  # held to hand over a refusal, or to stop taking them
         self.accepting = False  # the core is open and takes entries from the inbox
-        self.loop = asyncio.new_event_loop()
+        # Made in the engine's thread (under gevent, its selector belongs to that thread).
+        self.loop: asyncio.AbstractEventLoop
+        self.made: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.ident: int | None = None  # the engine thread's id
+        self.alive = False  # the thread runs (or is about to)
         self.tasks: Tasks | None = None
-        self.error: BaseException | None = None
         self.closed: concurrent.futures.Future[FlushResult] = concurrent.futures.Future()
+        self.deadline: float | None = None  # monotonic time by which the close ends
         self._stop: Event | None = None
         self._stop_timeout: float | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="koala-async", daemon=True)
+        self._stop_asked = False
 
     def start(self) -> None:
-        self.thread.start()
-        if not self._ready.wait(_START_TIMEOUT):
-            logger.error("the koala-async delivery thread did not start; entries wait for it")
-        if self.error is not None:
-            raise self.error
+        """Start the thread, without waiting for it: calls meanwhile wait in the inbox.
+        Under gevent it is a real OS thread, as every wait in it must be."""
+        self.alive = True
+        _engines.add(self)
+        _close_at_process_end()
+        try:
+            _start_thread(self._run)
+        except BaseException:
+            self.alive = False
+            _engines.discard(self)
+            raise
 
     def _run(self) -> None:
-        self.ident = threading.get_ident()
+        self.ident = _get_ident()
+        try:
+            self.loop = asyncio.new_event_loop()
+        except BaseException as exc:
+            self.alive = False
+            _engines.discard(self)
+            self.made.set_exception(exc)
+            raise
         asyncio.set_event_loop(self.loop)
+        self.made.set_result(None)
         try:
             self.loop.run_until_complete(self._main())
         except BaseException as exc:  # a daemon thread: say so, never raise
-            if not self._ready.is_set():
-                self.error = exc
-            else:
-                logger.exception("the koala-async delivery thread failed")
+            logger.exception("the koala-async delivery thread failed")
             if not self.closed.done():
                 self.closed.set_exception(ClientClosedError(f"the delivery thread failed: {exc}"))
         finally:
-            self._ready.set()
+            self.alive = False
             self.loop.close()
+            _engines.discard(self)
 
     async def _main(self) -> None:
         core = self.core
@@ -127,20 +157,40 @@ class _Engine:
             self._stop = loop.event()
             self.accepting = True
             tasks.spawn(self._drain_forever)
-            self._ready.set()
+            if self._stop_asked:  # closed before the loop was up
+                self._stop.set()
+            self.drain()  # what calls handed over while the loop was starting
             await self._stop.wait()
             self.drain()  # what callers handed over before close() began
-            self.accepting = False
             self._refuse_full()
+            # The drain goes on while the core delivers what it holds: a call that raced
+            # close() still has its entry taken (see drain), until the core stops.
             result = await core.close(self._stop_timeout)
+            self.accepting = False
         finally:
+            self.accepting = False
             tasks.cancel()  # puts still waiting for room: the core is closed
             await tasks.leave()
-        for _ in range(len(self.inbox)):  # calls that raced close(): counted, never lost
+        self._refuse_late()
+        self._refuse_full()
+        with self.late:  # a drop counted from now on is counted by its caller's thread
+            self.count_refusals()
+            self.closed.set_result(result)
+
+    def _refuse_late(self) -> None:
+        """Calls that raced close() past the core's end: counted and logged, never lost."""
+        late = len(self.inbox)
+        for _ in range(late):
             self.inbox.popleft()
             self.ledger.refuse("shutdown_timeout")
-        self._refuse_full()
-        self.closed.set_result(result)
+        if late:
+            logger.warning(
+                "%d %s handed over while the KoalaSyncClient closed, after its delivery "
+                "ended: dropped (shutdown_timeout); close the client after the threads that "
+                "call it are done",
+                late,
+                "entry was" if late == 1 else "entries were",
+            )
 
     # On the loop thread, in its tasks
 
@@ -152,24 +202,41 @@ class _Engine:
             self.drain()
 
     def drain(self) -> None:
-        """Move the inbox into the core's queue, then the calls that found it full."""
+        """Move the inbox into the core's queue, then the calls that found it full.
+
+        Every entry in the inbox was taken: its call returned its id. So while the core
+        delivers (open, or closing and not yet stopped) each is queued even past
+        ``max_queue_size`` (by at most the calls that raced the caller's check), rather than
+        wait for room a close would cut short."""
         self.woken = False
+        self.count_refusals()
         if not self.accepting:
             return
-        inbox, put = self.inbox, self.core.offer_encoded
-        while inbox:
-            kind, raw, who, ip = inbox.popleft()
-            try:
-                waiting = put(kind, raw, who, ip)
-            except KoalaError:  # on_full="raise", and callers raced past their check
-                self.core.refuse_entry("queue_full", raw, who, ip)
-                continue
-            if waiting is not None:  # full: its caller has moved on, so wait here
-                self._wait(waiting, None)
+        inbox, core = self.inbox, self.core
+        if core.delivering():
+            take = core.take
+            while inbox:
+                take(*inbox.popleft())
+        else:  # dead endpoint, spool overflow: the core says where each goes
+            put = core.offer_encoded
+            while inbox:
+                kind, raw, who, ip = inbox.popleft()
+                try:
+                    waiting = put(kind, raw, who, ip)
+                except KoalaError:  # on_full="raise", or closed meanwhile
+                    core.refuse_entry("queue_full", raw, who, ip)
+                    continue
+                if waiting is not None:  # full: its caller has moved on, so wait here
+                    self._wait(waiting, None)
         full = self.full
         while full:
             item, done = full.popleft()
             self.put_full(item, done)
+
+    def count_refusals(self) -> None:
+        refusals, core = self.refusals, self.core
+        while refusals:
+            refusals.popleft()(core)
 
     def put_full(self, item: Item, done: concurrent.futures.Future[bool] | None) -> None:
         """The queue was full: put one entry as ``on_full`` says, telling ``done`` how."""
@@ -222,6 +289,7 @@ class _Engine:
 
     def request_stop(self, timeout: float | None) -> None:
         self._stop_timeout = timeout
+        self._stop_asked = True
         if self._stop is not None:
             self._stop.set()
 
@@ -229,10 +297,29 @@ class _Engine:
 
     @property
     def running(self) -> bool:
-        return self.thread.is_alive() and not self.closed.done()
+        return self.alive and not self.closed.done()
+
+    def stop_soon(self, timeout: float) -> bool:
+        """Ask the loop to close the core within ``timeout`` seconds (once; later asks keep
+        the first deadline). False if the loop has ended."""
+        if self.pid != _pid:  # a parent's engine, in a forked child
+            return False
+        if self.deadline is None:
+            self.deadline = time.monotonic() + timeout
+            # The core gets a little less: counting and logging what it gave up comes after
+            # its deadline, and must come before ours (at exit, nothing comes later).
+            return self.call(self.request_stop, timeout - min(_BOOKKEEPING, timeout / 10))
+        return self.running
+
+    def wait_closed(self, timeout: float) -> FlushResult | None:
+        """The close's result, waiting at most ``timeout`` seconds; None if not done."""
+        try:
+            return self.closed.result(None if timeout == math.inf else max(timeout, 0.0))
+        except (concurrent.futures.TimeoutError, ClientClosedError):
+            return None
 
     def on_loop(self) -> bool:
-        return threading.get_ident() == self.ident
+        return _get_ident() == self.ident
 
     def call(self, function: Any, *args: Any) -> bool:
         """Run ``function(*args)`` on the loop thread soon; False if the loop is closed."""
@@ -277,6 +364,7 @@ class KoalaSyncClient:
         self._options = dict(options)
         self._engine: _Engine | None = None
         self._final: _Engine | None = None
+        self._starting: _Engine | None = None  # made, its loop maybe not yet
         self._closed = False
         self._lock = threading.Lock()
         _live.add(self)
@@ -304,7 +392,10 @@ class KoalaSyncClient:
     # The engine
 
     def _start(self) -> _Engine | None:
-        """The engine for this process, started now if need be; None if disabled."""
+        """The engine for this process, started now if need be; None if disabled.
+
+        The lock is never held while waiting (for the engine's loop): under gevent it may be
+        a real lock, made before the patch, and a greenlet blocked on it blocks the hub."""
         with self._lock:
             engine = self._engine
             if engine is not None and engine.pid == _pid:
@@ -313,20 +404,29 @@ class KoalaSyncClient:
                 raise ClientClosedError(_CLOSED)
             if not self._config.enabled:
                 return None
-            core = self._core
-            if core is None or engine is not None:  # used in a parent process: start afresh
-                core = build(self._key, self._options, "KoalaSyncClient")[2]
-            self._core = None
-            if _gevent_patched():
-                logger.warning(
-                    "KoalaSyncClient does not support gevent monkey-patching: its delivery "
-                    "thread would be a greenlet, and entries may wait until your code yields; "
-                    "see the README"
-                )
-            engine = _Engine(core)
-            engine.start()
-            self._engine = engine
-            return engine
+            starting = self._starting
+            if starting is None or starting.pid != _pid:
+                core = self._core
+                if core is None or engine is not None:  # used in a parent: start afresh
+                    core = build(self._key, self._options, "KoalaSyncClient")[2]
+                self._core = None
+                self._starting = starting = _Engine(core)
+                starting.start()
+                # Closed (in the background) if this client is collected while its engine
+                # runs; the exit hooks wait for it.
+                timeout = self._config.shutdown_timeout
+                weakref.finalize(self, starting.stop_soon, timeout).atexit = False
+        try:
+            starting.made.result(_START_TIMEOUT)  # its loop, made in its thread: about a ms
+        except (concurrent.futures.TimeoutError, OSError) as exc:
+            logger.exception("the koala-async delivery thread did not start")
+            raise ClientClosedError(f"the delivery thread did not start: {exc!r}") from None
+        with self._lock:
+            if self._closed:  # closed meanwhile: this engine is the close's to end
+                starting.stop_soon(self._config.shutdown_timeout)
+                raise ClientClosedError(_CLOSED)
+            self._engine = starting
+        return starting
 
     def _hand(self, built: Built | None) -> str | None:
         """Hand what the intake built to the engine: the hot path, no waiting. Returns the
@@ -341,12 +441,16 @@ class KoalaSyncClient:
             if engine is None:
                 return message_id  # disabled: validated, and that is all
         admission = engine.core.admission
-        if engine.ledger.pending + len(engine.inbox) >= admission.limit:
-            if not admission.taking:
+        if engine.ledger.pending + len(engine.inbox) >= admission.limit:  # rare
+            starting = admission.state is State.UNOPENED  # its loop is not up yet
+            if starting and len(engine.inbox) < self._config.max_queue_size:
+                pass  # the inbox holds the calls until the loop opens the engine
+            elif not (starting or admission.taking):
                 raise ClientClosedError(_CLOSED)  # closing: never wait for the drain
-            if not self._put_full(engine, (kind, raw, who, ip)):  # full, dead, spooling: rare
+            elif not self._put_full(engine, (kind, raw, who, ip)):  # full, dead, spooling
                 return None  # dropped at the call (a dead endpoint, a full queue): counted
-            return message_id
+            else:
+                return message_id
         engine.inbox.append((kind, raw, who, ip))
         if not engine.woken:
             engine.woken = True
@@ -364,14 +468,12 @@ class KoalaSyncClient:
         engine.full.append((item, done))  # after this thread's earlier entries: in order
         if not engine.call(engine.wake.set):
             raise ClientClosedError(_CLOSED)
-        # pace: the engine waits MAX_BLOCK at most; the caller, that and as much for the hop
-        pace = self._config.on_full == "pace"
+        # The engine answers: at once (drop, raise), within the pace bound, or when room
+        # comes (block); the call returns the id only if the entry was taken.
         while True:
             try:
-                return done.result(2 * MAX_BLOCK if pace else _POLL)
+                return done.result(_POLL)
             except concurrent.futures.TimeoutError:
-                if pace:
-                    return True  # the engine takes it or drops it (queue_full), counted
                 if not engine.running:  # the loop ended without taking it
                     raise ClientClosedError(_CLOSED) from None
 
@@ -422,25 +524,12 @@ class KoalaSyncClient:
             return FlushResult(delivered=0, dropped=0, pending=0)
         wait = self._config.shutdown_timeout if timeout is None else float(timeout)
         before = engine.snapshot() if engine.on_loop() else self._stats_of(engine)
-        # The core gets a little less than ``wait``: counting and logging what it gave up
-        # comes after its deadline, and must come before ours (at exit, nothing comes later).
-        deadline = wait - min(_BOOKKEEPING, wait / 10)
-        if not engine.call(engine.request_stop, deadline) or engine.on_loop():
+        if not engine.stop_soon(wait) or engine.on_loop():
             return _result(before, engine.snapshot())  # on_error closed us: cannot wait
-        try:
-            return engine.closed.result(None if wait == math.inf else wait)
-        except concurrent.futures.TimeoutError:
-            return _result(before, engine.snapshot())  # it carries on in the background
-        except ClientClosedError:
-            return _result(before, engine.snapshot())
-
-    def _close_at_exit(self) -> None:
-        engine = self._engine
-        if engine is not None and engine.pid == _pid and engine.running:
-            try:
-                self.close()
-            except Exception:
-                logger.exception("closing the KoalaSyncClient at exit failed")
+        result = engine.wait_closed(wait)
+        # Not done in time: what is pending is still the engine's, which goes on closing in
+        # the background (the exit hooks wait for it, or count and log what it loses).
+        return _result(before, engine.snapshot()) if result is None else result
 
     def stats(self) -> Stats:
         """A snapshot of the counters; see :class:`Stats`. Entries handed over by calls and
@@ -629,9 +718,17 @@ class KoalaSyncClient:
         if engine is None:  # disabled, or closed before a call here: no thread to go to
             with self._lock:
                 refuse(self._core or self._spare)  # the spare: a forked child's, uncounted
-        elif engine.on_loop() or engine.closed.done() or not engine.call(refuse, engine.core):
-            with self._lock:  # closed: the delivery thread writes no counter any more
-                refuse(engine.core)
+        elif engine.on_loop():
+            refuse(engine.core)
+        else:
+            with engine.late:  # the loop's last count and its end are one step under it
+                if engine.closed.done():  # the delivery thread writes no counter any more
+                    refuse(engine.core)
+                    return
+                engine.refusals.append(refuse)
+            if not engine.woken:
+                engine.woken = True
+                engine.call(engine.wake.set)  # False: the loop ended, after counting it
 
 
 _CLOSED = "the KoalaSyncClient is closed; create a new one to send again"
@@ -659,18 +756,71 @@ def _result(before: Stats, after: Stats) -> FlushResult:
     )
 
 
-def _gevent_patched() -> bool:
+# gevent: after monkey.patch_all(), threading's threads are greenlets and its get_ident a
+# greenlet's. The engine's thread must be a real one (its waits would otherwise block the
+# hub, and its work wait for the app to yield), so it is started with _thread's original.
+
+
+def _gevent_monkey() -> Any:
     monkey = sys.modules.get("gevent.monkey")
-    return bool(monkey is not None and monkey.is_module_patched("threading"))
+    return monkey if monkey is not None and monkey.is_module_patched("threading") else None
+
+
+def _original(name: str) -> Any:
+    monkey = _gevent_monkey()
+    return getattr(_thread, name) if monkey is None else monkey.get_original("_thread", name)
+
+
+_get_ident: Callable[[], int] = _original("get_ident")  # taken now: before any later patch
+
+
+def _start_thread(run: Callable[[], None]) -> None:
+    if _gevent_monkey() is None:
+        threading.Thread(target=run, name="koala-async", daemon=True).start()
+    else:
+        _original("start_new_thread")(run, ())
+
+
+# The ends of a process. Every engine of this process is closed, all at once, each within
+# its shutdown_timeout: at interpreter exit (atexit), and in multiprocessing's children,
+# which end with os._exit once their finalizers ran (multiprocessing.util.Finalize).
+
+_engines: set[_Engine] = set()  # started and not yet ended, whether or not their client lives
+_EXIT_GRACE = 1.0  # seconds past an engine's deadline its close may take (on_error's grace)
+_finalized_in: int | None = None  # the process whose multiprocessing finalizer is registered
+
+
+def _close_all() -> None:
+    engines = [engine for engine in list(_engines) if engine.pid == _pid]
+    for engine in engines:
+        engine.stop_soon(engine.core.config.shutdown_timeout)
+    for engine in engines:
+        left = math.inf if engine.deadline is None else engine.deadline - time.monotonic()
+        if engine.wait_closed(left + _EXIT_GRACE) is None and engine.running:
+            pending = engine.snapshot().pending
+            logger.error(
+                "the process ended while the KoalaSyncClient was still delivering: %d %s lost; "
+                "raise shutdown_timeout, or close() the client before exit",
+                pending,
+                "entry was" if pending == 1 else "entries were",
+            )
+
+
+atexit.register(_close_all)
+
+
+def _close_at_process_end() -> None:
+    """In a multiprocessing child (fork or spawn; Process and Pool workers), close every
+    engine before the child's os._exit, which skips atexit."""
+    global _finalized_in
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _finalized_in == _pid:
+        return
+    _finalized_in = _pid
+    util.Finalize(None, _close_all, exitpriority=100)
 
 
 _live: weakref.WeakSet[KoalaSyncClient] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all_at_exit() -> None:
-    for client in list(_live):
-        client._close_at_exit()
 
 
 def _after_fork_in_child() -> None:

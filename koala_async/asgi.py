@@ -17,12 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextvars import Token
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio.to_thread
 
 from ._context import RequestContext, reset_request_context, set_request_context
 from ._cookie import TWO_YEARS, CookiePolicy, sets_ko_id
 
-__all__ = ["KoalaMiddleware"]
+if TYPE_CHECKING:
+    from ._sync import KoalaSyncClient
+
+__all__ = ["KoalaMiddleware", "close_on_shutdown"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -124,3 +129,31 @@ def _set_context(scope: Scope, profile_id: str) -> Token[RequestContext | None]:
             "search": search,
         },
     )
+
+
+def close_on_shutdown(app: ASGIApp, koala: KoalaSyncClient) -> ASGIApp:
+    """Close ``koala`` when the ASGI server shuts down: for sync code under an ASGI server
+    (Django's ASGI app under uvicorn, hypercorn, gunicorn's uvicorn workers).
+
+    uvicorn re-raises SIGTERM once it has shut down, so ``atexit`` never runs there; the
+    lifespan's shutdown does. This answers the lifespan itself (the app never sees it: for
+    an app with a lifespan of its own, close the client there instead), closing the client
+    within its ``shutdown_timeout`` in a thread, so the server's loop goes on meanwhile::
+
+        application = close_on_shutdown(get_asgi_application(), get_koala())
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await anyio.to_thread.run_sync(koala.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return wrapped

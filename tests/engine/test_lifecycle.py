@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import anyio
@@ -155,4 +156,33 @@ def test_a_second_event_loop_is_refused_with_what_to_do() -> None:
         asyncio.run(strict.track("Step", email="a@acme.com"))
     asyncio.run(koala.aclose())  # harmless now, and it ends closed
     assert koala._engine.state.value == "closed"
+    invariant(koala.stats())
+
+
+def test_a_live_event_loop_other_than_its_own_is_refused_with_what_to_do() -> None:
+    """A module-scoped async fixture opens the client in one loop, a test calls it from
+    another, which is alive: calls returned ids and nothing was sent until teardown."""
+    loop = asyncio.new_event_loop()
+    koala = KoalaClient("pk_test", base_url="http://127.0.0.1:9", shutdown_timeout=0)
+    strict = KoalaClient("pk_test", base_url="http://127.0.0.1:9", strict=True)
+
+    async def open_both() -> None:
+        await koala.__aenter__()
+        await strict.__aenter__()
+
+    owner = threading.Thread(target=loop.run_forever)
+    owner.start()
+    try:
+        asyncio.run_coroutine_threadsafe(open_both(), loop).result(10)
+        assert asyncio.run(koala.track("Step", email="a@acme.com")) is None
+        assert koala.stats().dropped["closed"] == 1
+        with pytest.raises(ClientClosedError, match="opened in another event loop"):
+            asyncio.run(strict.track("Step", email="a@acme.com"))
+        assert strict.stats().accepted == 0
+        for client in (koala, strict):
+            asyncio.run_coroutine_threadsafe(client.aclose(0), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        owner.join()
+        loop.close()
     invariant(koala.stats())

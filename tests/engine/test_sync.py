@@ -8,7 +8,6 @@ delivery thread); the fork and exit tests run scripts in processes of their own 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import socket
 import subprocess
@@ -16,7 +15,6 @@ import sys
 import textwrap
 import threading
 import time
-import types
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -328,23 +326,6 @@ def test_no_thread_starts_before_the_first_call() -> None:
     assert [t.name for t in set(threading.enumerate()) - before] == ["koala-async"]
     koala.close()
     assert fake.message_ids().total() == 1
-
-
-@pytest.fixture
-def patched_gevent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkey = types.ModuleType("gevent.monkey")
-    monkey.is_module_patched = lambda name: name == "threading"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "gevent.monkey", monkey)
-
-
-@pytest.mark.usefixtures("patched_gevent")
-def test_gevent_monkey_patching_is_detected_and_said(caplog: pytest.LogCaptureFixture) -> None:
-    fake = FakeCollector()
-    koala = fake_client(fake)
-    with caplog.at_level(logging.WARNING, logger="koala_async"):
-        koala.track("Clicked", email="ada@acme.com")
-    koala.close()
-    assert "does not support gevent monkey-patching" in caplog.text
 
 
 # Processes: fork, and interpreter exit
