@@ -175,9 +175,10 @@ async def test_several_clients_each_by_its_name() -> None:
         assert names == {"web"}
 
 
-def test_the_readme_example_runs() -> None:
-    """README's "Metrics" sample, on the global MeterProvider (a proxy until one is set)."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+def test_the_docs_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metrics page's sample, on the global MeterProvider (a proxy until one is set)."""
+    monkeypatch.setenv("KOALA_PUBLIC_API_KEY", "pk_test")
+    readme = (Path(__file__).parents[2] / "docs" / "how-to" / "metrics.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     (sample,) = (b for b in blocks if "from koala_async.otel import instrument" in b)
     namespace: dict[str, object] = {"koala": KoalaClient("pk_test")}

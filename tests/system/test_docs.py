@@ -26,6 +26,7 @@ from sybil.evaluators.python import pad
 from sybil.parsers.myst import CodeBlockParser
 
 from koala_async import DropReason, KoalaClient, KoalaError, KoalaSyncClient, RetryPolicy
+from koala_async._options import DEFAULTS
 from koala_async.testing import FakeCollector
 
 DOCS = Path(__file__).parents[2] / "docs"
@@ -133,28 +134,36 @@ def _table_rows(page: str, heading: str) -> dict[str, str]:
     return rows
 
 
+def _defaults(function: Callable[..., object]) -> dict[str, object]:
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.name != "self"}
+
+
 @pytest.mark.parametrize(
-    ("heading", "function"),
-    [("## Client options", KoalaClient.__init__), ("## `RetryPolicy`", RetryPolicy)],
+    ("heading", "defaults"),
+    [
+        ("## Client options", {"public_api_key": None, **DEFAULTS}),
+        ("## `RetryPolicy`", _defaults(RetryPolicy)),
+    ],
 )
 def test_the_options_page_gives_every_option_and_its_default(
-    heading: str, function: Callable[..., object]
+    heading: str, defaults: dict[str, object]
 ) -> None:
     rows = _table_rows("options.md", heading)
-    parameters = [p for p in inspect.signature(function).parameters.values() if p.name != "self"]
-    assert list(rows) == [p.name for p in parameters]  # every option, in the signature's order
-    for parameter in parameters:
-        shown = re.match(r"`([^`]*)`", rows[parameter.name])
-        if parameter.default is None:  # read from the environment, made for you, or unset
+    assert list(rows) == list(defaults)  # every option, in the order they are declared
+    for name, default in defaults.items():
+        shown = re.match(r"`([^`]*)`", rows[name])
+        if default is None:  # read from the environment, made for you, or unset
             continue
-        assert shown, f"{parameter.name}: the default should be written as code"
-        assert eval(shown.group(1)) == parameter.default, parameter.name
+        assert shown, f"{name}: the default should be written as code"
+        assert eval(shown.group(1)) == default, name
 
 
-def test_the_sync_client_takes_the_async_clients_options_but_the_spool() -> None:
-    sync = list(inspect.signature(KoalaSyncClient.__init__).parameters)
-    core = list(inspect.signature(KoalaClient.__init__).parameters)
-    assert sync == [name for name in core if not name.startswith("spool")]
+def test_both_clients_take_the_options_declared_once() -> None:
+    for client in (KoalaClient, KoalaSyncClient):
+        parameters = inspect.signature(client.__init__).parameters
+        assert list(parameters) == ["self", "public_api_key", "options"]
+        assert "Unpack[ClientOptions]" in str(parameters["options"].annotation)
 
 
 def test_the_stats_page_explains_every_drop_reason() -> None:
