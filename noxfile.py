@@ -137,9 +137,19 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package and its tests."""
-    session.install("-e", EXTRAS, *TEST_DEPS, "mypy>=1.10", "types-jsonschema", "django-stubs>=5")
+    """mypy --strict over the package and its tests; pyright --strict over the package,
+    gated on private usage and possibly-unbound variables (tools/pyright_gate.py)."""
+    session.install(
+        "-e",
+        EXTRAS,
+        *TEST_DEPS,
+        "mypy>=1.10",
+        "types-jsonschema",
+        "django-stubs>=5",
+        "pyright>=1.1.380",
+    )
     session.run("mypy")
+    session.run("python", "tools/pyright_gate.py")
 
 
 @nox.session

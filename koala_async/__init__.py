@@ -40,13 +40,19 @@ __all__ = [
     "set_request_context",
 ]
 
-from types import FunctionType as _FunctionType
 
-# Show the supported path in reprs, tracebacks and docs (as httpx does).
-for _name in __all__:
-    _member = globals()[_name]
-    # Not the type aliases (OnError, BeforeSend, DropReason): on 3.10 a Callable alias even
-    # passes isinstance(..., type), and its __module__ is read-only.
-    if isinstance(_member, (type, _FunctionType)) and not hasattr(_member, "__origin__"):
-        _member.__module__ = "koala_async"
-del _name, _member, _FunctionType
+def _show_the_public_path() -> None:
+    """Show the supported path in reprs, tracebacks and docs (as httpx does)."""
+    from types import FunctionType
+
+    namespace = globals()
+    for name in __all__:
+        member = namespace[name]
+        # Not the type aliases (OnError, BeforeSend, DropReason): on 3.10 a Callable alias
+        # even passes isinstance(..., type), and its __module__ is read-only.
+        if isinstance(member, (type, FunctionType)) and not hasattr(member, "__origin__"):
+            member.__module__ = "koala_async"
+
+
+_show_the_public_path()
+del _show_the_public_path

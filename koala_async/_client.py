@@ -176,6 +176,11 @@ class KoalaClient:
         """A snapshot of the counters; see :class:`Stats`."""
         return self._engine.stats()
 
+    @property
+    def spool_path(self) -> str | None:
+        """The file this client's spool keeps entries in; None without a spool."""
+        return self._engine.spool_path
+
     # The calls: the intake builds, the engine queues. A bad call is dropped and counted,
     # or raised with strict=True.
 

@@ -166,7 +166,7 @@ class Engine:
         await self._runtime.start()
         if self._spool is not None:
             self._sender.spool = self._spool
-            self._runtime._spawn(self._spool.run)
+            self._runtime.spawn(self._spool.run)
         _open_engines.add(self)
         admission.open()
         if held:

@@ -171,11 +171,6 @@ def prometheus_name(metric: Metric) -> str:
     return f"{name}_seconds" if metric.unit == "s" else name
 
 
-def _spool_path(client: Client) -> str | None:
-    engine = client._spare if isinstance(client, KoalaSyncClient) else client._engine
-    return engine.spool_path
-
-
 def _age(path: str, stats: Stats) -> float:
     if not stats.pending:
         return 0.0  # nothing accepted waits: no need to read the file
@@ -231,7 +226,7 @@ class Sources:
                 continue
             try:
                 stats = client.stats()
-                path = _spool_path(client)
+                path = client.spool_path
                 spool_age = None if path is None or not age else _age(path, stats)
             except Exception:
                 logger.exception("could not read the stats of the koala_async client %r", name)

@@ -197,7 +197,7 @@ class Target:
             batch = batch.next
         return batch
 
-    def _start(self, secondary: str | None, ip: str | None) -> Batch:
+    def start(self, secondary: str | None, ip: str | None) -> Batch:
         batch = Batch(secondary, ip)
         last = self.last()
         if last is None:
@@ -328,7 +328,7 @@ class Queue:
             or (secondary is not None and batch.secondary not in (None, secondary))
             or (ip is not None and batch.ip not in (None, ip))
         ):
-            batch = target._start(secondary, ip)
+            batch = target.start(secondary, ip)
         else:  # an entry without an email (or ip) joins a batch with one
             if secondary is not None:
                 batch.secondary = secondary

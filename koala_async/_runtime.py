@@ -92,12 +92,12 @@ class Runtime:
         the filer and the pump."""
         self._stopped = self.loop.event()
         self._group = group = await self.loop.tasks()
-        self._spawn(self._tick_forever)
-        self._spawn(self._file_forever)
+        self.spawn(self._tick_forever)
+        self.spawn(self._file_forever)
         if self._reporter.open(self.loop):
             self._reporter.cancel = group.spawn(self._reporter.pump)
 
-    def _spawn(self, run: Callable[[], Awaitable[object]]) -> None:
+    def spawn(self, run: Callable[[], Awaitable[object]]) -> None:
         assert self._group is not None
         self._tasks += 1
         cancels = self._cancels
@@ -185,7 +185,7 @@ class Runtime:
             waiting -= 1
         while waiting and self.workers < self._limiter.limit and not self.stopping:
             self.workers += 1
-            self._spawn(self._work)
+            self.spawn(self._work)
             waiting -= 1
 
     def _lend(self, change: int) -> None:

@@ -366,8 +366,7 @@ class KoalaSyncClient:
         self._final: _Engine | None = None
         self._starting: _Engine | None = None  # made, its loop maybe not yet
         self._closed = False
-        self._lock = threading.Lock()
-        _live.add(self)
+        self._lock = _ForkSafeLock()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -530,6 +529,12 @@ class KoalaSyncClient:
         # Not done in time: what is pending is still the engine's, which goes on closing in
         # the background (the exit hooks wait for it, or count and log what it loses).
         return _result(before, engine.snapshot()) if result is None else result
+
+    @property
+    def spool_path(self) -> str | None:
+        """The file this client's spool keeps entries in; None without a spool."""
+        engine = self._engine or self._final
+        return (self._spare if engine is None else engine.core).spool_path
 
     def stats(self) -> Stats:
         """A snapshot of the counters; see :class:`Stats`. Entries handed over by calls and
@@ -820,14 +825,30 @@ def _close_at_process_end() -> None:
     util.Finalize(None, _close_all, exitpriority=100)
 
 
-_live: weakref.WeakSet[KoalaSyncClient] = weakref.WeakSet()
+class _ForkSafeLock:
+    """A lock made anew in a forked child, where a thread of the parent may have held it."""
+
+    __slots__ = ("__weakref__", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        _locks.add(self)
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.lock.release()
+
+
+_locks: weakref.WeakSet[_ForkSafeLock] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     global _pid
     _pid = os.getpid()
-    for client in list(_live):
-        client._lock = threading.Lock()  # a thread of the parent may have held it
+    for guard in list(_locks):
+        guard.lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

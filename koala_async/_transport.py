@@ -258,20 +258,22 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 sent.append(True)
 
         error: Exception | None = None
+        answer: tuple[int, list[tuple[bytes, bytes]], bytes, bool] | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(send)
             with reading:
                 try:
-                    status, headers, content, close = await self._read_response(reused)
+                    answer = await self._read_response(reused)
                 except Exception as exc:  # raised outside the task group, so never wrapped
                     error = exc
             tasks.cancel_scope.cancel()
-        if reading.cancelled_caught:
-            raise failure[0]
         if error is not None:
             if failure and not isinstance(error, ValueError):
                 raise failure[0] from error  # no answer came: the failed send says why
             raise error
+        if answer is None:  # the send timed out and stopped the read
+            raise failure[0]
+        status, headers, content, close = answer
         if not sent:
             close = True  # answered before the request was written: the stream is unusable
         return status, headers, content, close
@@ -398,11 +400,9 @@ class _limit:
             self._scope = self._loop.move_on_after(self._seconds)
             self._scope.__enter__()
 
-    def __exit__(self, *exc_info: Any) -> bool:
+    def __exit__(self, *exc_info: Any) -> None:
         scope = self._scope
-        if scope is None:
-            return False
-        swallowed = bool(scope.__exit__(*exc_info))
-        if scope.cancelled_caught:
-            raise _Timeout(self._kind)
-        return swallowed
+        if scope is not None:
+            scope.__exit__(*exc_info)  # swallows only its own cancellation, raised as ours
+            if scope.cancelled_caught:
+                raise _Timeout(self._kind)

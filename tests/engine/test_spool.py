@@ -20,7 +20,7 @@ import anyio
 import pytest
 from wire_check import free_port, invariant
 
-from koala_async import KoalaClient, RetryPolicy, SpoolError, Stats
+from koala_async import KoalaClient, KoalaSyncClient, RetryPolicy, SpoolError, Stats
 from koala_async._ledger import Ledger
 from koala_async._queue import EVENTS, Batch
 from koala_async._reporter import Reporter
@@ -426,3 +426,11 @@ async def test_the_docs_adopt_dead_workers_spools(
         received = fake.message_ids()
     assert [received[i] for i in ids] == [1] * len(ids)  # the live worker's may arrive too
     assert inspect(str(dead)).entries == 0
+
+
+def test_both_clients_say_which_file_their_spool_uses(tmp_path: Path) -> None:
+    path = str(tmp_path / "koala.db")
+    assert KoalaClient("pk_test", spool=path).spool_path == path
+    assert KoalaSyncClient("pk_test", spool=path).spool_path == path
+    assert KoalaClient("pk_test").spool_path is None
+    assert KoalaSyncClient("pk_test").spool_path is None
