@@ -22,7 +22,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import math
-import ssl
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -155,11 +155,13 @@ def classify_error(error: BaseException) -> Verdict:
     """Judge a failure to get an answer: a TLS certificate error, or an error marked ``gone``
     (a redirect, TLS and plain HTTP crossed), means the endpoint is not the one we were told
     of; no connection at all means it is unreachable (for now)."""
+    ssl = sys.modules.get("ssl")  # not imported: no TLS error can have happened
+    bad_certificate = () if ssl is None else ssl.SSLCertVerificationError
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:  # httpx wraps the OS error
         seen.add(id(cause))
-        if isinstance(cause, ssl.SSLCertVerificationError) or getattr(cause, "gone", False):
+        if isinstance(cause, bad_certificate) or getattr(cause, "gone", False):
             return Verdict.GONE  # not the endpoint we were told of, or misconfigured
         cause = cause.__cause__ or cause.__context__
     name = type(error).__name__
