@@ -43,6 +43,10 @@ TEST_DEPS = [
     # Celery talks to a redis-server the tests start (.ci/run installs it).
     "gunicorn>=22",
     "redis>=5",
+    # gevent is supported, so it is tested: a script under patch_all, gunicorn -k gevent
+    # (with --preload), celery -P gevent. hypercorn: SIGTERM under a second ASGI server.
+    "gevent>=24.2",
+    "hypercorn>=0.17",
     # koala_async.otel is tested with the SDK's InMemoryMetricReader (the extra needs the API only).
     "opentelemetry-sdk>=1.27",
     # examples/lambda_asgi.py: an ASGI app on AWS Lambda (tests/integrations/test_serverless.py).

@@ -1,6 +1,6 @@
-"""Sync code under uvicorn: SIGTERM delivers what the app tracked. uvicorn re-raises SIGTERM
-after its shutdown, so atexit never runs: close_on_shutdown closes the client in the
-lifespan's shutdown."""
+"""Sync code under an ASGI server: SIGTERM delivers what the app tracked. uvicorn re-raises
+SIGTERM after its shutdown, so atexit never runs: close_on_shutdown closes the client in the
+lifespan's shutdown (uvicorn and hypercorn both run it)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sync_support import collector, message_ids, wait_until_listening
 from wire_check import free_port
 
@@ -42,15 +43,24 @@ def get(port: int) -> str:
         connection.close()
 
 
-def test_uvicorn_sigterm_delivers_what_a_sync_client_took(tmp_path: Path) -> None:
+SERVERS = {
+    "uvicorn": ["uvicorn", "sync_app:application", "--port", "{port}", "--lifespan", "on"],
+    "hypercorn": ["hypercorn", "sync_app:application", "--bind", "127.0.0.1:{port}"],
+}
+
+
+@pytest.mark.parametrize("server_name", sorted(SERVERS))
+def test_sigterm_delivers_what_a_sync_client_took(tmp_path: Path, server_name: str) -> None:
+    pytest.importorskip(server_name)
     (tmp_path / "sync_app.py").write_text(APP)
     port = free_port()
     with collector(tmp_path) as (base_url, log):
-        command = [sys.executable, "-m", "uvicorn", "sync_app:application", "--app-dir"]
-        command += [str(tmp_path), "--port", str(port), "--lifespan", "on"]
+        arguments = [a.format(port=port) for a in SERVERS[server_name]]
+        command = [sys.executable, "-m", *arguments]
         server = subprocess.Popen(
             command,
-            env={**os.environ, "KOALA_BASE_URL": base_url},
+            env={**os.environ, "KOALA_BASE_URL": base_url, "PYTHONPATH": str(tmp_path)},
+            cwd=tmp_path,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

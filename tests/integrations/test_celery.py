@@ -1,5 +1,6 @@
-"""Celery: a real worker (prefork pool, two processes) on a Redis broker started by the test
-runs tasks that track; a warm shutdown (SIGTERM) delivers every event."""
+"""Celery: a real worker (prefork pool of two processes, two threads, or two greenlets) on a
+Redis broker started by the test runs tasks that track; a warm shutdown (SIGTERM) delivers
+every event."""
 
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ def wait_for(log: Path, text: str, count: int, process: subprocess.Popen[Any]) -
         time.sleep(0.1)
 
 
-def test_a_warm_shutdown_delivers_every_tracked_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", ["prefork", "threads", "gevent"])
+def test_a_warm_shutdown_delivers_every_tracked_event(tmp_path: Path, pool: str) -> None:
+    if pool == "gevent":
+        pytest.importorskip("gevent")
     log = tmp_path / "worker.log"
     with redis_server() as broker, collector(tmp_path) as (base_url, received):
         env = {
@@ -42,7 +46,7 @@ def test_a_warm_shutdown_delivers_every_tracked_event(tmp_path: Path) -> None:
             "KOALA_FLUSH_INTERVAL": "3600",  # nothing leaves before the shutdown
         }
         command = [sys.executable, "-m", "celery", "-A", "examples.celery_app", "worker"]
-        command += ["--pool", "prefork", "--concurrency", "2", "--loglevel", "info"]
+        command += ["--pool", pool, "--concurrency", "2", "--loglevel", "info"]
         command += ["--without-heartbeat", "--without-mingle", "--without-gossip"]
         with log.open("wb") as stream:
             worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stream, stderr=stream)
