@@ -13,7 +13,7 @@ same on both. Trio keeps anyio's stream.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -109,19 +109,27 @@ class Stream:
             self._transport.close()
 
 
-async def connect(host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> Stream:
+async def connect(
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    handshake_timeout: float | None = None,
+) -> Stream:
     """Open a TCP connection (TLS with ``ssl_context``). Raises ``OSError`` (``ssl``'s errors
-    included) when it cannot, as anyio's ``connect_tcp`` does."""
+    included) when it cannot, as anyio's ``connect_tcp`` does; a TLS handshake that takes
+    longer than ``handshake_timeout`` raises ``ConnectionAbortedError`` (a plain-HTTP port
+    waits for a request, silently, rather than answer a TLS hello)."""
     loop = asyncio.get_running_loop()
+    tls: dict[str, Any] = {}
+    if ssl_context is not None:
+        tls = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout or 60.0}
     # IPv6 and IPv4 raced (RFC 6555), as anyio's connect_tcp does: on asyncio's own loops, and
     # without a task factory (CPython's race fails with an eager one before gh-124309's fix).
     # uvloop (uvicorn's default where installed) has no race: one address at a time.
     # ssl_context checks ``host``, asyncio's default server_hostname.
     if isinstance(loop, asyncio.BaseEventLoop) and loop.get_task_factory() is None:
-        connecting = loop.create_connection(
-            _Protocol, host, port, ssl=ssl_context, happy_eyeballs_delay=0.25
-        )
+        connecting = loop.create_connection(_Protocol, host, port, happy_eyeballs_delay=0.25, **tls)
     else:
-        connecting = loop.create_connection(_Protocol, host, port, ssl=ssl_context)
+        connecting = loop.create_connection(_Protocol, host, port, **tls)
     transport, protocol = await connecting
     return Stream(transport, protocol, ssl_context is not None)

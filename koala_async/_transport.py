@@ -166,7 +166,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
         except _Timeout as exc:
             await self.aclose()
             host = origin[1].decode("ascii")
-            raise exc.kind(f"{exc.kind.__name__} on {host}", request=request) from exc
+            hint = ""
+            if exc.kind is httpx.ConnectTimeout and origin[0] == b"https":
+                hint = " (if that port serves plain HTTP, start base_url with http://)"
+            raise exc.kind(f"{exc.kind.__name__} on {host}{hint}", request=request) from exc
         except anyio.EndOfStream as exc:
             await self.aclose()
             raise httpx.RemoteProtocolError(
@@ -178,6 +181,12 @@ class Http11Transport(httpx.AsyncBaseTransport):
             # as a ConnectError, 30% random resets kept it open, stalling everyone.
             kind = httpx.ReadError if self._stream is not None else httpx.ConnectError
             await self.aclose()
+            if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc):
+                raise httpx.ConnectTimeout(
+                    f"no TLS handshake from {_url(origin)} ({exc}); if that port serves plain "
+                    "HTTP, start base_url with http://",
+                    request=request,
+                ) from None
             if _plain_http_answered_tls(exc):
                 raise Misconfigured(
                     f"{_url(origin)} speaks plain HTTP, not TLS ({exc}): start base_url with "
@@ -216,7 +225,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._loop = _loop.current()
         with _limit(self._loop, timeout, httpx.ConnectTimeout):
             if sniffio.current_async_library() == "asyncio":  # a third less CPU per request
-                stream = await _aio.connect(address, port, context)
+                # The handshake gets half: its timeout, not the whole request's, says why.
+                handshake = None if timeout is None else timeout / 2
+                stream = await _aio.connect(address, port, context, handshake)
             elif context is not None:
                 # Koala answers and closes; not waiting for its close_notify saves a round trip.
                 stream = await anyio.connect_tcp(

@@ -248,6 +248,26 @@ async def test_https_to_a_plain_http_port_says_so() -> None:
         tasks.cancel_scope.cancel()
 
 
+async def test_https_to_a_silent_plain_http_port_says_so() -> None:
+    """A plain-HTTP server that waits for a request head (uvicorn's h11, the collector)
+    never answers the TLS hello: the connect times out, saying what to check."""
+
+    async def silent(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            await stream.receive()
+            await anyio.sleep(30)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    url = f"https://127.0.0.1:{port}/web/projects/k/batch"
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, silent)
+        async with HttpFactory(url, 0.5).new_client() as http:
+            with pytest.raises(httpx.ConnectTimeout, match=r"start base_url with http://"):
+                await post(http, Route(url, HEADERS), b"{}", 0.5)
+        tasks.cancel_scope.cancel()
+
+
 async def test_http_to_a_tls_port_says_so() -> None:
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
