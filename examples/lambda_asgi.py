@@ -4,7 +4,7 @@ Mangum runs the app's lifespan around every invocation (``lifespan="auto"``): st
 ``KoalaClient`` (``koala_lifespan``), shutdown closes it, and closing delivers everything
 queued (within ``shutdown_timeout``) before Mangum returns the response to Lambda. Nothing is
 left queued when the container is frozen, so nothing waits across a freeze; the price is a
-new connection to Koala per invocation (see the README's "Serverless" section for the figures).
+new connection to Koala per invocation (docs/how-to/serverless.md gives the figures).
 
 Deploy with ``handler = examples.lambda_asgi.handler``; set ``KOALA_PUBLIC_API_KEY``.
 """
