@@ -214,8 +214,9 @@ class KoalaClient:
                 request context's.
 
         Returns:
-            The entry's ``message_id``; None if the call was dropped (bad input, a closed
-            client, or ``before_send`` said so).
+            The entry's ``message_id``; None if the call was dropped: bad input, a closed
+            client, ``before_send`` said so, or the entry could not be queued (a full queue
+            that ``on_full`` drops from, an endpoint known to be gone).
 
         Raises:
             ValidationError: Bad input, with ``strict=True``; the message says what to fix.

@@ -322,7 +322,7 @@ _CARRIED = (
     "JSON carries str, int, float, bool, None, lists and dicts; datetime, date, time, UUID, "
     "Decimal, Enum, dataclasses, sets, pydantic models and numpy scalars are converted"
 )
-"""What the refusal of a value says: the rule in one sentence (README, "Bad input")."""
+"""What the refusal of a value says: the rule in one sentence (docs/reference/calls.md)."""
 
 
 def check_fields(value: Mapping[Any, Any], what: str) -> None:

@@ -31,7 +31,7 @@ def convert(value: Any) -> Any:
     raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")
 
 
-# Values JSON cannot carry (README, "Bad input"), one rule with and without strict: what has
+# Values JSON cannot carry (docs/reference/calls.md), one rule with and without strict: what has
 # one obvious JSON form is converted (datetime, date and time to ISO 8601 strings, UUID to its
 # text, Decimal to a number with its exact digits, Enum to its value, dataclasses, attrs
 # classes and Structs to objects, sets and tuples to arrays, pydantic models and numpy scalars

@@ -9,7 +9,7 @@
 
 Observable instruments read ``stats()`` when the MeterProvider collects, so the calls do
 no work for them. The names mirror OpenTelemetry's SDK self-metrics under
-``koala_async.`` (see the README's "Metrics" section for the table); every point carries
+``koala_async.`` (docs/how-to/metrics.md has the table); every point carries
 ``otel.component.name`` (the client's ``name``) and ``otel.component.type``.
 """
 

@@ -279,8 +279,9 @@ async def test_whatever_a_call_accepts_encodes_and_round_trips(
     assert _decoded(decoded, given_fields) == expected
 
 
-# One rule for values JSON cannot carry, the same with and without strict (README, "Bad
-# input"): what has one obvious JSON form is converted, bytes and the rest are refused.
+# One rule for values JSON cannot carry, the same with and without strict
+# (docs/reference/calls.md): what has one obvious JSON form is converted, bytes and the
+# rest are refused.
 
 
 class _Plan(enum.Enum):

@@ -1,4 +1,4 @@
-"""The README's examples run as written (the docs pages': tests/test_docs.py)."""
+"""The README's examples run as written (the docs pages': tests/system/test_docs.py)."""
 
 from __future__ import annotations
 

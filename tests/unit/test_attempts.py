@@ -13,7 +13,7 @@ from koala_async._circuit import DEAD, OPEN, Circuit
 from koala_async._limiter import Limiter, Pacer
 from koala_async._retry import Tries
 
-EXACT = RetryPolicy()  # the defaults README states
+EXACT = RetryPolicy()  # the defaults docs/reference/options.md states
 
 
 def run(policy: RetryPolicy = EXACT, size: int = 3, limiter: Limiter | None = None) -> Attempts:
@@ -73,7 +73,7 @@ def test_the_default_backoff_schedule_exactly() -> None:
     for _ in range(9):
         answer(no_budget, 503, took=0.0)
         ceilings.append(no_budget.next(0.0).seconds)
-    assert ceilings == [0.5, 1, 2, 4, 8, 16, 30, 30, 30], "as README says"
+    assert ceilings == [0.5, 1, 2, 4, 8, 16, 30, 30, 30], "as the options page says"
     answer(no_budget, 503, took=0.0)
     assert no_budget.next(0.0).reason == "retries_exhausted", "max_attempts=10"
 
