@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 import weakref
 from collections.abc import Awaitable, Generator
@@ -35,6 +34,7 @@ from ._admission import Admission, State
 from ._circuit import CLOSED, DEAD, Circuit
 from ._config import Config
 from ._exceptions import ClientClosedError, DeliveryError, QueueFullError, ValidationError
+from ._fork import in_child
 from ._http import HttpFactory
 from ._intake import Built, Refusal
 from ._ledger import Ledger
@@ -75,12 +75,10 @@ Waiting = Awaitable["bool | None"]
 (False: the entry was dropped)."""
 
 
+@in_child
 def _after_fork_in_child() -> None:
     for engine in _open_engines:
         engine.admission.forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Engine:

@@ -55,6 +55,7 @@ from ._admission import State
 from ._client import build
 from ._engine import Engine, Waiting
 from ._exceptions import ClientClosedError, KoalaError, ValidationError
+from ._fork import in_child
 from ._intake import Built, Refusal
 from ._loop import Event, Tasks
 from ._queue import Item
@@ -845,11 +846,9 @@ class _ForkSafeLock:
 _locks: weakref.WeakSet[_ForkSafeLock] = weakref.WeakSet()
 
 
+@in_child
 def _after_fork_in_child() -> None:
     global _pid
     _pid = os.getpid()
     for guard in list(_locks):
         guard.lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

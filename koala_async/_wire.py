@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from ._fork import in_child
+
 __all__ = ["MAX_PER_KIND", "Entry", "encode", "new_message_id", "now_iso", "top_up"]
 
 MAX_PER_KIND = 30
@@ -77,11 +79,9 @@ _VARIANT = 19  # its hex digit is one of 8, 9, a, b (RFC 4122)
 _TO_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
 
 
+@in_child
 def _after_fork() -> None:
     _ids.clear()  # a child must not use the parent's pre-drawn ids
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_message_id() -> str:
