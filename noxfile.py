@@ -55,7 +55,8 @@ TEST_DEPS = [
     "sybil>=6",
 ]
 # tests/integrations/test_spark.py: koala_async.spark on Spark in local mode (on the Java
-# .ci/run installs). Heavy (~490 MB), so only the main tests session installs it.
+# .ci/run installs), through examples/spark_backfill.py, which typecheck checks against
+# pyspark's own types. Heavy (~490 MB), so only those two sessions install it.
 SPARK = ["pyspark>=3.5"]
 PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
 FRAMEWORKS = "starlette,fastapi,aiohttp,django,flask,celery,dask,otel,prometheus"  # extras
@@ -151,6 +152,7 @@ def typecheck(session: nox.Session) -> None:
         "-e",
         EXTRAS,
         *TEST_DEPS,
+        *SPARK,
         "mypy>=1.10",
         "types-jsonschema",
         "django-stubs>=5",

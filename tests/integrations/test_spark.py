@@ -1,5 +1,6 @@
-"""koala_async.spark on a real Spark in local mode (issue 28 item 6): a DataFrame arrives whole
-and each person's rows in order; the foreachPartition recipe run again adds no unique id.
+"""koala_async.spark on a real Spark in local mode (issue 28 item 6), through the recipe the
+docs show (examples/spark_backfill.py): a DataFrame arrives whole and each person's rows in
+order; the foreachPartition recipe run again adds no unique id.
 
 Needs Java (Debian's ``default-jre-headless``; ``.ci/run`` installs it) and pyspark; skipped,
 saying which is missing, otherwise. One SparkSession (``local[2]``) serves the module.
@@ -7,10 +8,12 @@ saying which is missing, otherwise. One SparkSession (``local[2]``) serves the m
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from koala_async.backfill import row_id
 from koala_async.testing import FakeCollector
 
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
@@ -29,7 +33,9 @@ pyspark_sql = pytest.importorskip("pyspark.sql", reason="pip install pyspark")
 pytestmark = pytest.mark.anyio
 
 ROWS, PEOPLE = 2_000, 50
+EPOCH = 1_700_000_000
 ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "examples" / "spark_backfill.py"
 
 
 @pytest.fixture
@@ -44,6 +50,7 @@ def spark() -> Iterator[Any]:
         env.setenv("PYSPARK_PYTHON", sys.executable)
         env.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
         env.setenv("SPARK_LOCAL_IP", "127.0.0.1")  # loopback only, whatever the hostname says
+        env.setenv("TZ", "America/New_York")  # the workers' local time is not UTC either
         path = os.environ.get("PYTHONPATH")
         env.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{path}" if path else str(ROOT))
         session = (
@@ -54,6 +61,8 @@ def spark() -> Iterator[Any]:
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.shuffle.partitions", "4")
+            # Not UTC (nor are the workers'), so sent_at must carry its offset to arrive right.
+            .config("spark.sql.session.timeZone", "Asia/Kolkata")
             .getOrCreate()
         )
         session.sparkContext.setLogLevel("ERROR")
@@ -63,64 +72,59 @@ def spark() -> Iterator[Any]:
             session.stop()
 
 
-def _frame(spark: Any) -> Any:
-    functions = pytest.importorskip("pyspark.sql.functions")
-    # ts is a permutation of the row numbers: each person's rows come out of order, so only
-    # the sort within partitions puts them in order.
-    rows = [(i, f"p{i % PEOPLE}@acme.com", "Order Placed", (i * 7919) % ROWS) for i in range(ROWS)]
-    frame = spark.createDataFrame(rows, "order_id long, email string, event string, ts long")
-    # A map column named like the call's argument fills it; payload columns join it.
-    return frame.withColumn("properties", functions.create_map(functions.lit("plan"), "event"))
+def _example() -> Any:
+    """examples/spark_backfill.py, the recipe the docs show, as a module."""
+    spec = importlib.util.spec_from_file_location("spark_backfill", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-async def test_a_dataframe_arrives_whole_and_in_order_and_a_rerun_adds_nothing(
-    spark: Any,
+def _orders(spark: Any) -> Any:
+    # Each person's orders come out of time order (the seconds are a permutation of the row
+    # numbers), so only the sort within partitions puts them in order.
+    return spark.range(ROWS).selectExpr(
+        "id AS order_id",
+        f"concat('p', id % {PEOPLE}, '@acme.com') AS email",
+        f"timestamp_seconds({EPOCH} + id * 7919 % {ROWS}) AS placed_at",
+        "id / 100 AS total",
+    )
+
+
+def _sent_at(order_id: int) -> str:
+    moment = datetime.fromtimestamp(EPOCH + order_id * 7919 % ROWS, timezone.utc)
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+async def test_the_recipe_sends_every_row_in_order_and_a_rerun_adds_nothing(
+    spark: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from koala_async.spark import send_dataframe, send_partition
-
+    example = _example()
     fake = FakeCollector()
     async with fake.serve() as base_url:
-        options: dict[str, Any] = {"public_api_key": "pk_test", "base_url": base_url}
-
-        def run() -> Any:
-            return send_dataframe(
-                _frame(spark),
-                "track",
-                person="email",
-                key=["order_id"],
-                order="ts",
-                payload=["ts"],
-                partitions=4,
-                **options,
-            )
-
-        def recipe() -> None:  # the docs' foreachPartition recipe, run again over the same rows
-            (
-                _frame(spark)
-                .repartition(3, "email")
-                .sortWithinPartitions("email", "ts")
-                .foreachPartition(
-                    lambda rows: send_partition(
-                        rows, "track", key=["order_id"], payload=["ts"], **options
-                    )
-                )
-            )
-
-        report = await anyio.to_thread.run_sync(run)
+        monkeypatch.setitem(example.KOALA, "base_url", base_url)
+        monkeypatch.setitem(example.KOALA, "public_api_key", "pk_test")
+        report = await anyio.to_thread.run_sync(example.backfill, _orders(spark))
         first = len(fake.message_ids())
-        await anyio.to_thread.run_sync(recipe)
+        # The foreachPartition recipe over the same rows: the same ids, so Koala drops them.
+        await anyio.to_thread.run_sync(example.backfill_each_partition, _orders(spark))
     assert first == len(fake.message_ids()) == ROWS, "unique ids == rows; the re-run adds none"
     assert len(fake.events) == 2 * ROWS, "the re-run sent every row again; Koala drops repeats"
     assert report.rows == report.delivered == ROWS
-    assert (report.dropped, report.pending, report.partitions) == (0, 0, 4)
+    assert (report.dropped, report.pending, report.partitions) == (0, 0, example.PARTITIONS)
     assert fake.violations == []
+    expected = {row_id(order_id): _sent_at(order_id) for order_id in range(ROWS)}
     for entries in (fake.events[:ROWS], fake.events[ROWS:]):  # each run, in order by person
-        people: dict[str, list[int]] = {}
+        people: dict[str, list[str]] = {}
         for entry in entries:
-            assert entry.properties["plan"] == "Order Placed"
-            people.setdefault(entry.email or "", []).append(entry.properties["ts"])
+            assert entry.data["sent_at"] == expected[entry.message_id or ""]  # its offset kept
+            assert entry.event == "Order Placed"
+            assert isinstance(entry.properties["total"], float)
+            people.setdefault(entry.email or "", []).append(entry.data["sent_at"])
         assert len(people) == PEOPLE
-        assert all(ts == sorted(ts) for ts in people.values())
+        assert all(times == sorted(times) for times in people.values())
 
 
 def test_a_column_the_frame_lacks_is_named_before_any_job(spark: Any) -> None:
