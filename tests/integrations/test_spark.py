@@ -1,6 +1,7 @@
 """koala_async.spark on a real Spark in local mode (issue 28 item 6), through the recipe the
 docs show (examples/spark_backfill.py): a DataFrame arrives whole and each person's rows in
-order; the foreachPartition recipe run again adds no unique id.
+order; the foreachPartition recipe run again adds no unique id; Python workers killed
+mid-partition have their tasks re-run by Spark, and still no row arrives twice as a new id.
 
 Needs Java (Debian's ``default-jre-headless``; ``.ci/run`` installs it) and pyspark; skipped,
 saying which is missing, otherwise. One SparkSession (``local[2]``) serves the module.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -22,7 +24,7 @@ import anyio.to_thread
 import pytest
 
 from koala_async.backfill import row_id
-from koala_async.testing import FakeCollector
+from koala_async.testing import FakeCollector, Received, Reply
 
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip(
@@ -54,7 +56,7 @@ def spark() -> Iterator[Any]:
         path = os.environ.get("PYTHONPATH")
         env.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{path}" if path else str(ROOT))
         session = (
-            pyspark_sql.SparkSession.builder.master("local[2]")
+            pyspark_sql.SparkSession.builder.master("local[2,4]")  # 2 cores, a task tried 4 times
             .appName("koala-async-test")
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
@@ -125,6 +127,54 @@ async def test_the_recipe_sends_every_row_in_order_and_a_rerun_adds_nothing(
             people.setdefault(entry.email or "", []).append(entry.data["sent_at"])
         assert len(people) == PEOPLE
         assert all(times == sorted(times) for times in people.values())
+
+
+def _python_workers() -> list[int]:
+    """The Python workers Spark forked to run tasks: children of pyspark's daemon."""
+    commands: dict[int, tuple[bytes, int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes()
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+        commands[int(proc.name)] = (command, parent)
+    daemons = {pid for pid, (command, _) in commands.items() if b"pyspark.daemon" in command}
+    return [pid for pid in daemons if commands[pid][1] in daemons]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Spark's workers in /proc")
+async def test_a_task_killed_mid_partition_is_rerun_and_nothing_is_duplicated(spark: Any) -> None:
+    from koala_async.spark import send_dataframe
+
+    killed: list[int] = []
+
+    def kill_the_workers(received: Received) -> Reply | None:
+        # At the third request its sender waits for this answer: the workers running tasks
+        # die mid-partition, and Spark runs their tasks again from the start.
+        if len(fake.requests) == 2 and not killed:
+            killed.extend(_python_workers())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+        return None
+
+    fake = FakeCollector(responder=kill_the_workers)
+    async with fake.serve() as base_url:
+        frame = _orders(spark).selectExpr("*", "'Order Placed' AS event")
+
+        def run() -> Any:
+            return send_dataframe(
+                frame, "track", person="email", key=["order_id"], order="placed_at",
+                partitions=4, public_api_key="pk_test", base_url=base_url,
+            )  # fmt: skip
+
+        report = await anyio.to_thread.run_sync(run)
+    assert killed, "Spark's Python workers were found and killed"
+    assert len(fake.message_ids()) == report.rows == ROWS, "unique ids == rows"
+    assert len(fake.events) > ROWS, "a killed task ran again, resending what had arrived"
+    assert fake.violations == []
 
 
 def test_a_column_the_frame_lacks_is_named_before_any_job(spark: Any) -> None:
