@@ -4,7 +4,8 @@ order; the foreachPartition recipe run again adds no unique id; Python workers k
 mid-partition have their tasks re-run by Spark, and still no row arrives twice as a new id.
 
 Needs Java (Debian's ``default-jre-headless``; ``.ci/run`` installs it) and pyspark; skipped,
-saying which is missing, otherwise. One SparkSession (``local[2]``) serves the module.
+saying which is missing, otherwise. One SparkSession serves the module: ``local[2,4]``, two
+cores, a failed task tried up to 4 times.
 """
 
 from __future__ import annotations
