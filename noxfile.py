@@ -54,6 +54,10 @@ TEST_DEPS = [
     # tests/system/test_docs.py runs the code on the documentation pages.
     "sybil>=6",
 ]
+# tests/integrations/test_spark.py: koala_async.spark on Spark in local mode (on the Java
+# .ci/run installs), through examples/spark_backfill.py, which typecheck checks against
+# pyspark's own types. Heavy (~490 MB), so only those two sessions install it.
+SPARK = ["pyspark>=3.5"]
 PEERS = ["segment-analytics-python==2.4.0", "posthog==7.91.1"]  # measured side by side
 FRAMEWORKS = "starlette,fastapi,aiohttp,django,flask,celery,dask,otel,prometheus"  # extras
 EXTRAS = f".[{FRAMEWORKS}]"
@@ -104,7 +108,8 @@ _expose_pyenv_pythons()
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite on asyncio and trio (anyio's pytest plugin)."""
-    session.install("-e", EXTRAS, *TEST_DEPS, *PEERS)  # the peers: benchmark pieces are tested
+    # The peers: the benchmarks' pieces are tested.
+    session.install("-e", EXTRAS, *TEST_DEPS, *SPARK, *PEERS)
     session.run("pytest", *(session.posargs or ["-n", "2"]))
 
 
@@ -147,6 +152,7 @@ def typecheck(session: nox.Session) -> None:
         "-e",
         EXTRAS,
         *TEST_DEPS,
+        *SPARK,
         "mypy>=1.10",
         "types-jsonschema",
         "django-stubs>=5",

@@ -30,7 +30,7 @@ Needs ``dask[dataframe]`` (and ``distributed`` for a cluster).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,14 +63,15 @@ class Report:
 
 
 def send_rows(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Iterable[Mapping[str, Any]],
     kind: str,
     key: Sequence[str],
     payload: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, int]:
     """Send ``rows`` (mappings named like the call's arguments) with one client; return the
-    counts. The building block of a partition task (Dask, or Spark's ``foreachPartition``).
+    counts. The building block of a partition task (Dask, or Spark's ``foreachPartition``:
+    see :mod:`koala_async.spark`); ``rows`` may be an iterator, read once, as it is sent.
     ``payload`` names the fields that go into the call's ``properties`` (or ``traits``).
 
     ``options`` go to :class:`~koala_async.KoalaSyncClient` (``public_api_key``,
@@ -78,9 +79,11 @@ def send_rows(
     """
     call_kind = CALLS[kind]
     parameters = [p for p in call_kind.parameters if p != "message_id"]
+    read = 0
     with KoalaSyncClient(**{**options, "on_full": "block", "strict": False}) as koala:
         call: Callable[..., object] = getattr(koala, kind)
         for row in rows:
+            read += 1
             kwargs = {p: row[p] for p in parameters if p in row and not _missing(row[p])}
             if payload:
                 values = {name: row[name] for name in payload if not _missing(row[name])}
@@ -89,7 +92,7 @@ def send_rows(
         koala.flush(timeout=math.inf)
         stats = koala.stats()
     return {
-        "rows": len(rows),
+        "rows": read,
         "delivered": stats.delivered,
         "dropped": stats.dropped_total,
         "pending": stats.pending,
