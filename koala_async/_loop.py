@@ -216,25 +216,43 @@ class _Asyncio(Loop):
 class _TaskSet:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[object]] = set()  # running
+        self._cancels: dict[asyncio.Task[object], Callable[[], None]] = {}
         self._failed: list[BaseException] = []
 
     def spawn(self, run: Callable[[], Awaitable[object]]) -> Callable[[], object]:
+        started = False
+
         async def main() -> object:
+            nonlocal started
+            started = True
             return await run()
 
-        task = asyncio.get_running_loop().create_task(main())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(main())
         self._tasks.add(task)
         task.add_done_callback(self._done)
-        return task.cancel
+
+        def cancel() -> None:
+            # A task cancelled before its first step never runs its body, its finally
+            # clauses included (a stop would wait forever for one to count itself out): let
+            # it start, and cancel it at its first await.
+            if started:
+                task.cancel()
+            else:
+                loop.call_soon(task.cancel)
+
+        self._cancels[task] = cancel
+        return cancel
 
     def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
+        self._cancels.pop(task, None)
         if not task.cancelled() and (error := task.exception()) is not None:
             self._failed.append(error)  # raised by leave()
 
     def cancel(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        for cancel in list(self._cancels.values()):
+            cancel()
 
     async def leave(self) -> None:
         while self._tasks:

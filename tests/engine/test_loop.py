@@ -179,6 +179,29 @@ async def test_background_tasks_outlive_their_owner_s_cancellation() -> None:
     assert not finished
 
 
+async def test_a_task_cancelled_before_it_starts_still_runs_its_finally() -> None:
+    """The runtime counts its workers out in a finally: a worker spawned and cancelled in
+    one turn of the loop (a stop right after a dispatch) must still count itself out, or
+    the close waits forever. On asyncio, a task cancelled before its first step skipped its
+    body, finally included."""
+    loop = _loop.current()
+    tasks = await loop.tasks()
+    ended: list[str] = []
+
+    async def work(name: str) -> None:
+        try:
+            await loop.sleep(5)
+        finally:
+            ended.append(name)
+
+    cancel = tasks.spawn(lambda: work("alone"))
+    cancel()
+    tasks.spawn(lambda: work("with the rest"))
+    tasks.cancel()
+    await tasks.leave()
+    assert sorted(ended) == ["alone", "with the rest"]
+
+
 async def test_leaving_raises_what_a_background_task_raised() -> None:
     loop = _loop.current()
     tasks = await loop.tasks()
