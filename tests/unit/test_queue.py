@@ -377,3 +377,92 @@ def test_clear_empties_every_part_of_the_queue() -> None:
     assert all(targets == {} for targets in queue.targets.values())
     assert all(bucket == [] for bucket in queue.buckets)
     assert queue.take() is None
+
+
+def test_a_next_batch_full_of_another_kind_goes_at_once() -> None:
+    for kind in (IDENTIFIES, PAGE_VIEWS):
+        queue = Queue()
+        _fill(queue, A, MAX_PER_KIND)
+        target = queue.take()
+        assert target is not None
+        target.seal()
+        _fill(queue, A, MAX_PER_KIND, kind)  # a new batch: the first is in flight
+        queue.done(target)
+        assert queue.take() is target, kind
+
+
+def test_thirty_of_one_kind_leave_room_for_the_others() -> None:
+    queue = Queue()
+    _fill(queue, A, MAX_PER_KIND, PAGE_VIEWS)
+    queue.put(IDENTIFIES, b"i", _who(A))
+    queue.put(EVENTS, b"e", _who(A))
+    assert _sizes(queue.targets["profile_id"][A]) == [MAX_PER_KIND + 2]
+
+
+def _in_flight_with_a_new_entry(queue: Queue) -> Target:
+    """A person made ready by a flush, their batch taken, one more entry arriving meanwhile."""
+    _fill(queue, A, 1)
+    assert queue.schedule_waiting() == 1
+    target = queue.take()
+    assert target is not None
+    target.seal()
+    queue.put(EVENTS, b"later", _who(A))
+    return target
+
+
+def test_an_entry_made_while_its_person_was_in_flight_is_sent_a_flush_interval_later() -> None:
+    queue = Queue()
+    target = _in_flight_with_a_new_entry(queue)
+    queue.done(target)
+    assert queue.take() is None
+    ticks = [queue.tick() for _ in range(TICKS)]
+    assert ticks == [0] * (TICKS - 1) + [1]
+    assert queue.take() is target
+    assert queue.take() is None
+
+
+def test_a_person_back_in_the_buckets_is_in_one_only() -> None:
+    queue = Queue()
+    target = _in_flight_with_a_new_entry(queue)
+    queue.done(target)
+    queue.tick()
+    queue.put(EVENTS, b"more", _who(A))
+    assert sum(bucket.count(target) for bucket in queue.buckets) == 1
+
+
+def test_a_person_made_ready_by_age_then_filled_is_ready_once() -> None:
+    queue = Queue()
+    _fill(queue, A, 1)
+    assert queue.schedule_waiting() == 1
+    _fill(queue, A, MAX_PER_KIND - 1)  # the batch is full now, while already ready
+    assert list(queue.ready) == [queue.targets["profile_id"][A]]
+
+
+def test_a_tick_counts_every_person_of_its_bucket() -> None:
+    queue = Queue()
+    _fill(queue, A, 1)
+    _fill(queue, B, 1)
+    assert [queue.tick() for _ in range(TICKS)][-1] == 2
+
+
+def test_an_entrys_ip_survives_the_inbox() -> None:
+    queue = Queue()
+    queue.add(EVENTS, b"1", _who(A), "10.0.0.1")
+    queue.intake()
+    target = queue.targets["profile_id"][A]
+    assert target.head is not None
+    assert target.head.ip == "10.0.0.1"
+    assert json.loads(target.body(target.head)) == {
+        "profile_id": A,
+        "ip": "10.0.0.1",
+        "events": [1],
+    }
+
+
+def test_an_account_known_only_by_its_id_is_queued() -> None:
+    queue = Queue()
+    queue.put(EVENTS, b"1", ("account_id", "42", "domain", None))
+    target = queue.targets["account_id"]["42"]
+    assert target.account
+    assert target.head is not None
+    assert json.loads(target.body(target.head)) == {"account_id": "42", "events": [1]}
