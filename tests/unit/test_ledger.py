@@ -194,3 +194,19 @@ def test_the_total_balances_after_any_mix_of_events() -> None:
     assert ledger.accepted == 6
     assert (ledger.delivered, ledger.dropped_total, ledger.pending, ledger.spooled) == (2, 3, 0, 1)
     assert _balances(ledger)
+
+
+def test_counts_add_up_over_many_batches() -> None:
+    ledger = Ledger()
+    for _ in range(10):
+        ledger.accept()
+    ledger.settle(_batch(2), None)
+    ledger.settle(_batch(3), None)
+    ledger.settle(_batch(1), "rejected")
+    ledger.settle(_batch(4), "rejected")
+    ledger.recover(5)
+    ledger.discard("expired", 2)
+    ledger.discard("expired", 1)
+    assert (ledger.delivered, ledger.dropped_total, ledger.pending, ledger.spooled) == (5, 8, 0, 2)
+    assert (ledger.dropped["rejected"], ledger.dropped["expired"]) == (5, 3)
+    assert _balances(ledger)
