@@ -168,9 +168,11 @@ def test_a_body_in_pieces_stops_at_its_length() -> None:
     assert reader.unread == 5
 
 
-def test_a_body_to_the_close_arriving_at_once_is_cut_at_the_cap() -> None:
+def test_a_body_to_the_close_is_cut_at_the_cap_however_it_arrives() -> None:
     _, end, _ = _read(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * (MAX_BODY + 10))
     assert end == End(b"x" * MAX_BODY, False)
+    _, end, _ = _read(b"HTTP/1.1 200 OK\r\n\r\nab", b"x" * MAX_BODY)
+    assert end == End(b"ab" + b"x" * (MAX_BODY - 2), False)
 
 
 def test_a_chunked_body_of_exactly_the_cap_is_whole() -> None:
