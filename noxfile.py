@@ -125,7 +125,9 @@ def mutation(session: nox.Session) -> None:
     """mutmut over the pure core (pyproject's [tool.mutmut]) against the unit tier alone:
     a mutant that survives is a missing test, or a change named as equivalent there."""
     session.install("-e", ".", *TEST_DEPS, "mutmut>=3.3")
-    session.run("mutmut", "run", "--max-children", str(os.cpu_count() or 2))
+    # posargs go to `mutmut run`: mutant name globs, and a last --max-children wins, e.g.
+    # `nox -s mutation -- --max-children 1 "koala_async._ledger*"` on a shared machine.
+    session.run("mutmut", "run", "--max-children", str(os.cpu_count() or 2), *session.posargs)
     session.run("python", "tools/mutation_score.py")
 
 

@@ -88,7 +88,8 @@ class Circuit:
                 return True
             self._open(verdict, now)
         elif verdict is Verdict.UNREACHABLE or verdict is Verdict.RETRY:
-            self._refusals = 0
+            # No refusal count to reset: after a refusal the circuit is open, so this opens
+            # it again with this verdict, and the next refusal counts from 1.
             self._failures += 1
             if (
                 before is OPEN

@@ -136,6 +136,12 @@ class Batch:
 _split = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 
+def _full(batch: Batch) -> bool:
+    """Whether one of the batch's kinds holds 30: the batch is due, even while still open."""
+    counts = batch.counts
+    return any((counts >> (kind << 3)) & 0xFF >= MAX_PER_KIND for kind in range(len(_SLOTS)))
+
+
 class Waiter:
     """Counts down the batches a ``flush()`` waits for; ``done`` is set when none are left."""
 
@@ -383,7 +389,7 @@ class Queue:
         assert target.head is not None
         target.head = first = target.head.next
         if first is not None:
-            if first is not target.open or first.waiters or self.eager:
+            if first is not target.open or _full(first) or first.waiters or self.eager:
                 self.ready.append(target)
             else:
                 target.scheduled = False
