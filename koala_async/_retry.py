@@ -12,21 +12,22 @@ Rules worth knowing:
 - A rate limit (429) holds the batch that met it at least :data:`RATE_LIMIT_FLOOR`, doubling
   while its 429s keep coming, so a ``Retry-After: 0`` cannot make a storm; other batches
   only keep to the rate the server accepts (:class:`~koala_async._limiter.Pacer`).
-- The backoff's schedule is the ``backoff`` package's ``expo`` with ``full_jitter``.
+- The backoff's schedule is exponential with full jitter: retry ``n`` waits a uniform draw
+  between 0 and ``backoff * 2**n``, that ceiling capped at ``max_backoff`` (what the
+  ``backoff`` package's ``expo`` and ``full_jitter`` give, in a few lines here: importing
+  that package cost ~16 ms, asyncio included, at every ``import koala_async``).
 - Waits imposed by the server (429, ``Retry-After``) use neither attempts nor the batch's
   ``budget``: the server asked us to wait, so waiting is not failing.
 """
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import math
 import sys
 import time
 from collections.abc import Callable, Iterator
 
-import backoff
 import msgspec
 
 from ._exceptions import ValidationError
@@ -37,6 +38,7 @@ __all__ = [
     "Tries",
     "Verdict",
     "classify",
+    "full_jitter",
     "overloads",
     "retry_after",
     "timed_out",
@@ -86,20 +88,41 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     def ceilings(self) -> Iterator[float]:
         """The backoff's ceilings, retry by retry: ``backoff * 2**retry`` up to
-        ``max_backoff`` (the ``backoff`` package's ``expo``)."""
-        waits = backoff.expo(base=2, factor=self.backoff, max_value=min(self.max_backoff, _YEAR))
-        next(waits)  # expo is a coroutine-style generator: its first value is None
-        return waits
+        ``max_backoff``."""
+        return _ceilings(self.backoff, min(self.max_backoff, _YEAR))
 
     def backoff_wait(self, retry: int) -> float:
         """The jittered wait before retry number ``retry`` (0 for the first retry)."""
         ceilings = self.ceilings()
         for _ in range(retry):
             next(ceilings)
-        return backoff.full_jitter(next(ceilings))
+        return full_jitter(next(ceilings))
 
 
-_YEAR = 365 * 86400.0  # expo's values stay floats: 2**1024 would not
+_YEAR = 365 * 86400.0  # the ceilings stay floats: 2**1024 would not
+
+
+def _ceilings(factor: float, cap: float) -> Iterator[float]:
+    """``factor * 2**n`` for n = 0, 1, 2... while under ``cap``, then ``cap`` for ever (the
+    ``backoff`` package's ``expo(base=2, factor, max_value=cap)`` without its leading None;
+    ``ldexp`` rather than ``2**n``: a factor of 0 never overflows a float, however many tries)."""
+    n = 0
+    while True:
+        ceiling = math.ldexp(factor, n)
+        if ceiling >= cap:
+            break
+        yield ceiling
+        n += 1
+    while True:
+        yield cap
+
+
+def full_jitter(ceiling: float) -> float:
+    """A uniform draw between 0 and ``ceiling`` (AWS's "full jitter"; the ``backoff``
+    package's ``full_jitter``). ``random`` is imported at the first retry, not at import."""
+    import random
+
+    return random.uniform(0, ceiling)
 
 
 class Verdict(enum.Enum):
@@ -179,6 +202,8 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils  # ~8 ms to import; an HTTP-date Retry-After is rare
+
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
@@ -201,7 +226,7 @@ class Tries:
     __slots__ = ("_ceilings", "_jitter", "attempts", "policy", "spent")
 
     def __init__(
-        self, policy: RetryPolicy, jitter: Callable[[float], float] = backoff.full_jitter
+        self, policy: RetryPolicy, jitter: Callable[[float], float] = full_jitter
     ) -> None:
         self.policy = policy
         self.attempts = 0
