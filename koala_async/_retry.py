@@ -225,9 +225,7 @@ class Tries:
 
     __slots__ = ("_ceilings", "_jitter", "attempts", "policy", "spent")
 
-    def __init__(
-        self, policy: RetryPolicy, jitter: Callable[[float], float] = full_jitter
-    ) -> None:
+    def __init__(self, policy: RetryPolicy, jitter: Callable[[float], float] = full_jitter) -> None:
         self.policy = policy
         self.attempts = 0
         self.spent = 0.0  # seconds of budget used: failed attempts' time and our own backoff
