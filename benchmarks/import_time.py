@@ -1,6 +1,9 @@
 """Import time of koala_async beside Segment's and PostHog's clients (issue 29, item 3).
 
-    python benchmarks/import_time.py [--runs 15] [--from-source] [--json out.json]
+    python benchmarks/import_time.py [--runs 15] [--from-source] [--baseline DIR] [--json out.json]
+
+``--baseline DIR`` adds another checkout's koala_async (say ``git archive main | tar -x -C
+DIR``) to the same turns, so a change is compared within one run.
 
 Each import runs in a fresh interpreter (``python -c``), ``--runs`` times, the SDKs taking
 turns (koala, segment, posthog, koala, ...) so that a busy machine slows them alike. Two
@@ -79,12 +82,16 @@ print(",".join(name for name in {heavy!r} if name in sys.modules))
 """
 
 
-def run(statement: str, importtime: bool, env: dict[str, str]) -> tuple[float, list[str]]:
-    """One fresh interpreter: (milliseconds, heavy modules loaded). With ``importtime`` the
-    milliseconds are the sum of the top-level cumulative times ``-X importtime`` printed."""
+def run(
+    statement: str, importtime: bool, env: dict[str, str], root: Path
+) -> tuple[float, list[str]]:
+    """One fresh interpreter, in ``root`` (whose koala_async it imports): (milliseconds,
+    heavy modules loaded). With ``importtime`` the milliseconds are the sum of the
+    top-level cumulative times ``-X importtime`` printed."""
     code = CHILD.format(statement=statement, heavy=HEAVY)
     command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", code]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    env = {**env, "PYTHONPATH": str(root)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, check=True)
     wall, loaded = done.stdout.splitlines()
     if not importtime:
         return float(wall), [name for name in loaded.split(",") if name]
@@ -98,10 +105,11 @@ def run(statement: str, importtime: bool, env: dict[str, str]) -> tuple[float, l
     return total / 1000, []
 
 
-def first_open(env: dict[str, str]) -> list[float]:
+def first_open(env: dict[str, str], root: Path) -> list[float]:
     """asyncio + koala_async imported, then a first open and close: [import, open, total] ms."""
     command = [sys.executable, "-c", FIRST_OPEN]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    env = {**env, "PYTHONPATH": str(root)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, check=True)
     return [float(ms) for ms in done.stdout.split()]
 
 
@@ -109,73 +117,94 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--from-source", action="store_true", help="no bytecode cache")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout's koala_async, measured in the same turns"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    wall: dict[str, list[float]] = {name: [] for name in TARGETS}
-    tool: dict[str, list[float]] = {name: [] for name in TARGETS}
-    loaded: list[str] = []
-    opens: list[list[float]] = []
+    # label: (statement, checkout whose koala_async is on the path)
+    targets = {name: (statement, ROOT) for name, statement in TARGETS.items()}
+    if args.baseline:
+        targets["koala_async (baseline)"] = (TARGETS["koala_async"], args.baseline.resolve())
+    roots = {
+        "koala_async": ROOT,
+        **({"baseline": args.baseline.resolve()} if args.baseline else {}),
+    }
+    wall: dict[str, list[float]] = {name: [] for name in targets}
+    tool: dict[str, list[float]] = {name: [] for name in targets}
+    loaded: dict[str, list[str]] = {}
+    opens: dict[str, list[list[float]]] = {name: [] for name in roots}
     with tempfile.TemporaryDirectory() as cache:
         if args.from_source:
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            env = dict(os.environ)
         else:
             env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-            env.update(PYTHONPATH=str(ROOT), PYTHONPYCACHEPREFIX=cache)
-            for statement in TARGETS.values():
-                run(statement, importtime=False, env=env)  # writes the bytecode
+            env["PYTHONPYCACHEPREFIX"] = cache
+            for statement, root in targets.values():
+                run(statement, importtime=False, env=env, root=root)  # writes the bytecode
         for _ in range(args.runs):
-            for name, statement in TARGETS.items():
-                ms, heavy = run(statement, importtime=False, env=env)
+            for name, (statement, root) in targets.items():
+                ms, heavy = run(statement, importtime=False, env=env, root=root)
                 wall[name].append(ms)
-                if name == "koala_async":
-                    loaded = heavy
-                tool[name].append(run(statement, importtime=True, env=env)[0])
-            opens.append(first_open(env))
+                loaded[name] = heavy
+                tool[name].append(run(statement, importtime=True, env=env, root=root)[0])
+            for name, root in roots.items():
+                opens[name].append(first_open(env, root))
     medians = {
         name: {
             "wall_ms": round(statistics.median(wall[name]), 1),
             "importtime_ms": round(statistics.median(tool[name]), 1),
         }
-        for name in TARGETS
+        for name in targets
     }
-    koala, segment = medians["koala_async"], medians["segment"]
+    segment = medians["segment"]
+    ratios = {
+        name: {
+            "wall": round(medians[name]["wall_ms"] / segment["wall_ms"], 2),
+            "importtime": round(medians[name]["importtime_ms"] / segment["importtime_ms"], 2),
+        }
+        for name in targets
+        if name.startswith("koala_async")
+    }
+    phases = ("asyncio + koala_async import", "first open + close", "total")
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()} "
         f"{platform.machine()}",
         "command": f"python benchmarks/import_time.py --runs {args.runs}"
-        + (" --from-source" if args.from_source else ""),
+        + (" --from-source" if args.from_source else "")
+        + (f" --baseline {args.baseline}" if args.baseline else ""),
         "medians": medians,
-        "ratio_to_segment": {
-            "wall": round(koala["wall_ms"] / segment["wall_ms"], 2),
-            "importtime": round(koala["importtime_ms"] / segment["importtime_ms"], 2),
+        "ratio_to_segment": ratios["koala_async"],
+        "ratios_to_segment": ratios,
+        "koala_async_loads": loaded["koala_async"],
+        "loads": {name: loaded[name] for name in ratios},
+        "first_open_ms": {
+            name: {
+                phase: round(statistics.median(ms), 1)
+                for phase, ms in zip(phases, zip(*runs, strict=True), strict=True)
+            }
+            for name, runs in opens.items()
         },
-        "koala_async_loads": loaded,
-        "first_open_ms": dict(
-            zip(
-                ("asyncio + koala_async import", "first open + close", "total"),
-                (round(statistics.median(ms), 1) for ms in zip(*opens, strict=True)),
-                strict=True,
-            )
-        ),
     }
     print(f"{result['date']}, {result['machine']}, {result['command']}")
-    print("| import | wall ms (median) | -X importtime ms (median) |")
-    print("|---|---|---|")
-    for name, figures in medians.items():
-        print(f"| {TARGETS[name]} | {figures['wall_ms']} | {figures['importtime_ms']} |")
-    ratio = result["ratio_to_segment"]
-    verdict = "pass" if max(ratio.values()) <= 0.5 else "MISS"
     print(
-        f"koala_async / Segment: wall {ratio['wall']}, importtime {ratio['importtime']} "
-        f"(target <= 0.5): {verdict}"
-    )
-    print(f"heavy modules import koala_async loads: {', '.join(loaded) or 'none'}")
-    print(
-        "| first use, bare interpreter (wall ms, median) | " + " | ".join(result["first_open_ms"])
+        "| import | wall ms (median) | -X importtime ms (median) | / Segment (wall, importtime) |"
     )
     print("|---|---|---|---|")
-    print("| koala_async | " + " | ".join(str(v) for v in result["first_open_ms"].values()) + " |")
+    for name, figures in medians.items():
+        ratio = ratios.get(name)
+        shown = f"{ratio['wall']}, {ratio['importtime']}" if ratio else ""
+        print(f"| {name} | {figures['wall_ms']} | {figures['importtime_ms']} | {shown} |")
+    ratio = ratios["koala_async"]
+    verdict = "pass" if max(ratio.values()) <= 0.5 else "MISS"
+    print(f"target: koala_async at most 0.5x Segment's, both ways: {verdict}")
+    for name in ratios:
+        print(f"heavy modules {name} loads: {', '.join(loaded[name]) or 'none'}")
+    print("| first use, bare interpreter (wall ms, median) | " + " | ".join(phases) + " |")
+    print("|---|---|---|---|")
+    for name, figures in result["first_open_ms"].items():
+        print(f"| {name} | " + " | ".join(str(v) for v in figures.values()) + " |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 
