@@ -110,6 +110,24 @@ def _load() -> Callable[[], Loop]:
     return _current_loop
 
 
+def preload(spool: bool) -> None:
+    """Import, in the calling thread, all that an engine's open imports (``spool``: and
+    what opening a spool needs).
+
+    :class:`~koala_async.KoalaSyncClient` calls it before it starts its engine's thread: an
+    import still under way in that thread when the process forks (gunicorn ``--preload``,
+    Celery's prefork pool, a call just before ``os.fork()``) would leave the child a module
+    half initialised for ever, and its own engine could not start.
+    """
+    _load()
+    from . import _http, _runtime, _sender  # noqa: F401
+
+    if spool:
+        import anyio.to_thread  # noqa: F401
+
+        from . import _spool  # noqa: F401
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 

@@ -50,6 +50,7 @@ import msgspec
 
 from ._admission import State
 from ._client import build
+from ._engine import preload
 from ._exceptions import ClientClosedError, KoalaError, ValidationError
 from ._redact import redact
 from ._stats import DROP_REASONS, FlushResult, Stats
@@ -408,6 +409,9 @@ class KoalaSyncClient:
         a real lock, made before the patch, and a greenlet blocked on it blocks the hub."""
         import concurrent.futures
 
+        # What the engine's thread would import as it opens, imported here first: never in a
+        # thread of ours that a fork could cut short mid-import.
+        preload(spool=self._spare.spool_path is not None)
         with self._lock:
             engine = self._engine
             if engine is not None and engine.pid == _pid:
