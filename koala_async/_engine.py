@@ -119,13 +119,14 @@ def preload(spool: bool) -> None:
     Celery's prefork pool, a call just before ``os.fork()``) would leave the child a module
     half initialised for ever, and its own engine could not start.
     """
+    import importlib
+
     _load()
-    from . import _http, _runtime, _sender  # noqa: F401
-
+    needed = ["koala_async._http", "koala_async._runtime", "koala_async._sender"]
     if spool:
-        import anyio.to_thread  # noqa: F401
-
-        from . import _spool  # noqa: F401
+        needed += ["anyio.to_thread", "koala_async._spool"]
+    for name in needed:
+        importlib.import_module(name)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -69,3 +69,31 @@ def test_a_wrong_http_client_is_refused_without_importing_httpx() -> None:
         "    raise SystemExit('accepted')"
     )
     assert loaded_after(code) == []
+
+
+def test_the_sync_client_imports_them_before_it_starts_its_thread() -> None:
+    """In the caller's thread, before the engine's thread starts: an import under way in that
+    thread when the process forks (a call just before os.fork(), gunicorn --preload) would
+    leave the child a half-initialised module, and its engine could not start."""
+    code = (
+        "import sys\n"
+        "from koala_async import KoalaSyncClient, _sync\n"
+        "seen = []\n"
+        "original = _sync._start_thread\n"
+        "def start(run):\n"
+        "    seen.extend(sorted(name for name in sys.modules if name.startswith(\n"
+        "        ('httpx', 'anyio', 'koala_async._'))))\n"
+        "    original(run)\n"
+        "_sync._start_thread = start\n"
+        "koala = KoalaSyncClient('pk_test', base_url='http://127.0.0.1:9', shutdown_timeout=0.2)\n"
+        "koala.track('Signed Up', email='ada@acme.com')\n"
+        "koala.close(0.2)\n"
+        "print(' '.join(seen))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    before_the_thread = set(done.stdout.split())
+    expected = {"koala_async._loop", "koala_async._runtime", "koala_async._sender"}
+    assert before_the_thread >= {"httpx", "anyio", "koala_async._http", *expected}
