@@ -23,8 +23,6 @@ import enum
 from collections.abc import Callable
 from typing import NamedTuple
 
-import backoff
-
 from ._circuit import DEAD, OPEN, Circuit
 from ._limiter import Limiter, Pacer
 from ._retry import (
@@ -34,6 +32,7 @@ from ._retry import (
     Verdict,
     classify,
     classify_error,
+    full_jitter,
     overloads,
     rate_limit_wait,
     retry_after,
@@ -105,7 +104,7 @@ class Attempts:
         circuit: Circuit,
         limiter: Limiter,
         pacer: Pacer,
-        jitter: Callable[[float], float] = backoff.full_jitter,
+        jitter: Callable[[float], float] = full_jitter,
     ) -> None:
         self._size = size
         self._circuit = circuit

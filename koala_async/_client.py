@@ -22,13 +22,13 @@ from ._exceptions import ClientClosedError, ValidationError
 from ._intake import BeforeSend, Intake
 from ._options import resolve
 from ._redact import redact
-from ._spool import SpoolOptions
 from ._stats import FlushResult, Stats
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ._options import ClientOptions
+    from ._spool import SpoolOptions
 
 __all__ = ["BeforeSend", "KoalaClient", "build"]
 
@@ -39,16 +39,16 @@ def build(
     """Check a client's options and build its intake and engine (both faces do this)."""
     given = resolve(options, face)
     spool = given.pop("spool")
-    spool_options = (
-        None
-        if spool is None
-        else SpoolOptions.build(
+    spool_options: SpoolOptions | None = None
+    if spool is not None:
+        from ._spool import SpoolOptions  # and sqlite3: only for a client with a spool
+
+        spool_options = SpoolOptions.build(
             spool,
             given.pop("spool_commit_interval"),
             given.pop("spool_max_bytes"),
             given.pop("spool_max_age"),
         )
-    )
     for name in ("spool_commit_interval", "spool_max_bytes", "spool_max_age"):
         given.pop(name, None)
     http_client, on_error, before_send = (

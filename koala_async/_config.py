@@ -10,7 +10,6 @@ import math
 import os
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote, urlsplit
 
 from . import _validate
 from ._exceptions import ValidationError
@@ -41,6 +40,8 @@ def _base_url(base: object, key: str) -> str:
             f"base_url holds a space or a control character (CR, LF, TAB, NUL...), got "
             f"{shown}: give the bare URL, {_EXAMPLE}"
         )
+    from urllib.parse import urlsplit  # at construction, not at import
+
     base = base.rstrip("/")
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -152,6 +153,8 @@ class Config:
                 raise ValidationError(f"{name} must be True or False, got {flag!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValidationError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
+
+        from urllib.parse import quote
 
         protect(key)
         path = f"{base}/web/projects/{quote(key, safe='')}"

@@ -18,34 +18,35 @@ intake), :meth:`Engine.refuse_call`, :meth:`Engine.flush`, :meth:`Engine.close` 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
+import sys
 import time
 import weakref
-from collections.abc import Awaitable, Generator
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
-import httpx
-
-from . import _loop
 from ._admission import Admission, State
+from ._attempts import DROPS as _DROPS
 from ._circuit import CLOSED, DEAD, Circuit
-from ._config import Config
 from ._exceptions import ClientClosedError, DeliveryError, QueueFullError, ValidationError
 from ._fork import in_child
-from ._http import HttpFactory
-from ._intake import Built, Refusal
 from ._ledger import Ledger
 from ._limiter import Limiter
-from ._queue import Queue, Waiter
+from ._queue import FILE_EVERY, MAX_BLOCK, Queue, Waiter
 from ._reporter import OnError, Reporter
-from ._runtime import FILE_EVERY, MAX_BLOCK, Runtime
-from ._sender import _DROPS, Sender
-from ._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions
 from ._stats import DropReason, FlushResult, Stats
-from ._validate import Who
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ._config import Config
+    from ._intake import Built, Refusal
+    from ._loop import Loop
+    from ._runtime import Runtime
+    from ._sender import Sender
+    from ._spool import Spool, SpoolOptions
+    from ._validate import Who
 
 __all__ = ["Engine"]
 
@@ -81,6 +82,54 @@ def _after_fork_in_child() -> None:
         engine.admission.forked()
 
 
+def _no_running_loop() -> object:
+    return None
+
+
+# What the hot path and the loop check call, bound by the first open (:func:`_load`):
+# asyncio's C getter of the running loop, and :func:`._loop.current`.
+_running_loop: Callable[[], object] = _no_running_loop
+_current_loop: Callable[[], Loop] | None = None
+
+
+def _load() -> Callable[[], Loop]:
+    """Import what an open engine runs on and bind the names the calls use.
+
+    Nothing of it is imported with koala_async (asyncio, anyio, httpx and the delivery
+    modules: ~90 ms in a bare interpreter, more than Segment's whole import): a script that
+    only builds a client, or a sync client before its first call, never pays it. In an
+    async app the event loop's modules are loaded already, and httpx is the rest.
+    """
+    global _running_loop, _current_loop
+    if _current_loop is None:
+        import asyncio
+
+        from . import _loop
+
+        _running_loop = asyncio._get_running_loop
+        _current_loop = _loop.current
+    return _current_loop
+
+
+def preload(spool: bool) -> None:
+    """Import, in the calling thread, all that an engine's open imports (``spool``: and
+    what opening a spool needs).
+
+    :class:`~koala_async.KoalaSyncClient` calls it before it starts its engine's thread: an
+    import still under way in that thread when the process forks (gunicorn ``--preload``,
+    Celery's prefork pool, a call just before ``os.fork()``) would leave the child a module
+    half initialised for ever, and its own engine could not start.
+    """
+    import importlib
+
+    _load()
+    needed = ["koala_async._http", "koala_async._runtime", "koala_async._sender"]
+    if spool:
+        needed += ["anyio.to_thread", "koala_async._spool"]
+    for name in needed:
+        importlib.import_module(name)
+
+
 class Engine:
     """One client's queue, counters, decisions, workers and spool, opened and closed once."""
 
@@ -93,7 +142,7 @@ class Engine:
         spool: SpoolOptions | None,
         face: str,
     ) -> None:
-        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+        if http_client is not None and not _is_httpx_client(http_client):
             raise ValidationError(
                 f"http_client must be an httpx.AsyncClient, got {type(http_client).__name__}"
             )
@@ -136,7 +185,11 @@ class Engine:
         if admission.state is State.DISABLED:
             return
         config = self.config
-        loop = _loop.current()
+        loop = _load()()
+        from ._http import HttpFactory
+        from ._runtime import Runtime
+        from ._sender import Sender
+
         self._token = loop.token()
         held = 0 if self._spool_options is None else await self._open_spool(self._spool_options)
         self._sender = Sender(
@@ -172,6 +225,10 @@ class Engine:
 
     async def _open_spool(self, options: SpoolOptions) -> int:
         """Open the spool file and take over what an earlier run left in it (returned)."""
+        import anyio.to_thread
+
+        from ._spool import Spool, SpooledQueue, SpoolFile
+
         file, held = await anyio.to_thread.run_sync(SpoolFile.open, options.path)
         self._queue = queue = SpooledQueue(file.last_seq)
         self._spool = Spool(
@@ -291,8 +348,9 @@ class Engine:
             return
         if not self.admission.taking:  # closed, forked, orphaned: check_open says which
             self.check_open()
+        assert _current_loop is not None  # bound by the open that set the token
         try:
-            token = _loop.current().token()
+            token = _current_loop().token()
         except RuntimeError:  # no event loop runs this call: a coroutine driven by hand
             token = None
         if token != self._token:
@@ -527,7 +585,13 @@ class Engine:
         runtime.wake_room()
 
 
-_running_loop = asyncio._get_running_loop
+def _is_httpx_client(http_client: object) -> bool:
+    """Is it an ``httpx.AsyncClient``? Whoever made one imported httpx: if it is not
+    imported, this is not one (and the check does not import it, ~50 ms)."""
+    httpx_module = sys.modules.get("httpx")
+    return httpx_module is not None and isinstance(http_client, httpx_module.AsyncClient)
+
+
 _OTHER_LOOP = (
     "this {face} was opened in another event loop (a module-scoped async fixture, another "
     "thread's loop); open it in the event loop that calls it, or use one KoalaSyncClient "

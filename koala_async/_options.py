@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -79,6 +78,8 @@ def resolve(options: Mapping[str, Any], owner: str) -> dict[str, Any]:
     (as a misspelt keyword does), naming the closest option."""
     unknown = options.keys() - DEFAULTS.keys()
     if unknown:
+        import difflib  # for a misspelt option only
+
         name = sorted(unknown)[0]
         close = difflib.get_close_matches(name, DEFAULTS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; it takes {', '.join(DEFAULTS)}"

@@ -267,6 +267,12 @@ def _reraise(error: Exception, item: Item) -> None:
 TICKS = 8
 """Age buckets per flush interval: a waiting entry is sent after 7/8 to 8/8 of it, so the
 batches of a busy site go out in eight small waves a second rather than one big one."""
+FILE_EVERY = 64
+"""Entries in the inbox that have it filed at the loop's next turn (the engine's hot path
+and the runtime both read it; here, so that the engine need not import the runtime)."""
+MAX_BLOCK = 0.05
+"""Seconds a call with ``on_full="pace"`` waits for room at most (Kafka's ``max.block.ms``
+idea, in a request handler's scale); then its entry is dropped as ``queue_full``."""
 
 
 class Queue:

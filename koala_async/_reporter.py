@@ -10,20 +10,22 @@ callback during an outage at 2,800 calls/s once grew it by 150 MB in 40 s).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from ._loop import Event, Loop
 from ._queue import Batch, Target
 from ._redact import bare
 from ._stats import DeliveryFailure, DropReason
 from ._validate import Who
+
+if TYPE_CHECKING:
+    from ._loop import Event, Loop
 
 __all__ = ["OnError", "Reporter"]
 
@@ -170,6 +172,8 @@ class Reporter:
 
     async def _call(self, failure: DeliveryFailure) -> None:
         assert self._on_error is not None
+        import inspect  # ~4 ms to import: only once a callback is called
+
         try:
             result = self._on_error(failure)
             if inspect.isawaitable(result):

@@ -12,21 +12,21 @@ Rules worth knowing:
 - A rate limit (429) holds the batch that met it at least :data:`RATE_LIMIT_FLOOR`, doubling
   while its 429s keep coming, so a ``Retry-After: 0`` cannot make a storm; other batches
   only keep to the rate the server accepts (:class:`~koala_async._limiter.Pacer`).
-- The backoff's schedule is the ``backoff`` package's ``expo`` with ``full_jitter``.
+- The backoff's schedule is the ``backoff`` package's ``expo`` with ``full_jitter``,
+  imported at the first retry (it imports asyncio: ~16 ms that ``import koala_async`` need
+  not pay).
 - Waits imposed by the server (429, ``Retry-After``) use neither attempts nor the batch's
   ``budget``: the server asked us to wait, so waiting is not failing.
 """
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import math
 import sys
 import time
 from collections.abc import Callable, Iterator
 
-import backoff
 import msgspec
 
 from ._exceptions import ValidationError
@@ -37,6 +37,7 @@ __all__ = [
     "Tries",
     "Verdict",
     "classify",
+    "full_jitter",
     "overloads",
     "retry_after",
     "timed_out",
@@ -87,6 +88,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     def ceilings(self) -> Iterator[float]:
         """The backoff's ceilings, retry by retry: ``backoff * 2**retry`` up to
         ``max_backoff`` (the ``backoff`` package's ``expo``)."""
+        import backoff
+
         waits = backoff.expo(base=2, factor=self.backoff, max_value=min(self.max_backoff, _YEAR))
         next(waits)  # expo is a coroutine-style generator: its first value is None
         return waits
@@ -96,10 +99,17 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
         ceilings = self.ceilings()
         for _ in range(retry):
             next(ceilings)
-        return backoff.full_jitter(next(ceilings))
+        return full_jitter(next(ceilings))
 
 
 _YEAR = 365 * 86400.0  # expo's values stay floats: 2**1024 would not
+
+
+def full_jitter(ceiling: float) -> float:
+    """A uniform draw between 0 and ``ceiling``: the ``backoff`` package's ``full_jitter``."""
+    import backoff
+
+    return float(backoff.full_jitter(ceiling))
 
 
 class Verdict(enum.Enum):
@@ -179,6 +189,8 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils  # ~8 ms to import; an HTTP-date Retry-After is rare
+
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
@@ -200,9 +212,7 @@ class Tries:
 
     __slots__ = ("_ceilings", "_jitter", "attempts", "policy", "spent")
 
-    def __init__(
-        self, policy: RetryPolicy, jitter: Callable[[float], float] = backoff.full_jitter
-    ) -> None:
+    def __init__(self, policy: RetryPolicy, jitter: Callable[[float], float] = full_jitter) -> None:
         self.policy = policy
         self.attempts = 0
         self.spent = 0.0  # seconds of budget used: failed attempts' time and our own backoff

@@ -28,7 +28,7 @@ from ._http import HttpFactory
 from ._ledger import Ledger
 from ._limiter import Limiter
 from ._loop import Event, Loop, Tasks
-from ._queue import TICKS, Item, Queue
+from ._queue import FILE_EVERY, TICKS, Item, Queue
 from ._reporter import Reporter
 from ._sender import Sender
 from ._wire import top_up
@@ -38,11 +38,7 @@ __all__ = ["Runtime"]
 logger = logging.getLogger("koala_async")
 
 CALLBACK_GRACE = 1.0  # seconds on_error may take, past the deadline, to hear of the last drops
-MAX_BLOCK = 0.05
-"""Seconds a call with ``on_full="pace"`` waits for room at most (Kafka's ``max.block.ms``
-idea, in a request handler's scale); then its entry is dropped as ``queue_full``."""
 FILE_WITHIN = 0.05  # seconds an entry may wait in the queue's inbox before it is filed
-FILE_EVERY = 64  # entries in the inbox that have it filed at the loop's next turn
 
 
 class Runtime:

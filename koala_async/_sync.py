@@ -32,9 +32,7 @@ The traps peers fell into, and what this does about each:
 from __future__ import annotations
 
 import _thread
-import asyncio
 import atexit
-import concurrent.futures
 import logging
 import math
 import os
@@ -50,22 +48,27 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import _loop
 from ._admission import State
 from ._client import build
-from ._engine import Engine, Waiting
+from ._engine import preload
 from ._exceptions import ClientClosedError, KoalaError, ValidationError
 from ._fork import in_child
-from ._intake import Built, Refusal
-from ._loop import Event, Tasks
-from ._queue import Item
 from ._redact import redact
 from ._stats import DROP_REASONS, FlushResult, Stats
 
 if TYPE_CHECKING:
+    # asyncio and concurrent.futures (~20 ms to import) wait for the first call: a script or
+    # a web worker that imports koala_async, or only makes its client, does not load them.
+    import asyncio
+    import concurrent.futures
+
     from typing_extensions import Unpack
 
+    from ._engine import Engine, Waiting
+    from ._intake import Built, Refusal
+    from ._loop import Event, Tasks
     from ._options import ClientOptions
+    from ._queue import Item
 
 __all__ = ["KoalaSyncClient"]
 
@@ -88,6 +91,9 @@ class _Engine:
     function, or garbage-collected while holding entries, still delivers them."""
 
     def __init__(self, core: Engine) -> None:
+        import asyncio
+        import concurrent.futures
+
         self.pid = _pid
         self.core = core
         self.ledger = core.ledger
@@ -126,6 +132,8 @@ class _Engine:
             raise
 
     def _run(self) -> None:
+        import asyncio
+
         self.ident = _get_ident()
         try:
             self.loop = asyncio.new_event_loop()
@@ -148,6 +156,8 @@ class _Engine:
             _engines.discard(self)
 
     async def _main(self) -> None:
+        from . import _loop
+
         core = self.core
         loop = _loop.current()
         # Made first, so (with anyio's task groups) the core's own, entered and left by this
@@ -314,6 +324,8 @@ class _Engine:
 
     def wait_closed(self, timeout: float) -> FlushResult | None:
         """The close's result, waiting at most ``timeout`` seconds; None if not done."""
+        import concurrent.futures
+
         try:
             return self.closed.result(None if timeout == math.inf else max(timeout, 0.0))
         except (concurrent.futures.TimeoutError, ClientClosedError):
@@ -396,6 +408,11 @@ class KoalaSyncClient:
 
         The lock is never held while waiting (for the engine's loop): under gevent it may be
         a real lock, made before the patch, and a greenlet blocked on it blocks the hub."""
+        import concurrent.futures
+
+        # What the engine's thread would import as it opens, imported here first: never in a
+        # thread of ours that a fork could cut short mid-import.
+        preload(spool=self._spare.spool_path is not None)
         with self._lock:
             engine = self._engine
             if engine is not None and engine.pid == _pid:
@@ -460,6 +477,8 @@ class KoalaSyncClient:
     def _put_full(self, engine: _Engine, item: Item) -> bool:
         """Let the engine drop, raise or wait for room, as ``on_full`` says; False if it
         dropped the entry."""
+        import concurrent.futures
+
         if engine.on_loop():  # e.g. from on_error: waiting here would stop the loop
             engine.drain()
             engine.put_full(item, None)
@@ -499,6 +518,9 @@ class KoalaSyncClient:
             engine.drain()
             engine.core.flush_waiting()
             return FlushResult(delivered=0, dropped=0, pending=engine.snapshot().pending)
+        import asyncio
+        import concurrent.futures
+
         wait = self._config.shutdown_timeout if timeout is None else float(timeout)
         before = self.stats()
         future = asyncio.run_coroutine_threadsafe(_flush(engine, wait), engine.loop)
@@ -548,6 +570,8 @@ class KoalaSyncClient:
 
     @staticmethod
     def _stats_of(engine: _Engine) -> Stats:
+        import concurrent.futures
+
         if engine.on_loop() or not engine.running:
             return engine.snapshot()
         future: concurrent.futures.Future[Stats] = concurrent.futures.Future()

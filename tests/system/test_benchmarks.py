@@ -185,6 +185,18 @@ def test_the_cold_scenario_runs_in_a_bare_interpreter(sink: int) -> None:
     assert result["first_open_backend_loaded_ms"] > 0
 
 
+def test_the_import_benchmark_runs_and_names_what_koala_async_loads(tmp_path: Path) -> None:
+    out = tmp_path / "import.json"
+    command = [sys.executable, str(BENCHMARKS / "import_time.py"), "--runs", "1"]
+    subprocess.run([*command, "--json", str(out)], capture_output=True, timeout=300, check=True)
+    result = json.loads(out.read_text())
+    assert set(result["medians"]) == {"koala_async", "segment", "posthog"}
+    assert all(ms > 0 for sdk in result["medians"].values() for ms in sdk.values())
+    assert result["ratio_to_segment"]["wall"] > 0
+    assert result["koala_async_loads"] == []  # none of httpx, asyncio, anyio, sqlite3...
+    assert result["first_open_ms"]["koala_async"]["first open + close"] > 0
+
+
 def test_the_ceilings_run(sink: int) -> None:
     assert _worker(sink, "httpx", "run", "one", 300)["eps"] > 0
     assert _post(sink, "/_count", b"")["count"] == 300

@@ -53,7 +53,7 @@ def test_the_readme_retry_defaults() -> None:
 
 
 def test_the_default_backoff_schedule_exactly() -> None:
-    """backoff * 2**retry up to max_backoff, one wait per failure (the package's expo,
+    """backoff * 2**retry up to max_backoff, one wait per failure (the backoff package's expo,
     jitter aside). Without jitter the 120 s budget ends it before max_attempts: a ninth
     30 s wait would spend 121.5 s; with full jitter the waits average half."""
     attempts = run()
