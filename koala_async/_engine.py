@@ -23,6 +23,7 @@ import math
 import sys
 import time
 import weakref
+from _thread import get_ident as _get_ident
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -82,13 +83,11 @@ def _after_fork_in_child() -> None:
         engine.admission.forked()
 
 
-def _no_running_loop() -> object:
-    return None
+def _not_running() -> bool:
+    return False
 
 
-# What the hot path and the loop check call, bound by the first open (:func:`_load`):
-# asyncio's C getter of the running loop, and :func:`._loop.current`.
-_running_loop: Callable[[], object] = _no_running_loop
+# What the loop check calls, bound by the first open (:func:`_load`): :func:`._loop.current`.
 _current_loop: Callable[[], Loop] | None = None
 
 
@@ -100,13 +99,10 @@ def _load() -> Callable[[], Loop]:
     only builds a client, or a sync client before its first call, never pays it. In an
     async app the event loop's modules are loaded already, and httpx is the rest.
     """
-    global _running_loop, _current_loop
+    global _current_loop
     if _current_loop is None:
-        import asyncio
-
         from . import _loop
 
-        _running_loop = asyncio._get_running_loop
         _current_loop = _loop.current
     return _current_loop
 
@@ -158,6 +154,11 @@ class Engine:
         self._http = http_client
         self._parked = 0  # calls that parked their entry on disk
         self._token: object = None
+        # The hot path's test that a call comes from the loop the engine was opened in: the
+        # same thread, while that loop runs (a thread runs one loop at a time). Asking
+        # asyncio for the running loop costs a getpid() system call per call on 3.11.
+        self._thread = 0
+        self._loop_runs: Callable[[], bool] = _not_running
         self._queue = Queue()
         self._limiter = Limiter(config.max_concurrent_requests, initial=_INITIAL_LIMIT)
         self._circuit = Circuit(config.retry.backoff, config.retry.max_backoff)
@@ -190,7 +191,10 @@ class Engine:
         from ._runtime import Runtime
         from ._sender import Sender
 
-        self._token = loop.token()
+        self._token = token = loop.token()
+        self._thread = _get_ident()
+        is_running = getattr(token, "is_running", None)  # an asyncio loop's; trio: none
+        self._loop_runs = _not_running if is_running is None else is_running
         held = 0 if self._spool_options is None else await self._open_spool(self._spool_options)
         self._sender = Sender(
             config,
@@ -436,8 +440,8 @@ class Engine:
         if built is None:
             self.ledger.refuse("filtered")
             return None
-        if self._token is not _running_loop():  # asyncio: the loop it was opened in, or None
-            self._check_loop()  # another event loop (or trio, or Python 3.10's anyio token)
+        if _get_ident() != self._thread or not self._loop_runs():
+            self._check_loop()  # another thread or event loop (or trio, or Python 3.10)
         kind, raw, who, ip, _ = built
         ledger = self.ledger
         if ledger.pending >= self.admission.limit:  # full, closed, dead or spooling: rare

@@ -159,6 +159,22 @@ def test_a_second_event_loop_is_refused_with_what_to_do() -> None:
     invariant(koala.stats())
 
 
+def test_an_idle_event_loop_s_client_is_refused_in_the_next_loop_of_its_thread() -> None:
+    """pytest-asyncio's module-scoped fixture: its loop opens the client and waits, not
+    running, while a test's loop runs in the same thread and calls the client."""
+    fixture_loop = asyncio.new_event_loop()
+    koala = KoalaClient("pk_test", base_url="http://127.0.0.1:9", shutdown_timeout=0)
+    try:
+        fixture_loop.run_until_complete(koala.__aenter__())
+        assert asyncio.run(koala.track("Step", email="a@acme.com")) is None
+        assert koala.stats().dropped["closed"] == 1
+        assert fixture_loop.run_until_complete(koala.track("Step", email="a@acme.com"))
+        fixture_loop.run_until_complete(koala.aclose(0))
+    finally:
+        fixture_loop.close()
+    invariant(koala.stats())
+
+
 def test_a_live_event_loop_other_than_its_own_is_refused_with_what_to_do() -> None:
     """A module-scoped async fixture opens the client in one loop, a test calls it from
     another, which is alive: calls returned ids and nothing was sent until teardown."""
