@@ -93,11 +93,17 @@ class Sender:
         return max(0.0, min(wait, (self.deadline - time.monotonic()) / (turns + 1)))
 
     async def _sleep(self, wait: float, turns: int) -> None:
-        """Wait ``wait`` seconds, cut by :meth:`_cut`, also when the close begins meanwhile."""
+        """Wait ``wait`` seconds, cut by :meth:`_cut`, also when the close begins meanwhile.
+        Past the close's deadline nothing is cut: the close stops the workers then, and a
+        wait cut to nothing would spin, holding the event loop (and the close) until the
+        server's rate let the batch go."""
         end = time.monotonic() + wait
         if self.deadline == math.inf:
             await self._loop.wait(self._closing, wait)
-        left = self._cut(end - time.monotonic(), turns)
+        now = time.monotonic()
+        left = end - now
+        if now < self.deadline:  # closing: leave room for more attempts before the deadline
+            left = self._cut(left, turns)
         if left > 0:
             await self._loop.sleep(left)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -497,3 +498,23 @@ async def test_reports_still_queued_at_the_deadline_reach_on_error() -> None:
             await koala.track("A", email=f"p{i}@acme.com")
     assert koala.stats().dropped["rejected"] == 20
     assert sorted(reported) == sorted(f"p{i}@acme.com" for i in range(20))
+
+
+async def test_a_wait_past_the_close_s_deadline_still_waits() -> None:
+    """A batch held back by the server's rate while the client closes: past the close's
+    deadline its wait was cut to nothing, so its worker spun without yielding until the
+    rate let it go, holding the event loop and the close (faults.py's token bucket: closes
+    of 12-13 s with a 10 s deadline)."""
+    async with KoalaClient("pk_test", base_url="http://127.0.0.1:9", shutdown_timeout=0) as koala:
+        sender = koala._engine._sender
+        assert sender is not None
+        sender.close_by(time.monotonic() - 1)  # the deadline has passed
+        ran: list[int] = []
+
+        async def mark() -> None:
+            ran.append(1)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(mark)
+            await sender._sleep(0.01, 2)
+            assert ran, "the wait returned without letting the event loop run"
