@@ -27,7 +27,6 @@ import weakref
 from collections.abc import Awaitable, Generator
 from typing import Any
 
-import anyio.to_thread
 import httpx
 
 from . import _loop
@@ -43,7 +42,7 @@ from ._queue import Queue, Waiter
 from ._reporter import OnError, Reporter
 from ._runtime import FILE_EVERY, MAX_BLOCK, Runtime
 from ._sender import _DROPS, Sender
-from ._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions
+from ._spool import Spool, SpooledQueue, SpoolOptions, Writer
 from ._stats import DropReason, FlushResult, Stats
 from ._validate import Who
 
@@ -174,11 +173,13 @@ class Engine:
 
     async def _open_spool(self, options: SpoolOptions) -> int:
         """Open the spool file and take over what an earlier run left in it (returned)."""
-        file, held = await anyio.to_thread.run_sync(SpoolFile.open, options.path)
-        self._queue = queue = SpooledQueue(file.last_seq)
+        writer = Writer(options.path)
+        held = await writer.open()
+        assert writer.file is not None
+        self._queue = queue = SpooledQueue(writer.file.last_seq)
         self._spool = Spool(
             options,
-            file,
+            writer,
             queue,
             self.ledger,
             self.reporter,
@@ -281,6 +282,8 @@ class Engine:
         """Close an engine that was never opened, or whose event loop has ended."""
         orphaned = self.admission.state is State.ORPHANED
         self.admission.closed()
+        if orphaned and self._spool is not None:
+            self._spool.abandon()
         if orphaned:
             for _target, batch in list(self._queue.batches()):
                 self.ledger.settle(batch, "shutdown_timeout")
@@ -444,8 +447,13 @@ class Engine:
             runtime = self._runtime
             assert runtime is not None
             runtime.file()  # the inbox's entries are older: they take their places first
-            self._spool.park(kind, raw, who, ip)
+            spool = self._spool
+            if not spool.park(kind, raw, who, ip):
+                self.refuse_entry("spool_full", raw, who, ip)
+                return DROPPED
             admission.spool(True)
+            if spool.behind:  # the disk is slower than the calls: wait for the writer
+                return spool.catch_up()
             self._parked = parked = self._parked + 1
             # The writer takes parked entries at its own pace: a loop that only parks must
             # yield now and then, as a request handler does anyway.

@@ -15,24 +15,31 @@ While anything is parked, new entries are parked too, and the writer reads parke
 into memory in seq order as room appears: so each person's entries are sent in the order
 they were made, and memory holds at most ``max_queue_size`` entries.
 
-The database work is in :class:`SpoolFile` (plain blocking methods, run in a worker thread,
-one at a time); :class:`Spool` is the event loop's side of it.
+The database work is in :class:`SpoolFile` (plain blocking methods), run by a
+:class:`Writer`, the one thread that uses the connection, one job at a time; :class:`Spool`
+is the event loop's side of it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import logging
 import math
 import os
+import queue
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import anyio
-import anyio.to_thread
+import sniffio
 
 from ._exceptions import SpoolError, ValidationError
 from ._ledger import Ledger
@@ -41,7 +48,7 @@ from ._reporter import Reporter
 from ._stats import DropReason
 from ._validate import Who
 
-__all__ = ["Spool", "SpoolFile", "SpoolOptions", "SpooledQueue", "inspect"]
+__all__ = ["Spool", "SpoolFile", "SpoolOptions", "SpooledQueue", "Writer", "inspect"]
 
 logger = logging.getLogger("koala_async")
 
@@ -215,7 +222,7 @@ class SpoolFile:
     def __init__(self, path: str, db: sqlite3.Connection, lock: int) -> None:
         self.path = path
         self._db = db
-        self._lock = lock
+        self.lock = lock  # the lock file's fd: closing it releases the lock
         self.rows = 0  # rows in the table
         self.last_seq = 0
 
@@ -246,13 +253,10 @@ class SpoolFile:
     ) -> tuple[int, int]:
         """Write, park and delete in one transaction, then apply the caps to parked rows:
         return how many were dropped past ``max_bytes`` and how many were older than
-        ``cutoff``."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        ``cutoff``. On an error nothing of it is kept (the caller keeps the lists)."""
+        rows = self.rows
         try:
-            if deletes:
-                gone = set(deletes)
-                writes = [row for row in writes if row[0] not in gone]
+            self._begin()
             if writes:
                 self._insert(writes)
             if parks:
@@ -261,11 +265,48 @@ class SpoolFile:
                 self.rows -= self._each("DELETE FROM entries WHERE seq IN ", deletes)
             expired = self._expire(cutoff)
             full = self._cap(max_bytes)
-            db.execute("COMMIT")
+            self._db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self.rows = rows
+            self._rollback()
             raise
         return full, expired
+
+    def last_commit(
+        self, writes: list[Row], deletes: list[int], parks: list[int], max_bytes: int, cutoff: float
+    ) -> tuple[int, int, int, sqlite3.Error | None]:
+        """The commit at close, which must leave the file holding what the client counts:
+        if the whole commit fails (a full disk), the deletions and parks alone (they take
+        no room), then the rows in small transactions while they fit. Returns (full,
+        expired, rows not written, the error that stopped it)."""
+        try:
+            return (*self.commit(writes, deletes, parks, max_bytes, cutoff), 0, None)
+        except sqlite3.Error as exc:
+            error = exc
+        # Rows whose deletion fails too are sent again by the next client (at least once).
+        with contextlib.suppress(sqlite3.Error):
+            self.commit([], deletes, parks, max_bytes, cutoff)
+        written = 0
+        for start in range(0, len(writes), _ROWS):
+            try:
+                self.commit(writes[start : start + _ROWS], [], [], max_bytes, cutoff)
+            except sqlite3.Error:
+                break
+            written += len(writes[start : start + _ROWS])
+        return 0, 0, len(writes) - written, error
+
+    def _begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def _rollback(self) -> None:
+        """Roll back what is left of a failed transaction. SQLite may have rolled it back
+        itself (a full disk does): then there is nothing to do, and trying would replace
+        the real cause with "cannot rollback - no transaction is active"."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.debug("rollback of the spool %s failed", self.path, exc_info=True)
 
     def _insert(self, writes: list[Row]) -> None:
         """Insert rows, _ROWS to a statement: sqlite3 lets go of the GIL for each statement
@@ -354,7 +395,7 @@ class SpoolFile:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         return rows
 
@@ -362,7 +403,7 @@ class SpoolFile:
         try:
             self._db.close()
         finally:
-            os.close(self._lock)  # releases the lock
+            os.close(self.lock)  # releases the lock
 
 
 class SpooledQueue(Queue):
@@ -406,13 +447,166 @@ class SpooledQueue(Queue):
         seqs[kind].append(seq)
 
 
+Outcome = Callable[[Any, "BaseException | None"], None]
+_writers: weakref.WeakSet[Writer] = weakref.WeakSet()
+CLOSE_WAIT = 60.0  # seconds a close waits for the writer's last commit (it goes on after)
+
+
+def _notifier() -> Callable[..., None]:
+    """What runs a function in the running event loop's thread, soon, from another thread;
+    nothing once that loop has ended (the process is going: the outcome has no reader)."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def notify_trio(function: Callable[..., None], *args: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(function, *args)
+
+        return notify_trio
+    loop = asyncio.get_running_loop()
+
+    def notify_asyncio(function: Callable[..., None], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            loop.call_soon_threadsafe(function, *args)
+
+    return notify_asyncio
+
+
+class Writer:
+    """The one thread that uses a spool's database: it opens the file, runs the event
+    loop's jobs one at a time in the order given, and closes it.
+
+    Why a thread of its own: a job is never abandoned while it uses the connection. A wait
+    that is cancelled (a close cut short, Ctrl-C, ``task.cancel()``) leaves the job running;
+    its outcome is applied in the loop's thread when it is done, whoever still waits, and the
+    connection is closed by this thread after its last job."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file: SpoolFile | None = None
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[..., None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._notify = _notifier()
+        self._busy: anyio.Event | None = None  # set once the running job's outcome is applied
+        self._thread = threading.Thread(target=self._serve, name="koala-spool", daemon=True)
+        _writers.add(self)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                work, finish = job
+                try:
+                    result, error = work(), None
+                except BaseException as exc:
+                    result, error = None, exc
+                self._notify(finish, result, error)
+                if self.file is None:  # the open failed, or this was the close
+                    break
+        finally:
+            if self.file is not None:  # stopped without a close (at exit, a cancelled open)
+                file, self.file = self.file, None
+                file.close()
+            _writers.discard(self)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    async def idle(self) -> None:
+        """Wait until no job is running (and the last one's outcome was applied)."""
+        while self._busy is not None:
+            await self._busy.wait()
+
+    async def run(self, work: Callable[[], Any], then: Outcome | None = None) -> Any:
+        """Run ``work()`` in the thread, after the running job; ``then(result, error)`` is
+        applied in the loop's thread when it is done, even if this wait was cancelled.
+        Returns the result or raises the error."""
+        await self.idle()
+        done = self._busy = anyio.Event()
+        outcome: list[tuple[Any, BaseException | None]] = []
+
+        def finish(result: Any, error: BaseException | None) -> None:
+            self._busy = None
+            outcome.append((result, error))
+            try:
+                if then is not None:
+                    then(result, error)
+            except Exception:  # a bug: the loop's callbacks must not raise
+                logger.exception("unexpected error applying the spool's outcome")
+            done.set()
+
+        self._jobs.put((work, finish))
+        await done.wait()
+        result, error = outcome[0]
+        if error is not None:
+            raise error
+        return result
+
+    def stop(self) -> None:
+        """Have the thread close the file after the jobs it was given, and end."""
+        self._jobs.put(None)
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    async def open(self) -> int:
+        """Open the file in the thread; return how many entries an earlier run left.
+
+        Raises:
+            SpoolError: as :meth:`SpoolFile.open`; the thread has ended by then.
+        """
+
+        def work() -> int:
+            self.file, held = SpoolFile.open(self.path)
+            return held
+
+        try:
+            held: int = await self.run(work)
+        except BaseException:
+            self.stop()  # a cancelled open: the thread closes what it opened meanwhile
+            raise
+        return held
+
+
+def _stop_writers() -> None:
+    """At interpreter exit: each writer runs the jobs it was given and closes its file."""
+    writers = list(_writers)
+    for writer in writers:
+        writer.stop()
+    end = time.monotonic() + CLOSE_WAIT
+    for writer in writers:
+        writer.join(max(0.0, end - time.monotonic()))
+
+
+atexit.register(_stop_writers)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has no writer thread; its copy of each lock's fd would hold the lock
+    after the parent died, so it is closed (the parent's copy keeps the lock). The
+    connection is left alone: closing it here could touch the parent's file."""
+    for writer in list(_writers):
+        if writer.file is not None:
+            os.close(writer.file.lock)
+            writer.file = None
+    _writers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Spool:
     """The event loop's side of the spool: what to write, park and delete; the writer task."""
 
     def __init__(
         self,
         options: SpoolOptions,
-        file: SpoolFile,
+        writer: Writer,
         queue: SpooledQueue,
         ledger: Ledger,
         reporter: Reporter,
@@ -421,27 +615,50 @@ class Spool:
         loaded: Callable[[bool], None],
     ) -> None:
         self.options = options
-        self._file = file
+        self._writer = writer
         self._queue = queue
         self._ledger = ledger
         self._reporter = reporter
         self._max = max_queue_size
+        # Rows not yet written that memory holds at most: past it, a call waits for the
+        # writer (it is behind), or, while the disk refuses them, its entry is dropped.
+        self.cap = max(max_queue_size, 1000)
         self._overflow = overflow  # True: park every new entry; False: memory takes them again
         self._loaded = loaded  # entries were read back into memory (True: a target is ready)
         self._deletes: list[int] = []
         self._parks: list[int] = []
         self._wake = anyio.Event()
-        self._busy = anyio.Lock()  # one database operation at a time (the connection's rule)
+        self._taken = anyio.Event()  # set when a commit took the rows written so far
         self.paused = False  # the endpoint is dead: read nothing back, for it would be dropped
         self.closed = False
+        self.failing: sqlite3.Error | None = None  # the last commit's error, until one works
         self.commits = 0  # group commits made (what an entry made before two of them is on disk)
+        self.loaded_seq = 0  # the last seq read back into memory
 
     # Called by the client and the sender (no I/O)
 
-    def park(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> None:
-        """A call's entry goes to disk only: memory is full, or older entries wait there."""
+    def park(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> bool:
+        """A call's entry goes to disk only: memory is full, or older entries wait there.
+        False: it was dropped (``spool_full``), for the disk refuses rows and as many as
+        :attr:`cap` wait in memory to be written."""
+        if self.failing is not None and len(self._queue.rows) >= self.cap:
+            return False
         self._queue.park(kind, entry, who, ip)
         self._ledger.spill()
+        return True
+
+    @property
+    def behind(self) -> bool:
+        """The writer has more rows to write than :attr:`cap`: calls should wait for it."""
+        return len(self._queue.rows) >= self.cap and self.failing is None
+
+    async def catch_up(self) -> None:
+        """Wait until the writer took the rows waiting (a call waits here when it is
+        behind: the disk is slower than the calls, and memory must stay bounded)."""
+        while self.behind and not self.closed:
+            self._wake.set()
+            taken = self._taken
+            await taken.wait()
 
     def settled(self, target: Target, batch: Batch, reason: DropReason | None) -> bool:
         """A batch has an outcome: delete its rows, or (for reasons that retrying later may
@@ -471,6 +688,16 @@ class Spool:
                 self._parks += kind_seqs
             self._ledger.release(batch)
 
+    def abandon(self) -> None:
+        """The event loop ended without a close: the writer runs what it was given, then
+        closes the file (and releases the lock)."""
+        self.closed = True
+        self._writer.stop()
+
+    def wake(self) -> None:
+        """Commit and read parked entries back now, rather than at the next interval."""
+        self._wake.set()
+
     # The writer
 
     async def run(self) -> None:
@@ -486,56 +713,113 @@ class Spool:
         """One group commit, then read parked entries back into the room memory has."""
         try:
             await self.commit()
-            ledger = self._ledger
-            while not self.paused and ledger.spooled and (room := self._max - ledger.pending) > 0:
-                async with self._busy:
-                    rows = await anyio.to_thread.run_sync(self._file.load, min(room, _CHUNK))
-                if not rows:
-                    break
-                ready = False
-                for row in rows:
-                    ready = self._queue.load(row) or ready
-                ledger.load(len(rows))
-                self._loaded(ready)
-            if not ledger.spooled:
-                self._overflow(False)
-        except sqlite3.Error as exc:  # e.g. the disk is full: keep the rows, try again later
-            self._reporter.warn(
-                "spool", f"cannot write to the spool {self.options.path}: {exc}; will retry"
-            )
+        except sqlite3.Error:
+            return  # reported by _failed; the rows are kept for the next try
+        ledger = self._ledger
+        while not self.paused and ledger.spooled and (room := self._max - ledger.pending) > 0:
+            try:
+                count = await self._writer.run(self._load_work(min(room, _CHUNK)), self._load)
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                return
+            if not count:
+                break
+        if not ledger.spooled:
+            self._overflow(False)
+
+    def _load_work(self, limit: int) -> Callable[[], list[Loaded]]:
+        writer = self._writer
+
+        def work() -> list[Loaded]:
+            assert writer.file is not None
+            return writer.file.load(limit)
+
+        return work
+
+    def _load(self, rows: list[Loaded] | None, error: BaseException | None) -> None:
+        """Rows read back (and marked resident on disk): into memory they go, in the loop's
+        thread, whether or not the step that asked is still there."""
+        if not rows:
+            return
+        ready = False
+        queue = self._queue
+        for row in rows:
+            ready = queue.load(row) or ready
+        self.loaded_seq = rows[-1][0]
+        self._ledger.load(len(rows))
+        self._loaded(ready)
+
+    def _take(self) -> tuple[list[Row], list[int], list[int]]:
+        """What to write, delete and park, taken from the lists (a row deleted before it was
+        written is neither written nor deleted)."""
+        queue = self._queue
+        writes, queue.rows = queue.rows, []
+        deletes, self._deletes = self._deletes, []
+        parks, self._parks = self._parks, []
+        if writes and deletes:
+            gone = set(deletes)
+            new = {row[0] for row in writes}
+            writes = [row for row in writes if row[0] not in gone]
+            deletes = [seq for seq in deletes if seq not in new]
+        self._taken.set()
+        self._taken = anyio.Event()
+        return writes, deletes, parks
+
+    def _give_back(self, writes: list[Row], deletes: list[int], parks: list[int]) -> None:
+        """A commit failed: its lists go back in front of what came since."""
+        self._queue.rows[:0] = writes
+        self._deletes[:0] = deletes
+        self._parks[:0] = parks
 
     async def commit(self) -> None:
         """Write, park and delete what accumulated since the last commit; apply the caps.
+        The commit runs to its end in the writer's thread whatever happens to this wait;
+        its outcome (or, if it failed, the lists given back) is applied when it is done."""
+        await self._writer.idle()
+        writes, deletes, parks = self._take()
+        options, writer = self.options, self._writer
 
-        Cancellation (the client stopping its tasks) can come before the worker thread runs,
-        or after it ran: the rows go back to the lists in the first case, and the outcome is
-        counted in the second, so the last commit at close finds everything.
-        """
-        queue, options = self._queue, self.options
-        outcome: list[tuple[int, int]] = []  # filled by the thread once the commit is done
-
-        def work(writes: list[Row], deletes: list[int], parks: list[int]) -> None:
+        def work() -> tuple[int, int]:
+            assert writer.file is not None
             cutoff = time.time() - options.max_age
-            outcome.append(self._file.commit(writes, deletes, parks, options.max_bytes, cutoff))
+            return writer.file.commit(writes, deletes, parks, options.max_bytes, cutoff)
 
-        async with self._busy:
-            writes, queue.rows = queue.rows, []
-            deletes, self._deletes = self._deletes, []
-            parks, self._parks = self._parks, []
-            try:
-                await anyio.to_thread.run_sync(work, writes, deletes, parks)
-            except BaseException:
-                if not outcome:  # not committed (rolled back, or never run): next time
-                    queue.rows[:0] = writes
-                    self._deletes[:0] = deletes
-                    self._parks[:0] = parks
-                raise
-            finally:
-                if outcome:
-                    self._committed(*outcome[0])
+        def then(outcome: tuple[int, int] | None, error: BaseException | None) -> None:
+            if outcome is not None:
+                self._committed(*outcome)
+            else:
+                self._give_back(writes, deletes, parks)
+                if isinstance(error, sqlite3.Error):
+                    self._failed(error)
+
+        await writer.run(work, then)
+
+    def _failed(self, error: sqlite3.Error) -> None:
+        """A commit failed: say why once (at error level: calls may be dropped), then keep
+        trying at each interval."""
+        if self.failing is None:
+            logger.error("%s", self._why(error))
+        self.failing = error
+
+    def _why(self, error: sqlite3.Error) -> str:
+        path = self.options.path
+        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            cause = (
+                f"the disk holding {path} is full ({error}): free space on it, or move the "
+                "spool to a larger disk, or lower spool_max_bytes"
+            )
+        else:
+            cause = f"cannot write to the spool {path} ({error}): check the file and its disk"
+        return (
+            f"{cause}. Until a commit works, entries wait in memory, up to {self.cap} rows; "
+            "beyond, new ones are dropped (spool_full)"
+        )
 
     def _committed(self, full: int, expired: int) -> None:
         self.commits += 1
+        if self.failing is not None:
+            self.failing = None
+            logger.warning("the spool %s is written again", self.options.path)
         options = self.options
         for reason, count, why in (
             ("spool_full", full, f"it holds more than spool_max_bytes={options.max_bytes}"),
@@ -560,19 +844,62 @@ class Spool:
                 await anyio.sleep(0.01)
 
     async def close(self) -> None:
-        """The final commit (leftovers are parked by now), then release the file."""
+        """The last commit (leftovers are parked by now), then the writer closes the file
+        and ends. Waits for it (at most :data:`CLOSE_WAIT`): after this, the file holds
+        what ``spooled`` counts."""
         if self.closed:
             return
         self.closed = True
-        try:
-            await self.commit()
-        except sqlite3.Error as exc:
-            logger.error(  # noqa: TRY400 - the message says it all; no traceback for a full disk
-                "the last commit to the spool %s failed: %s", self.options.path, exc
+        self._taken.set()  # calls waiting for the writer stop waiting
+        writer, options = self._writer, self.options
+        with anyio.move_on_after(CLOSE_WAIT) as scope:
+            await writer.idle()
+        if scope.cancel_called:
+            logger.error("the spool's writer is stuck; %s is left to it", options.path)
+            writer.stop()
+            return
+        writes, deletes, parks = self._take()
+
+        def work() -> tuple[int, int, int, sqlite3.Error | None]:
+            file = writer.file
+            assert file is not None
+            cutoff = time.time() - options.max_age
+            try:
+                return file.last_commit(writes, deletes, parks, options.max_bytes, cutoff)
+            finally:
+                writer.file = None
+                file.close()
+
+        def then(
+            outcome: tuple[int, int, int, sqlite3.Error | None] | None,
+            error: BaseException | None,
+        ) -> None:
+            if outcome is None:
+                logger.error("the last commit to the spool %s failed: %s", options.path, error)
+                return
+            full, expired, unwritten, failure = outcome
+            self._committed(full, expired)
+            if unwritten:
+                # Never on disk: counted as dropped, so `spooled` is what the file holds.
+                self._ledger.discard("spool_full", unwritten)
+            if failure is not None:
+                if self.failing is None:
+                    logger.error("%s", self._why(failure))
+                logger.error(
+                    "the last commit to the spool %s failed: %d entries could not be written "
+                    "and are dropped (spool_full)",
+                    options.path,
+                    unwritten,
+                )
+
+        with anyio.move_on_after(CLOSE_WAIT) as scope:
+            await writer.run(work, then)
+        if scope.cancel_called:
+            logger.error(
+                "the last commit to the spool %s takes longer than %gs; it goes on in its thread",
+                options.path,
+                CLOSE_WAIT,
             )
-        finally:
-            async with self._busy:
-                await anyio.to_thread.run_sync(self._file.close)
 
 
 # Reading a spool from outside (the command line)

@@ -24,7 +24,7 @@ from koala_async import KoalaClient, RetryPolicy, SpoolError, Stats
 from koala_async._ledger import Ledger
 from koala_async._queue import EVENTS, Batch
 from koala_async._reporter import Reporter
-from koala_async._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions, inspect
+from koala_async._spool import Spool, SpooledQueue, SpoolOptions, Writer, inspect
 from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
@@ -33,15 +33,13 @@ TICK = 0.02  # spool_commit_interval in tests
 
 
 def client(base_url: str, path: Path, **options: object) -> KoalaClient:
-    return KoalaClient(
-        "pk_test",
-        base_url=base_url,
-        spool=path,
-        spool_commit_interval=TICK,
-        retry=FAST,
-        flush_interval=0.05,
-        **options,  # type: ignore[arg-type]
-    )
+    given: dict[str, object] = {
+        "spool_commit_interval": TICK,
+        "retry": FAST,
+        "flush_interval": 0.05,
+        **options,
+    }
+    return KoalaClient("pk_test", base_url=base_url, spool=path, **given)  # type: ignore[arg-type]
 
 
 async def produce(koala: KoalaClient, count: int, people: int = 7, start: int = 0) -> list[str]:
@@ -316,17 +314,18 @@ def test_halves_carry_their_entries_seqs() -> None:
         assert sum(map(len, half.seqs)) == half.size
 
 
-def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
+async def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
     tmp_path: Path,
 ) -> None:
     """Entries a call made but the filer has not filed yet are the person's later entries
     too: they follow the batch to disk, or they would be sent before it."""
     path = tmp_path / "s.db"
-    file, _ = SpoolFile.open(str(path))
-    queue, ledger = SpooledQueue(file.last_seq), Ledger()
+    writer = Writer(str(path))
+    await writer.open()
+    queue, ledger = SpooledQueue(0), Ledger()
     options = SpoolOptions.build(path, TICK, 1 << 30, 3600)
     spool = Spool(
-        options, file, queue, ledger, Reporter(None), 100, lambda on: None, lambda ready: None
+        options, writer, queue, ledger, Reporter(None), 100, lambda on: None, lambda ready: None
     )
     ada = ("email", "ada@acme.com", "email", None)
     ledger.accept()
@@ -341,7 +340,8 @@ def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
     assert [row[5] for row in queue.rows] == [b'"1"', b'"2"', b'"3"']
     assert spool._parks == [row[0] for row in queue.rows]  # all three wait on disk, in order
     assert (ledger.pending, ledger.spooled) == (0, 3)
-    file.close()
+    writer.stop()
+    assert writer.join(10)
 
 
 _CHILD = """
@@ -426,3 +426,47 @@ async def test_the_docs_adopt_dead_workers_spools(
         received = fake.message_ids()
     assert [received[i] for i in ids] == [1] * len(ids)  # the live worker's may arrive too
     assert inspect(str(dead)).entries == 0
+
+
+def rows_in(path: Path) -> int:
+    """The rows the file holds, counted by SQLite itself (WAL included)."""
+    with sqlite3.connect(path) as db:
+        count: int = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    db.close()
+    return count
+
+
+async def fill_during_an_outage(koala: KoalaClient, count: int) -> None:
+    for i in range(count):
+        await koala.track("Step", email=f"p{i % 97}@acme.com")
+
+
+@pytest.mark.parametrize("cancel", [False, True], ids=["close", "cancelled-close"])
+async def test_the_file_holds_what_close_counts_after_a_flood(tmp_path: Path, cancel: bool) -> None:
+    """50,000 entries accepted during an outage (the writer far behind), then a close,
+    cancelled over and over while it runs: no SQLite error, and the file holds exactly what
+    FlushResult.spooled and stats().spooled say. (benchmarks/spool_close.py runs 1,000,000,
+    20 times, in processes under faulthandler.)"""
+    path = tmp_path / "spool.db"
+    url, _ = down_url()
+    koala = client(url, path, max_queue_size=5000, shutdown_timeout=0.2, spool_commit_interval=0.2)
+    result = None
+    with anyio.CancelScope() as scope:
+        async with koala:
+            await fill_during_an_outage(koala, 50_000)
+            if cancel:
+                # The close runs cancelled: at once and at every later await of the task
+                # (anyio cancels the task again and again on asyncio; trio's is
+                # level-triggered).
+                scope.cancel()
+            else:
+                result = await koala.aclose()
+    assert scope.cancel_called == cancel
+    stats = koala.stats()
+    invariant(stats)
+    assert stats.dropped_total == 0
+    assert stats.spooled == 50_000
+    if result is not None:
+        assert result.spooled == stats.spooled
+    assert rows_in(path) == stats.spooled
