@@ -634,6 +634,7 @@ class Spool:
         self.failing: sqlite3.Error | None = None  # the last commit's error, until one works
         self.commits = 0  # group commits made (what an entry made before two of them is on disk)
         self.loaded_seq = 0  # the last seq read back into memory
+        self._writing = 0  # rows in the commit under way
 
     # Called by the client and the sender (no I/O)
 
@@ -641,16 +642,22 @@ class Spool:
         """A call's entry goes to disk only: memory is full, or older entries wait there.
         False: it was dropped (``spool_full``), for the disk refuses rows and as many as
         :attr:`cap` wait in memory to be written."""
-        if self.failing is not None and len(self._queue.rows) >= self.cap:
+        if self.failing is not None and self.unwritten >= self.cap:
             return False
         self._queue.park(kind, entry, who, ip)
         self._ledger.spill()
         return True
 
     @property
+    def unwritten(self) -> int:
+        """Rows memory holds for the writer: waiting, and in the commit under way."""
+        return len(self._queue.rows) + self._writing
+
+    @property
     def behind(self) -> bool:
-        """The writer has more rows to write than :attr:`cap`: calls should wait for it."""
-        return len(self._queue.rows) >= self.cap and self.failing is None
+        """:attr:`cap` rows wait for the writer (besides those it is writing): calls should
+        wait until it takes them."""
+        return self.failing is None and len(self._queue.rows) >= self.cap
 
     async def catch_up(self) -> None:
         """Wait until the writer took the rows waiting (a call waits here when it is
@@ -704,17 +711,16 @@ class Spool:
         """Commit every ``commit_interval`` (sooner when parked entries can come back), and
         read parked entries back into memory as room appears."""
         while True:
-            with anyio.move_on_after(self.options.commit_interval):
-                await self._wake.wait()
+            if not self._wake.is_set():  # (set during the last step: go on at once)
+                with anyio.move_on_after(self.options.commit_interval):
+                    await self._wake.wait()
             self._wake = anyio.Event()
             await self.step()
 
     async def step(self) -> None:
         """One group commit, then read parked entries back into the room memory has."""
-        try:
+        with contextlib.suppress(sqlite3.Error):  # reported by _failed; the rows are kept
             await self.commit()
-        except sqlite3.Error:
-            return  # reported by _failed; the rows are kept for the next try
         ledger = self._ledger
         while not self.paused and ledger.spooled and (room := self._max - ledger.pending) > 0:
             try:
@@ -722,10 +728,32 @@ class Spool:
             except sqlite3.Error as exc:
                 self._failed(exc)
                 return
-            if not count:
+            if not count:  # nothing parked on disk: what is parked waits to be written
+                if self.failing is not None:
+                    self._unpark_unwritten(room)
                 break
         if not ledger.spooled:
             self._overflow(False)
+
+    def _unpark_unwritten(self, room: int) -> None:
+        """The disk refuses rows and none is parked on it: the parked entries waiting to be
+        written come back into memory (older first) to be sent from there, rather than wait
+        for a disk that may never take them."""
+        parks = set(self._parks)
+        rows = self._queue.rows
+        back: list[Loaded] = []
+        for index, row in enumerate(rows):
+            if len(back) >= room:
+                break
+            seq = row[0]
+            if row[7] or seq in parks:
+                back.append((seq, row[1], row[2], row[3], row[4], row[5], row[8]))
+                rows[index] = (*row[:7], 0, row[8])
+                parks.discard(seq)
+        if back:
+            self._parks = [seq for seq in self._parks if seq in parks]
+            back.sort()
+            self._load(back, None)
 
     def _load_work(self, limit: int) -> Callable[[], list[Loaded]]:
         writer = self._writer
@@ -761,6 +789,7 @@ class Spool:
             new = {row[0] for row in writes}
             writes = [row for row in writes if row[0] not in gone]
             deletes = [seq for seq in deletes if seq not in new]
+        self._writing = len(writes)
         self._taken.set()
         self._taken = anyio.Event()
         return writes, deletes, parks
@@ -785,7 +814,11 @@ class Spool:
             return writer.file.commit(writes, deletes, parks, options.max_bytes, cutoff)
 
         def then(outcome: tuple[int, int] | None, error: BaseException | None) -> None:
+            self._writing = 0
             if outcome is not None:
+                if writes and self.failing is not None:  # (a commit of deletions alone
+                    self.failing = None  # may pass on a full disk: it proves nothing)
+                    logger.warning("the spool %s is written again", options.path)
                 self._committed(*outcome)
             else:
                 self._give_back(writes, deletes, parks)
@@ -817,9 +850,6 @@ class Spool:
 
     def _committed(self, full: int, expired: int) -> None:
         self.commits += 1
-        if self.failing is not None:
-            self.failing = None
-            logger.warning("the spool %s is written again", self.options.path)
         options = self.options
         for reason, count, why in (
             ("spool_full", full, f"it holds more than spool_max_bytes={options.max_bytes}"),

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import anyio
@@ -24,6 +26,7 @@ from koala_async import KoalaClient, RetryPolicy, SpoolError, Stats
 from koala_async._ledger import Ledger
 from koala_async._queue import EVENTS, Batch
 from koala_async._reporter import Reporter
+from koala_async._runtime import FILE_EVERY
 from koala_async._spool import Spool, SpooledQueue, SpoolOptions, Writer, inspect
 from koala_async.testing import FakeCollector
 
@@ -470,3 +473,76 @@ async def test_the_file_holds_what_close_counts_after_a_flood(tmp_path: Path, ca
     if result is not None:
         assert result.spooled == stats.spooled
     assert rows_in(path) == stats.spooled
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB filesystem (tmpfs, mounted here: root only), for a spool whose disk fills."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode:
+        pytest.skip(f"a 1 MB tmpfs cannot be mounted here (needs root): {done.stderr!r}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the filesystem of ``directory`` to the last byte; return the filler."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.parametrize("endpoint", ["down", "up"])
+async def test_a_full_disk_is_reported_once_bounded_and_counted_true(
+    full_disk: Path, endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk fills after the spool was opened: the cause is logged once at error level
+    with the path and the fix; the rows waiting to be written stay under the cap (beyond,
+    entries are dropped as spool_full); after close the file holds what spooled says."""
+    path = full_disk / "spool.db"
+    fake = FakeCollector()
+    url, port = down_url()
+    async with fake.serve(port=port) if endpoint == "up" else nullcontext():
+        koala = client(url, path, max_queue_size=1000, shutdown_timeout=0.5)
+        async with koala:
+            filler = fill(full_disk)
+            spool = koala._engine._spool
+            assert spool is not None
+            most = 0
+            for i in range(20_000):
+                await koala.track("Step", email=f"p{i % 7}@acme.com")  # None: dropped
+                most = max(most, spool.unwritten)
+                if i % 500 == 0:
+                    await anyio.sleep(0.005)
+            assert most <= 2 * spool.cap + FILE_EVERY  # memory bounded: waiting + being written
+            if endpoint == "up":
+                await wait_settled(koala)
+        stats = koala.stats()
+        assert filler.exists()
+    invariant(stats)
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "full" in r.getMessage()]
+    assert errors, caplog.text
+    assert str(path) in errors[0].getMessage()
+    assert "free space" in errors[0].getMessage()
+    assert len([r for r in errors if "the disk holding" in r.getMessage()]) == 1  # once
+    assert "no transaction is active" not in caplog.text
+    assert rows_in(path) == stats.spooled
+    if endpoint == "down":
+        assert stats.dropped["spool_full"] > 0
+        assert stats.delivered == 0
+    else:
+        assert stats.spooled == 0
+        assert stats.delivered + stats.dropped["spool_full"] == 20_000
