@@ -133,6 +133,30 @@ def _refuse(path: str, why: str) -> SpoolError:
     )
 
 
+def _unwritable(path: str, error: BaseException) -> SpoolError:
+    """The spool cannot be written where it is: say where, why, and what to do."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        fix = f"the directory {directory} does not exist: create it"
+    else:
+        fix = (
+            f"{path}, its .lock, -wal and -shm files and the directory {directory} must be "
+            "writable by this process (check the permissions, a read-only mount, or an "
+            "immutable file: lsattr)"
+        )
+    return SpoolError(f"cannot open the spool {path} for writing ({error}): {fix}; "
+                      "or pass another spool path")  # fmt: skip
+
+
+# SQLite's result codes that say the file cannot be written (not that it is not a spool)
+_UNWRITABLE = {3, 8, 10, 13, 14}  # PERM, READONLY, IOERR, FULL, CANTOPEN
+
+
+def _cannot_write(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _UNWRITABLE
+
+
 def _lock(path: str) -> int:
     """Take the spool's lock (a sidecar file holding the owner's pid) or say who holds it.
     The OS releases it when the owner's process ends, however it ends."""
@@ -140,7 +164,10 @@ def _lock(path: str) -> int:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         raise SpoolError("the spool needs a POSIX system (fcntl.flock)") from None
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -166,18 +193,23 @@ def _connect(path: str, readonly: bool = False) -> sqlite3.Connection:
             raise SpoolError(f"there is no spool at {path}") from None
         header = b""
     except OSError as exc:
-        raise SpoolError(f"cannot read the spool {path}: {exc}") from None
+        if readonly:
+            raise SpoolError(f"cannot read the spool {path}: {exc}") from None
+        raise _unwritable(path, exc) from None
     if header and header != b"SQLite format 3\x00":
         raise _refuse(path, "it is not an SQLite database")
     uri = f"file:{path}?mode=ro" if readonly else path
     try:
         db = sqlite3.connect(uri, uri=readonly, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise SpoolError(f"cannot open the spool {path}: {exc}") from None
+        raise (SpoolError(f"cannot open the spool {path}: {exc}") if readonly
+               else _unwritable(path, exc)) from None  # fmt: skip
     try:
         _check(db, path, readonly)
     except sqlite3.DatabaseError as exc:
         db.close()
+        if not readonly and _cannot_write(exc):
+            raise _unwritable(path, exc) from None
         raise _refuse(path, str(exc)) from None
     except BaseException:
         db.close()
@@ -235,16 +267,24 @@ class SpoolFile:
             SpoolError: another live process owns it, or it is not a readable spool.
         """
         lock = _lock(path)
+        db = None
         try:
             db = _connect(path)
-        except BaseException:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE entries SET parked = 1 WHERE parked = 0")
+            count, last = db.execute(
+                "SELECT count(*), coalesce(max(seq), 0) FROM entries"
+            ).fetchone()
+            db.execute("COMMIT")
+        except BaseException as exc:
+            # Nothing is kept open: a retry in this process, once the cause is fixed, works.
+            if db is not None:
+                db.close()
             os.close(lock)
+            if isinstance(exc, sqlite3.Error):
+                raise _unwritable(path, exc) from None
             raise
         spool = cls(path, db, lock)
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("UPDATE entries SET parked = 1 WHERE parked = 0")
-        count, last = db.execute("SELECT count(*), coalesce(max(seq), 0) FROM entries").fetchone()
-        db.execute("COMMIT")
         spool.rows, spool.last_seq = count, last
         return spool, count
 

@@ -546,3 +546,56 @@ async def test_a_full_disk_is_reported_once_bounded_and_counted_true(
     else:
         assert stats.spooled == 0
         assert stats.delivered + stats.dropped["spool_full"] == 20_000
+
+
+def chattr(flag: str, path: Path) -> None:
+    """Make ``path`` immutable (+i) or not (-i): root ignores permission bits, not this."""
+    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
+    if done.returncode:
+        pytest.skip(f"chattr {flag} is not permitted here: {done.stderr!r}")
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("cause", ["read-only-directory", "immutable-file", "missing-parent"])
+async def test_a_spool_that_cannot_be_written_is_refused_at_open_and_leaks_nothing(
+    tmp_path: Path, cause: str
+) -> None:
+    """SpoolError names the path and the fix; no fd or lock is left behind, so once the
+    cause is fixed a retry in the same process opens the spool (and sends what it holds)."""
+    directory = tmp_path / "spools"
+    path = directory / "spool.db"
+    url, port = down_url()
+    if cause != "missing-parent":
+        directory.mkdir()
+        async with client(url, path, shutdown_timeout=0) as koala:  # 5 entries wait in it
+            await produce(koala, 5)
+        assert koala.stats().spooled == 5
+    target = {"read-only-directory": directory, "immutable-file": path}.get(cause)
+    if target is not None:
+        for leftover in directory.glob("spool.db?*"):  # -wal, -shm, .lock: a fresh checkout
+            leftover.unlink()
+        chattr("+i", target)
+    before = open_fds()
+    try:
+        for _ in range(2):  # twice: the first attempt left nothing that trips the second
+            with pytest.raises(SpoolError) as caught:
+                await client(url, path).__aenter__()
+            message = str(caught.value)
+            assert str(path) in message
+            assert "in use by process" not in message
+            if cause == "missing-parent":
+                assert f"the directory {directory} does not exist: create it" in message
+            else:
+                assert "must be writable by this process" in message
+        assert open_fds() == before
+    finally:
+        if target is not None:
+            chattr("-i", target)
+    directory.mkdir(exist_ok=True)
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:
+        await wait_settled(again)
+    assert again.stats().delivered == (0 if cause == "missing-parent" else 5)
