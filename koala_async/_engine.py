@@ -50,6 +50,7 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger("koala_async")
 
+_SPOOL_POLL = 0.05  # seconds a flush waits before it looks for entries read back from disk
 _INITIAL_LIMIT = 32  # requests in flight at first; the limiter grows it as the backlog asks
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -312,19 +313,44 @@ class Engine:
         delivered, dropped = ledger.delivered, ledger.dropped_total
         runtime = self._runtime
         if runtime is not None:
+            limit = self.config.shutdown_timeout if timeout is None else timeout
+            spool = self._spool
+            if spool is not None and spool.behind_seq(spool.parked_seq):
+                await self._flush_spooled(runtime, spool, limit)
+            else:
+                done = runtime.loop.event()
+                waiter = Waiter(done)
+                for _, batch in self._queue.batches():
+                    waiter.add(batch)
+                runtime.flush_waiting()
+                if waiter.left:
+                    await runtime.loop.wait(done, limit)
+        if self._circuit.state is DEAD:
+            assert self._sender is not None
+            raise DeliveryError(self._sender.last_error or "the endpoint is gone")
+        return self._result(delivered, dropped)
+
+    async def _flush_spooled(self, runtime: Runtime, spool: Spool, limit: float) -> None:
+        """A flush while entries wait on disk (recovered at open, or parked): wait, as for
+        any accepted entry, until those parked by now were read back and their batches
+        settled, within ``limit`` seconds."""
+        until = spool.parked_seq
+        end = time.monotonic() + limit
+        while True:
             done = runtime.loop.event()
             waiter = Waiter(done)
             for _, batch in self._queue.batches():
                 waiter.add(batch)
             runtime.flush_waiting()
-            if waiter.left:
-                await runtime.loop.wait(
-                    done, self.config.shutdown_timeout if timeout is None else timeout
-                )
-        if self._circuit.state is DEAD:
-            assert self._sender is not None
-            raise DeliveryError(self._sender.last_error or "the endpoint is gone")
-        return self._result(delivered, dropped)
+            behind = spool.behind_seq(until)
+            left = end - time.monotonic()
+            if (not behind and not waiter.left) or left <= 0:
+                return
+            if not behind:
+                await runtime.loop.wait(done, left)
+                return
+            spool.wake()  # read the next entries back as soon as there is room
+            await runtime.loop.wait(done, min(left, _SPOOL_POLL))
 
     def flush_waiting(self) -> None:
         """Make every partial batch due now (a flush that cannot wait for its outcome)."""

@@ -674,6 +674,7 @@ class Spool:
         self.failing: sqlite3.Error | None = None  # the last commit's error, until one works
         self.commits = 0  # group commits made (what an entry made before two of them is on disk)
         self.loaded_seq = 0  # the last seq read back into memory
+        self.parked_seq = queue.seq  # the last seq parked (at open: every row is)
         self._writing = 0  # rows in the commit under way
 
     # Called by the client and the sender (no I/O)
@@ -685,6 +686,7 @@ class Spool:
         if self.failing is not None and self.unwritten >= self.cap:
             return False
         self._queue.park(kind, entry, who, ip)
+        self.parked_seq = self._queue.seq
         self._ledger.spill()
         return True
 
@@ -733,6 +735,8 @@ class Spool:
         if batch.seqs is not None and batch.size:
             for kind_seqs in batch.seqs:
                 self._parks += kind_seqs
+                if kind_seqs and kind_seqs[-1] > self.parked_seq:
+                    self.parked_seq = kind_seqs[-1]
             self._ledger.release(batch)
 
     def abandon(self) -> None:
@@ -740,6 +744,10 @@ class Spool:
         closes the file (and releases the lock)."""
         self.closed = True
         self._writer.stop()
+
+    def behind_seq(self, seq: int) -> bool:
+        """Entries up to ``seq`` still wait on disk to be read back (a flush waits for them)."""
+        return bool(self._ledger.spooled) and not self.paused and self.loaded_seq < seq
 
     def wake(self) -> None:
         """Commit and read parked entries back now, rather than at the next interval."""

@@ -603,3 +603,19 @@ async def test_a_spool_that_cannot_be_written_is_refused_at_open_and_leaks_nothi
     async with fake.serve(port=port), client(url, path) as again:
         await wait_settled(again)
     assert again.stats().delivered == (0 if cause == "missing-parent" else 5)
+
+
+async def test_flush_waits_for_recovered_entries(tmp_path: Path) -> None:
+    """flush() right after opening a spool that holds entries waits for them, as for any
+    accepted entry: they are sent, not left for aclose()."""
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    async with client(url, path, max_queue_size=500, shutdown_timeout=0.1) as koala:
+        ids = await produce(koala, 3000)
+    assert koala.stats().spooled == 3000
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path, max_queue_size=500) as again:
+        result = await again.flush(timeout=30)
+        assert (result.delivered, result.pending, result.spooled) == (3000, 0, 0)
+        once(fake, ids)
+        in_order(fake)
