@@ -19,6 +19,7 @@ intake), :meth:`Engine.refuse_call`, :meth:`Engine.flush`, :meth:`Engine.close` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -174,9 +175,13 @@ class Engine:
 
     async def _open_spool(self, options: SpoolOptions) -> int:
         """Open the spool file and take over what an earlier run left in it (returned)."""
-        writer = Writer(options.path)
+        writer = Writer(options.path, options.directory)
         held = await writer.open()
         assert writer.file is not None
+        if options.directory:  # the file this process took in the directory
+            self._spool_options = options = dataclasses.replace(
+                options, path=writer.path, directory=False
+            )
         self._queue = queue = SpooledQueue(writer.file.last_seq)
         self._spool = Spool(
             options,

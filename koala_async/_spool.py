@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import glob
 import logging
 import math
 import os
@@ -96,16 +97,31 @@ Loaded = tuple[int, int, str, "str | None", int, bytes, "str | None"]
 class SpoolOptions:
     """The spool's checked options."""
 
-    path: str
+    path: str  # the file; with ``directory``, the directory until open picks a file in it
     commit_interval: float
     max_bytes: int
     max_age: float
+    directory: bool = False  # spool_dir: each process takes a free file in ``path``
 
     @classmethod
     def build(
-        cls, path: object, commit_interval: object, max_bytes: object, max_age: object
+        cls,
+        path: object,
+        commit_interval: object,
+        max_bytes: object,
+        max_age: object,
+        directory: object = None,
     ) -> SpoolOptions:
-        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        if directory is not None:
+            if path is not None:
+                raise ValidationError(
+                    "pass spool (one process's file) or spool_dir (a directory that many "
+                    "workers share), not both"
+                )
+            if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+                raise ValidationError(f"spool_dir must be a directory path, got {directory!r}")
+            path = directory
+        elif not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ValidationError(f"spool must be a file path, got {path!r}")
         for name, value, top in (
             ("spool_commit_interval", commit_interval, 5.0),
@@ -123,7 +139,13 @@ class SpoolOptions:
             )
         assert isinstance(commit_interval, (int, float))
         assert isinstance(max_age, (int, float))
-        return cls(str(os.fspath(path)), float(commit_interval), max_bytes, float(max_age))
+        return cls(
+            str(os.fspath(path)),
+            float(commit_interval),
+            max_bytes,
+            float(max_age),
+            directory is not None,
+        )
 
 
 def _refuse(path: str, why: str) -> SpoolError:
@@ -157,9 +179,14 @@ def _cannot_write(error: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in _UNWRITABLE
 
 
-def _lock(path: str) -> int:
-    """Take the spool's lock (a sidecar file holding the owner's pid) or say who holds it.
-    The OS releases it when the owner's process ends, however it ends."""
+def _try_lock(path: str) -> int | str:
+    """Take the spool's lock (a sidecar file holding the owner's pid): its fd, or the pid of
+    the live process that holds it. The OS releases it when the owner's process ends,
+    however it ends.
+
+    Raises:
+        SpoolError: the lock file cannot be made (a missing or read-only directory).
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -173,14 +200,40 @@ def _lock(path: str) -> int:
     except BlockingIOError:
         owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise SpoolError(
-            f"the spool {path} is in use by process {owner} (a KoalaClient, or `koala-async "
-            "spool --send`); two owners would send everything twice. Give each process its own "
-            "spool file, e.g. with the worker's index in the path"
-        ) from None
+        return owner
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _lock(path: str) -> int:
+    """Take the spool's lock, or say who holds it."""
+    fd = _try_lock(path)
+    if isinstance(fd, str):
+        owner = fd
+        raise SpoolError(
+            f"the spool {path} is in use by process {owner} (a KoalaClient, or `koala-async "
+            "spool --send`); two owners would send everything twice. Give each process its own "
+            "spool file (spool_dir= does that for workers that share one configuration)"
+        )
+    return fd
+
+
+SLOT = "koala-spool-{}.db"  # the files of spool_dir, by slot number
+_SLOTS = 4096  # slots tried at most
+
+
+def _take_slot(directory: str) -> tuple[str, int]:
+    """The first free file of ``directory`` (its lock taken): a file whose owner is gone
+    (its entries are this process's now), or a new one."""
+    if not os.path.isdir(directory):
+        raise _unwritable(os.path.join(directory, SLOT.format(0)), FileNotFoundError(directory))
+    for slot in range(_SLOTS):
+        path = os.path.join(directory, SLOT.format(slot))
+        fd = _try_lock(path)
+        if not isinstance(fd, str):
+            return path, fd
+    raise SpoolError(f"all {_SLOTS} spool files in {directory} are in use: use another spool_dir")
 
 
 def _connect(path: str, readonly: bool = False) -> sqlite3.Connection:
@@ -259,14 +312,15 @@ class SpoolFile:
         self.last_seq = 0
 
     @classmethod
-    def open(cls, path: str) -> tuple[SpoolFile, int]:
+    def open(cls, path: str, lock: int | None = None) -> tuple[SpoolFile, int]:
         """Lock, check (or create) and open the spool; park every row an earlier run left.
         Returns the file and how many entries it holds.
 
         Raises:
             SpoolError: another live process owns it, or it is not a readable spool.
         """
-        lock = _lock(path)
+        if lock is None:
+            lock = _lock(path)
         db = None
         try:
             db = _connect(path)
@@ -287,6 +341,60 @@ class SpoolFile:
         spool = cls(path, db, lock)
         spool.rows, spool.last_seq = count, last
         return spool, count
+
+    def adopt(self, directory: str) -> int:
+        """Take over the files of ``directory`` whose owners are gone: their entries are
+        copied into this file (parked, after its own, each file's in their order), then the
+        file is removed. Returns how many entries came. A file that is not a readable
+        spool is left alone (and logged)."""
+        adopted = 0
+        for path in sorted(glob.glob(os.path.join(glob.escape(directory), SLOT.format("*")))):
+            if path == self.path:
+                continue
+            lock = _try_lock(path)
+            if isinstance(lock, str):
+                continue  # its owner is alive: its entries are its own
+            try:
+                adopted += self._adopt(path)
+            except (SpoolError, sqlite3.Error) as exc:
+                logger.warning("cannot adopt the spool %s of a process that is gone: %s", path, exc)
+            finally:
+                os.close(lock)
+        return adopted
+
+    def _adopt(self, path: str) -> int:
+        if not os.path.exists(path):
+            return 0
+        _connect(path).close()  # check it is a spool (and fold its WAL in)
+        db = self._db
+        db.execute("ATTACH DATABASE ? AS other", (path,))
+        try:
+            count, first = db.execute("SELECT count(*), min(seq) FROM other.entries").fetchone()
+            if count:
+                self._begin()
+                try:
+                    db.execute(
+                        "INSERT INTO main.entries SELECT seq + ?, target, key, secondary, kind, "
+                        "raw, created, 1, ip FROM other.entries ORDER BY seq",
+                        (self.last_seq - first + 1,),
+                    )
+                    db.execute("DELETE FROM other.entries")
+                    db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+                self.rows += count
+                self.last_seq = db.execute("SELECT max(seq) FROM main.entries").fetchone()[0]
+        finally:
+            db.execute("DETACH DATABASE other")
+        for suffix in ("-wal", "-shm", ""):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + suffix)
+        if count:
+            logger.info(
+                "adopted %d entries from the spool %s of a process that is gone", count, path
+            )
+        return int(count)
 
     def commit(
         self, writes: list[Row], deletes: list[int], parks: list[int], max_bytes: int, cutoff: float
@@ -523,8 +631,9 @@ class Writer:
     its outcome is applied in the loop's thread when it is done, whoever still waits, and the
     connection is closed by this thread after its last job."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, directory: bool = False) -> None:
+        self.path = path  # the file (with ``directory``: the directory until open)
+        self._directory = directory
         self.file: SpoolFile | None = None
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[..., None]] | None] = (
             queue.SimpleQueue()
@@ -602,8 +711,19 @@ class Writer:
         """
 
         def work() -> int:
-            self.file, held = SpoolFile.open(self.path)
-            return held
+            if not self._directory:
+                self.file, held = SpoolFile.open(self.path)
+                return held
+            directory = self.path
+            path, lock = _take_slot(directory)
+            self.file, held = SpoolFile.open(path, lock)
+            self.path = path
+            try:
+                return held + self.file.adopt(directory)
+            except BaseException:
+                file, self.file = self.file, None
+                file.close()
+                raise
 
         try:
             held: int = await self.run(work)

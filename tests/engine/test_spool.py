@@ -619,3 +619,81 @@ async def test_flush_waits_for_recovered_entries(tmp_path: Path) -> None:
         assert (result.delivered, result.pending, result.spooled) == (3000, 0, 0)
         once(fake, ids)
         in_order(fake)
+
+
+_WORKER = """
+import sys, anyio
+from koala_async import KoalaClient
+
+async def main(directory, url, name):
+    async with KoalaClient("pk_test", base_url=url, spool_dir=directory,
+                           spool_commit_interval=0.02, max_queue_size=50) as koala:
+        print(koala._engine.spool_path, flush=True)
+        spool = koala._engine._spool
+        i = 0
+        while True:
+            for _ in range(50):
+                await koala.track("Step", email=f"p{i % 5}@acme.com", message_id=f"{name}-{i:06d}")
+                i += 1
+            commits = spool.commits
+            while spool.commits < commits + 2:  # everything made so far is on disk now
+                await anyio.sleep(0.005)
+            print(i, flush=True)
+
+anyio.run(main, *sys.argv[1:4], backend=sys.argv[4])
+"""
+
+
+async def test_workers_sharing_a_spool_dir_all_start_and_a_killed_ones_entries_are_sent(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Three worker processes start at once with one configuration (spool_dir): none fails,
+    each takes its own file. One is killed with SIGKILL; its successor (a new client on the
+    same directory) takes a free file and adopts the dead one's, and sends all that the dead
+    one had committed, while a live sibling's file is left to it."""
+    directory = tmp_path / "spools"
+    directory.mkdir()
+    url, port = down_url()
+    command = [sys.executable, "-c", textwrap.dedent(_WORKER), str(directory), url]
+    workers = [
+        subprocess.Popen(  # noqa: ASYNC220 - started at once; the reads wait for them
+            [*command, name, anyio_backend], stdout=subprocess.PIPE, text=True
+        )
+        for name in ("a", "b", "c")
+    ]
+    try:
+        files = []
+        for worker in workers:
+            assert worker.stdout is not None
+            files.append(worker.stdout.readline().strip())
+        assert len(set(files)) == 3, files  # each its own file, none failed to start
+        durable = {}
+        for name, worker in zip("abc", workers, strict=True):
+            assert worker.stdout is not None
+            for _ in range(3):
+                durable[name] = int(worker.stdout.readline())
+        for worker in workers[:2]:  # a and b die; c lives on
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+        fake = FakeCollector()
+        successor = KoalaClient(
+            "pk_test", base_url=url, spool_dir=directory, spool_commit_interval=TICK,
+            retry=FAST, flush_interval=0.05,
+        )  # fmt: skip
+        async with fake.serve(port=port), successor:
+            assert successor._engine.spool_path in files[:2]  # a dead worker's file
+            await wait_settled(successor)
+        received = set(fake.message_ids())
+        for name in "ab":  # what each dead worker had committed, at least
+            assert {f"{name}-{i:06d}" for i in range(durable[name])} <= received
+        assert not any(mid.startswith("c-") for mid in received)  # a live worker's: its own
+        assert successor.stats().recovered == len(received)
+        assert sorted(p.name for p in directory.glob("*.db")) == sorted(
+            Path(f).name for f in (successor._engine.spool_path, files[2])
+        )  # the other dead worker's file was adopted and removed
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
