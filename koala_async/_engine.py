@@ -178,6 +178,7 @@ class Engine:
         writer = Writer(options.path, options.directory)
         held = await writer.open()
         assert writer.file is not None
+        directory = options.path if options.directory else None
         if options.directory:  # the file this process took in the directory
             self._spool_options = options = dataclasses.replace(
                 options, path=writer.path, directory=False
@@ -192,6 +193,7 @@ class Engine:
             self.config.max_queue_size,
             overflow=self.admission.spool,
             loaded=self._spool_loaded,
+            directory=directory,
         )
         if held:
             self.ledger.recover(held)

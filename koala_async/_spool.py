@@ -344,7 +344,7 @@ class SpoolFile:
 
     def adopt(self, directory: str) -> int:
         """Take over the files of ``directory`` whose owners are gone: their entries are
-        copied into this file (parked, after its own, each file's in their order), then the
+        copied into this file (parked, before its own, each file's in their order), then the
         file is removed. Returns how many entries came. A file that is not a readable
         spool is left alone (and logged)."""
         adopted = 0
@@ -369,14 +369,17 @@ class SpoolFile:
         db = self._db
         db.execute("ATTACH DATABASE ? AS other", (path,))
         try:
-            count, first = db.execute("SELECT count(*), min(seq) FROM other.entries").fetchone()
+            count, last = db.execute("SELECT count(*), max(seq) FROM other.entries").fetchone()
             if count:
                 self._begin()
                 try:
+                    # Below every seq in use (negative ones included): the loop numbers new
+                    # entries upwards meanwhile, and these, older, are read back first.
+                    low = db.execute("SELECT min(0, coalesce(min(seq), 0)) FROM main.entries")
                     db.execute(
                         "INSERT INTO main.entries SELECT seq + ?, target, key, secondary, kind, "
                         "raw, created, 1, ip FROM other.entries ORDER BY seq",
-                        (self.last_seq - first + 1,),
+                        (low.fetchone()[0] - 1 - last,),
                     )
                     db.execute("DELETE FROM other.entries")
                     db.execute("COMMIT")
@@ -384,7 +387,6 @@ class SpoolFile:
                     self._rollback()
                     raise
                 self.rows += count
-                self.last_seq = db.execute("SELECT max(seq) FROM main.entries").fetchone()[0]
         finally:
             db.execute("DETACH DATABASE other")
         for suffix in ("-wal", "-shm", ""):
@@ -600,6 +602,7 @@ class SpooledQueue(Queue):
 Outcome = Callable[[Any, "BaseException | None"], None]
 _writers: weakref.WeakSet[Writer] = weakref.WeakSet()
 CLOSE_WAIT = 60.0  # seconds a close waits for the writer's last commit (it goes on after)
+ADOPT_EVERY = 10.0  # seconds between looks for files of dead workers in a spool_dir
 
 
 def _notifier() -> Callable[..., None]:
@@ -775,9 +778,11 @@ class Spool:
         max_queue_size: int,
         overflow: Callable[[bool], None],
         loaded: Callable[[bool], None],
+        directory: str | None = None,
     ) -> None:
         self.options = options
         self._writer = writer
+        self._directory = directory  # spool_dir: adopt the files of workers that died since
         self._queue = queue
         self._ledger = ledger
         self._reporter = reporter
@@ -880,12 +885,35 @@ class Spool:
     async def run(self) -> None:
         """Commit every ``commit_interval`` (sooner when parked entries can come back), and
         read parked entries back into memory as room appears."""
+        adopt_at = time.monotonic() + ADOPT_EVERY
         while True:
             if not self._wake.is_set():  # (set during the last step: go on at once)
                 with anyio.move_on_after(self.options.commit_interval):
                     await self._wake.wait()
             self._wake = anyio.Event()
             await self.step()
+            if self._directory is not None and time.monotonic() >= adopt_at:
+                await self.adopt()
+                adopt_at = time.monotonic() + ADOPT_EVERY
+
+    async def adopt(self) -> None:
+        """Adopt the files of the directory whose owners died since (a sibling killed by
+        SIGKILL or the OOM killer): their entries are sent from here."""
+        writer, directory = self._writer, self._directory
+        assert directory is not None
+
+        def work() -> int:
+            assert writer.file is not None
+            return writer.file.adopt(directory)
+
+        def then(count: int | None, error: BaseException | None) -> None:
+            if count:
+                self._ledger.recover(count)
+                self._overflow(True)  # new entries wait behind them, as at open
+                self._wake.set()
+
+        with contextlib.suppress(sqlite3.Error, SpoolError):
+            await writer.run(work, then)
 
     async def step(self) -> None:
         """One group commit, then read parked entries back into the room memory has."""

@@ -22,7 +22,7 @@ import anyio
 import pytest
 from wire_check import free_port, invariant
 
-from koala_async import KoalaClient, RetryPolicy, SpoolError, Stats
+from koala_async import KoalaClient, RetryPolicy, SpoolError, Stats, _spool
 from koala_async._ledger import Ledger
 from koala_async._queue import EVENTS, Batch
 from koala_async._reporter import Reporter
@@ -697,3 +697,44 @@ async def test_workers_sharing_a_spool_dir_all_start_and_a_killed_ones_entries_a
             worker.wait()
             if worker.stdout is not None:
                 worker.stdout.close()
+
+
+async def test_a_live_sibling_sends_a_killed_workers_entries(
+    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No successor needed: a live worker on the same spool_dir adopts, within a while
+    (ADOPT_EVERY), the file of a sibling killed with SIGKILL, and sends what it held."""
+    monkeypatch.setattr(_spool, "ADOPT_EVERY", 0.1)
+    directory = tmp_path / "spools"
+    directory.mkdir()
+    down, _ = down_url()
+    fake = FakeCollector()
+    async with fake.serve() as url:
+        sibling = KoalaClient(
+            "pk_test", base_url=url, spool_dir=directory, spool_commit_interval=TICK,
+            retry=FAST, flush_interval=0.05,
+        )  # fmt: skip
+        async with sibling:
+            command = [sys.executable, "-c", textwrap.dedent(_WORKER), str(directory), down]
+            with subprocess.Popen(  # noqa: ASYNC220 - the reads wait for it
+                [*command, "w", anyio_backend], stdout=subprocess.PIPE, text=True
+            ) as worker:
+                try:
+                    assert worker.stdout is not None
+                    assert worker.stdout.readline().strip() != sibling._engine.spool_path
+                    for _ in range(3):
+                        durable = int(worker.stdout.readline())
+                finally:
+                    worker.send_signal(signal.SIGKILL)
+                    worker.wait()
+            wanted = {f"w-{i:06d}" for i in range(durable)}
+            with anyio.fail_after(30):
+                while not wanted <= set(fake.message_ids()):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            await wait_settled(sibling)
+        stats = sibling.stats()
+    assert stats.recovered >= durable
+    assert stats.delivered == stats.recovered
+    mine = sibling._engine.spool_path
+    assert mine is not None
+    assert [p.name for p in directory.glob("*.db")] == [Path(mine).name]
