@@ -38,9 +38,9 @@ def build(
 ) -> tuple[Config, Intake, Engine]:
     """Check a client's options and build its intake and engine (both faces do this)."""
     given = resolve(options, face)
-    spool = given.pop("spool")
+    spool, spool_dir = given.pop("spool"), given.pop("spool_dir")
     spool_options: SpoolOptions | None = None
-    if spool is not None:
+    if spool is not None or spool_dir is not None:
         from ._spool import SpoolOptions  # and sqlite3: only for a client with a spool
 
         spool_options = SpoolOptions.build(
@@ -48,6 +48,7 @@ def build(
             given.pop("spool_commit_interval"),
             given.pop("spool_max_bytes"),
             given.pop("spool_max_age"),
+            spool_dir,
         )
     for name in ("spool_commit_interval", "spool_max_bytes", "spool_max_age"):
         given.pop(name, None)
@@ -107,6 +108,9 @@ class KoalaClient:
         spool: A file path: keep accepted entries on disk (SQLite) until Koala took them, so
             an outage, a full queue, the shutdown deadline or a crash loses nothing; the
             next client opened on it sends what it holds first. See "Durable spool".
+        spool_dir: A directory that many workers share (one configuration for all): each
+            process takes a free spool file in it and, at open, adopts the files of processes
+            that are gone. Instead of ``spool``.
         spool_commit_interval: Seconds between the spool's group commits: what a kill -9
             may lose.
         spool_max_bytes: The spool's size cap; past it the oldest entries are dropped
@@ -178,7 +182,8 @@ class KoalaClient:
 
     @property
     def spool_path(self) -> str | None:
-        """The file this client's spool keeps entries in; None without a spool."""
+        """The file this client's spool keeps entries in; None without a spool. With
+        ``spool_dir``: the directory until the client opens, then the file it took."""
         return self._engine.spool_path
 
     # The calls: the intake builds, the engine queues. A bad call is dropped and counted,

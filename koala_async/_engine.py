@@ -53,6 +53,7 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger("koala_async")
 
+_SPOOL_POLL = 0.05  # seconds a flush waits before it looks for entries read back from disk
 _INITIAL_LIMIT = 32  # requests in flight at first; the limiter grows it as the backlog asks
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -121,7 +122,8 @@ def preload(spool: bool) -> None:
     _load()
     needed = ["koala_async._http", "koala_async._runtime", "koala_async._sender"]
     if spool:
-        needed += ["anyio.to_thread", "koala_async._spool"]
+        # The spool waits on anyio's events, whose backend is imported at their first use.
+        needed += ["anyio.to_thread", "anyio._backends._asyncio", "koala_async._spool"]
     for name in needed:
         importlib.import_module(name)
 
@@ -229,21 +231,29 @@ class Engine:
 
     async def _open_spool(self, options: SpoolOptions) -> int:
         """Open the spool file and take over what an earlier run left in it (returned)."""
-        import anyio.to_thread
+        import dataclasses
 
-        from ._spool import Spool, SpooledQueue, SpoolFile
+        from ._spool import Spool, SpooledQueue, Writer  # and sqlite3: only with a spool
 
-        file, held = await anyio.to_thread.run_sync(SpoolFile.open, options.path)
-        self._queue = queue = SpooledQueue(file.last_seq)
+        writer = Writer(options.path, options.directory)
+        held = await writer.open()
+        assert writer.file is not None
+        directory = options.path if options.directory else None
+        if options.directory:  # the file this process took in the directory
+            self._spool_options = options = dataclasses.replace(
+                options, path=writer.path, directory=False
+            )
+        self._queue = queue = SpooledQueue(writer.file.last_seq)
         self._spool = Spool(
             options,
-            file,
+            writer,
             queue,
             self.ledger,
             self.reporter,
             self.config.max_queue_size,
             overflow=self.admission.spool,
             loaded=self._spool_loaded,
+            directory=directory,
         )
         if held:
             self.ledger.recover(held)
@@ -340,6 +350,8 @@ class Engine:
         """Close an engine that was never opened, or whose event loop has ended."""
         orphaned = self.admission.state is State.ORPHANED
         self.admission.closed()
+        if orphaned and self._spool is not None:
+            self._spool.abandon()
         if orphaned:
             for _target, batch in list(self._queue.batches()):
                 self.ledger.settle(batch, "shutdown_timeout")
@@ -369,19 +381,44 @@ class Engine:
         delivered, dropped = ledger.delivered, ledger.dropped_total
         runtime = self._runtime
         if runtime is not None:
+            limit = self.config.shutdown_timeout if timeout is None else timeout
+            spool = self._spool
+            if spool is not None and spool.behind_seq(spool.parked_seq):
+                await self._flush_spooled(runtime, spool, limit)
+            else:
+                done = runtime.loop.event()
+                waiter = Waiter(done)
+                for _, batch in self._queue.batches():
+                    waiter.add(batch)
+                runtime.flush_waiting()
+                if waiter.left:
+                    await runtime.loop.wait(done, limit)
+        if self._circuit.state is DEAD:
+            assert self._sender is not None
+            raise DeliveryError(self._sender.last_error or "the endpoint is gone")
+        return self._result(delivered, dropped)
+
+    async def _flush_spooled(self, runtime: Runtime, spool: Spool, limit: float) -> None:
+        """A flush while entries wait on disk (recovered at open, or parked): wait, as for
+        any accepted entry, until those parked by now were read back and their batches
+        settled, within ``limit`` seconds."""
+        until = spool.parked_seq
+        end = time.monotonic() + limit
+        while True:
             done = runtime.loop.event()
             waiter = Waiter(done)
             for _, batch in self._queue.batches():
                 waiter.add(batch)
             runtime.flush_waiting()
-            if waiter.left:
-                await runtime.loop.wait(
-                    done, self.config.shutdown_timeout if timeout is None else timeout
-                )
-        if self._circuit.state is DEAD:
-            assert self._sender is not None
-            raise DeliveryError(self._sender.last_error or "the endpoint is gone")
-        return self._result(delivered, dropped)
+            behind = spool.behind_seq(until)
+            left = end - time.monotonic()
+            if (not behind and not waiter.left) or left <= 0:
+                return
+            if not behind:
+                await runtime.loop.wait(done, left)
+                return
+            spool.wake()  # read the next entries back as soon as there is room
+            await runtime.loop.wait(done, min(left, _SPOOL_POLL))
 
     def flush_waiting(self) -> None:
         """Make every partial batch due now (a flush that cannot wait for its outcome)."""
@@ -504,8 +541,13 @@ class Engine:
             runtime = self._runtime
             assert runtime is not None
             runtime.file()  # the inbox's entries are older: they take their places first
-            self._spool.park(kind, raw, who, ip)
+            spool = self._spool
+            if not spool.park(kind, raw, who, ip):
+                self.refuse_entry("spool_full", raw, who, ip)
+                return DROPPED
             admission.spool(True)
+            if spool.behind:  # the disk is slower than the calls: wait for the writer
+                return spool.catch_up()
             self._parked = parked = self._parked + 1
             # The writer takes parked entries at its own pace: a loop that only parks must
             # yield now and then, as a request handler does anyway.

@@ -44,6 +44,7 @@ class ClientOptions(TypedDict, total=False):
     strict: bool
     send_ip: bool
     spool: str | os.PathLike[str] | None
+    spool_dir: str | os.PathLike[str] | None
     spool_commit_interval: float
     spool_max_bytes: int
     spool_max_age: float
@@ -66,6 +67,7 @@ DEFAULTS: Mapping[str, Any] = {
     "strict": False,
     "send_ip": True,
     "spool": None,
+    "spool_dir": None,
     "spool_commit_interval": 0.2,
     "spool_max_bytes": 1 << 30,
     "spool_max_age": 7 * 86400.0,

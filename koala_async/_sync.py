@@ -555,7 +555,8 @@ class KoalaSyncClient:
 
     @property
     def spool_path(self) -> str | None:
-        """The file this client's spool keeps entries in; None without a spool."""
+        """The file this client's spool keeps entries in; None without a spool. With
+        ``spool_dir``: the directory until the client opens, then the file it took."""
         engine = self._engine or self._final
         return (self._spare if engine is None else engine.core).spool_path
 

@@ -14,17 +14,19 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import anyio
 import pytest
 from wire_check import free_port, invariant
 
-from koala_async import KoalaClient, KoalaSyncClient, RetryPolicy, SpoolError, Stats
+from koala_async import KoalaClient, KoalaSyncClient, RetryPolicy, SpoolError, Stats, _spool
 from koala_async._ledger import Ledger
-from koala_async._queue import EVENTS, Batch
+from koala_async._queue import EVENTS, FILE_EVERY, Batch
 from koala_async._reporter import Reporter
-from koala_async._spool import Spool, SpooledQueue, SpoolFile, SpoolOptions, inspect
+from koala_async._spool import Spool, SpooledQueue, SpoolOptions, Writer, inspect
 from koala_async.testing import FakeCollector
 
 pytestmark = pytest.mark.anyio
@@ -33,15 +35,13 @@ TICK = 0.02  # spool_commit_interval in tests
 
 
 def client(base_url: str, path: Path, **options: object) -> KoalaClient:
-    return KoalaClient(
-        "pk_test",
-        base_url=base_url,
-        spool=path,
-        spool_commit_interval=TICK,
-        retry=FAST,
-        flush_interval=0.05,
-        **options,  # type: ignore[arg-type]
-    )
+    given: dict[str, object] = {
+        "spool_commit_interval": TICK,
+        "retry": FAST,
+        "flush_interval": 0.05,
+        **options,
+    }
+    return KoalaClient("pk_test", base_url=base_url, spool=path, **given)  # type: ignore[arg-type]
 
 
 async def produce(koala: KoalaClient, count: int, people: int = 7, start: int = 0) -> list[str]:
@@ -316,17 +316,18 @@ def test_halves_carry_their_entries_seqs() -> None:
         assert sum(map(len, half.seqs)) == half.size
 
 
-def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
+async def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
     tmp_path: Path,
 ) -> None:
     """Entries a call made but the filer has not filed yet are the person's later entries
     too: they follow the batch to disk, or they would be sent before it."""
     path = tmp_path / "s.db"
-    file, _ = SpoolFile.open(str(path))
-    queue, ledger = SpooledQueue(file.last_seq), Ledger()
+    writer = Writer(str(path))
+    await writer.open()
+    queue, ledger = SpooledQueue(0), Ledger()
     options = SpoolOptions.build(path, TICK, 1 << 30, 3600)
     spool = Spool(
-        options, file, queue, ledger, Reporter(None), 100, lambda on: None, lambda ready: None
+        options, writer, queue, ledger, Reporter(None), 100, lambda on: None, lambda ready: None
     )
     ada = ("email", "ada@acme.com", "email", None)
     ledger.accept()
@@ -341,7 +342,8 @@ def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
     assert [row[5] for row in queue.rows] == [b'"1"', b'"2"', b'"3"']
     assert spool._parks == [row[0] for row in queue.rows]  # all three wait on disk, in order
     assert (ledger.pending, ledger.spooled) == (0, 3)
-    file.close()
+    writer.stop()
+    assert writer.join(10)
 
 
 _CHILD = """
@@ -426,6 +428,315 @@ async def test_the_docs_adopt_dead_workers_spools(
         received = fake.message_ids()
     assert [received[i] for i in ids] == [1] * len(ids)  # the live worker's may arrive too
     assert inspect(str(dead)).entries == 0
+
+
+def rows_in(path: Path) -> int:
+    """The rows the file holds, counted by SQLite itself (WAL included)."""
+    with sqlite3.connect(path) as db:
+        count: int = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    db.close()
+    return count
+
+
+async def fill_during_an_outage(koala: KoalaClient, count: int) -> None:
+    for i in range(count):
+        await koala.track("Step", email=f"p{i % 97}@acme.com")
+
+
+@pytest.mark.parametrize("cancel", [False, True], ids=["close", "cancelled-close"])
+async def test_the_file_holds_what_close_counts_after_a_flood(tmp_path: Path, cancel: bool) -> None:
+    """50,000 entries accepted during an outage (the writer far behind), then a close,
+    cancelled over and over while it runs: no SQLite error, and the file holds exactly what
+    FlushResult.spooled and stats().spooled say. (benchmarks/spool_close.py runs 1,000,000,
+    20 times, in processes under faulthandler.)"""
+    path = tmp_path / "spool.db"
+    url, _ = down_url()
+    koala = client(url, path, max_queue_size=5000, shutdown_timeout=0.2, spool_commit_interval=0.2)
+    result = None
+    with anyio.CancelScope() as scope:
+        async with koala:
+            await fill_during_an_outage(koala, 50_000)
+            if cancel:
+                # The close runs cancelled: at once and at every later await of the task
+                # (anyio cancels the task again and again on asyncio; trio's is
+                # level-triggered).
+                scope.cancel()
+            else:
+                result = await koala.aclose()
+    assert scope.cancel_called == cancel
+    stats = koala.stats()
+    invariant(stats)
+    assert stats.dropped_total == 0
+    assert stats.spooled == 50_000
+    if result is not None:
+        assert result.spooled == stats.spooled
+    assert rows_in(path) == stats.spooled
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB filesystem (tmpfs, mounted here: root only), for a spool whose disk fills."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode:
+        pytest.skip(f"a 1 MB tmpfs cannot be mounted here (needs root): {done.stderr!r}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the filesystem of ``directory`` to the last byte; return the filler."""
+    filler = directory / "filler"
+    with filler.open("wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.parametrize("endpoint", ["down", "up"])
+async def test_a_full_disk_is_reported_once_bounded_and_counted_true(
+    full_disk: Path, endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk fills after the spool was opened: the cause is logged once at error level
+    with the path and the fix; the rows waiting to be written stay under the cap (beyond,
+    entries are dropped as spool_full); after close the file holds what spooled says."""
+    path = full_disk / "spool.db"
+    fake = FakeCollector()
+    url, port = down_url()
+    async with fake.serve(port=port) if endpoint == "up" else nullcontext():
+        koala = client(url, path, max_queue_size=1000, shutdown_timeout=0.5)
+        async with koala:
+            filler = fill(full_disk)
+            spool = koala._engine._spool
+            assert spool is not None
+            most = 0
+            for i in range(20_000):
+                await koala.track("Step", email=f"p{i % 7}@acme.com")  # None: dropped
+                most = max(most, spool.unwritten)
+                if i % 500 == 0:
+                    await anyio.sleep(0.005)
+            if endpoint == "down":  # memory bounded: the rows waiting + those being written
+                assert most <= 2 * spool.cap + FILE_EVERY
+            else:  # delivered entries' rows and deletions do not pile up
+                await wait_settled(koala)
+                with anyio.fail_after(10):
+                    while spool.unwritten or spool._deletes:  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+        stats = koala.stats()
+        assert filler.exists()
+    invariant(stats)
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "full" in r.getMessage()]
+    assert errors, caplog.text
+    assert str(path) in errors[0].getMessage()
+    assert "free space" in errors[0].getMessage()
+    assert len([r for r in errors if "the disk holding" in r.getMessage()]) == 1  # once
+    assert "no transaction is active" not in caplog.text
+    assert rows_in(path) == stats.spooled
+    if endpoint == "down":
+        assert stats.dropped["spool_full"] > 0
+        assert stats.delivered == 0
+    else:
+        assert stats.spooled == 0
+        assert stats.delivered + stats.dropped["spool_full"] == 20_000
+
+
+def chattr(flag: str, path: Path) -> None:
+    """Make ``path`` immutable (+i) or not (-i): root ignores permission bits, not this."""
+    done = subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False)
+    if done.returncode:
+        pytest.skip(f"chattr {flag} is not permitted here: {done.stderr!r}")
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("cause", ["read-only-directory", "immutable-file", "missing-parent"])
+async def test_a_spool_that_cannot_be_written_is_refused_at_open_and_leaks_nothing(
+    tmp_path: Path, cause: str
+) -> None:
+    """SpoolError names the path and the fix; no fd or lock is left behind, so once the
+    cause is fixed a retry in the same process opens the spool (and sends what it holds)."""
+    directory = tmp_path / "spools"
+    path = directory / "spool.db"
+    url, port = down_url()
+    if cause != "missing-parent":
+        directory.mkdir()
+        async with client(url, path, shutdown_timeout=0) as koala:  # 5 entries wait in it
+            await produce(koala, 5)
+        assert koala.stats().spooled == 5
+    target = {"read-only-directory": directory, "immutable-file": path}.get(cause)
+    if target is not None:
+        for leftover in directory.glob("spool.db?*"):  # -wal, -shm, .lock: a fresh checkout
+            leftover.unlink()
+        chattr("+i", target)
+    before = open_fds()
+    try:
+        for _ in range(2):  # twice: the first attempt left nothing that trips the second
+            with pytest.raises(SpoolError) as caught:
+                await client(url, path).__aenter__()
+            message = str(caught.value)
+            assert str(path) in message
+            assert "in use by process" not in message
+            if cause == "missing-parent":
+                assert f"the directory {directory} does not exist: create it" in message
+            else:
+                assert "must be writable by this process" in message
+        assert open_fds() == before
+    finally:
+        if target is not None:
+            chattr("-i", target)
+    directory.mkdir(exist_ok=True)
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:
+        await wait_settled(again)
+    assert again.stats().delivered == (0 if cause == "missing-parent" else 5)
+
+
+async def test_flush_waits_for_recovered_entries(tmp_path: Path) -> None:
+    """flush() right after opening a spool that holds entries waits for them, as for any
+    accepted entry: they are sent, not left for aclose()."""
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    async with client(url, path, max_queue_size=500, shutdown_timeout=0.1) as koala:
+        ids = await produce(koala, 3000)
+    assert koala.stats().spooled == 3000
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path, max_queue_size=500) as again:
+        result = await again.flush(timeout=30)
+        assert (result.delivered, result.pending, result.spooled) == (3000, 0, 0)
+        once(fake, ids)
+        in_order(fake)
+
+
+_WORKER = """
+import sys, anyio
+from koala_async import KoalaClient
+
+async def main(directory, url, name):
+    async with KoalaClient("pk_test", base_url=url, spool_dir=directory,
+                           spool_commit_interval=0.02, max_queue_size=50) as koala:
+        print(koala._engine.spool_path, flush=True)
+        spool = koala._engine._spool
+        i = 0
+        while True:
+            for _ in range(50):
+                await koala.track("Step", email=f"p{i % 5}@acme.com", message_id=f"{name}-{i:06d}")
+                i += 1
+            commits = spool.commits
+            while spool.commits < commits + 2:  # everything made so far is on disk now
+                await anyio.sleep(0.005)
+            print(i, flush=True)
+
+anyio.run(main, *sys.argv[1:4], backend=sys.argv[4])
+"""
+
+
+async def test_workers_sharing_a_spool_dir_all_start_and_a_killed_ones_entries_are_sent(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Three worker processes start at once with one configuration (spool_dir): none fails,
+    each takes its own file. One is killed with SIGKILL; its successor (a new client on the
+    same directory) takes a free file and adopts the dead one's, and sends all that the dead
+    one had committed, while a live sibling's file is left to it."""
+    directory = tmp_path / "spools"
+    directory.mkdir()
+    url, port = down_url()
+    command = [sys.executable, "-c", textwrap.dedent(_WORKER), str(directory), url]
+    workers = [
+        subprocess.Popen(  # noqa: ASYNC220 - started at once; the reads wait for them
+            [*command, name, anyio_backend], stdout=subprocess.PIPE, text=True
+        )
+        for name in ("a", "b", "c")
+    ]
+    try:
+        files = []
+        for worker in workers:
+            assert worker.stdout is not None
+            files.append(worker.stdout.readline().strip())
+        assert len(set(files)) == 3, files  # each its own file, none failed to start
+        durable = {}
+        for name, worker in zip("abc", workers, strict=True):
+            assert worker.stdout is not None
+            for _ in range(3):
+                durable[name] = int(worker.stdout.readline())
+        for worker in workers[:2]:  # a and b die; c lives on
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+        fake = FakeCollector()
+        successor = KoalaClient(
+            "pk_test", base_url=url, spool_dir=directory, spool_commit_interval=TICK,
+            retry=FAST, flush_interval=0.05,
+        )  # fmt: skip
+        async with fake.serve(port=port), successor:
+            assert successor._engine.spool_path in files[:2]  # a dead worker's file
+            await wait_settled(successor)
+        received = set(fake.message_ids())
+        for name in "ab":  # what each dead worker had committed, at least
+            assert {f"{name}-{i:06d}" for i in range(durable[name])} <= received
+        assert not any(mid.startswith("c-") for mid in received)  # a live worker's: its own
+        assert successor.stats().recovered == len(received)
+        assert sorted(p.name for p in directory.glob("*.db")) == sorted(
+            Path(f).name for f in (successor._engine.spool_path, files[2])
+        )  # the other dead worker's file was adopted and removed
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
+
+
+async def test_a_live_sibling_sends_a_killed_workers_entries(
+    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No successor needed: a live worker on the same spool_dir adopts, within a while
+    (ADOPT_EVERY), the file of a sibling killed with SIGKILL, and sends what it held."""
+    monkeypatch.setattr(_spool, "ADOPT_EVERY", 0.1)
+    directory = tmp_path / "spools"
+    directory.mkdir()
+    down, _ = down_url()
+    fake = FakeCollector()
+    async with fake.serve() as url:
+        sibling = KoalaClient(
+            "pk_test", base_url=url, spool_dir=directory, spool_commit_interval=TICK,
+            retry=FAST, flush_interval=0.05,
+        )  # fmt: skip
+        async with sibling:
+            command = [sys.executable, "-c", textwrap.dedent(_WORKER), str(directory), down]
+            with subprocess.Popen(  # noqa: ASYNC220 - the reads wait for it
+                [*command, "w", anyio_backend], stdout=subprocess.PIPE, text=True
+            ) as worker:
+                try:
+                    assert worker.stdout is not None
+                    assert worker.stdout.readline().strip() != sibling._engine.spool_path
+                    for _ in range(3):
+                        durable = int(worker.stdout.readline())
+                finally:
+                    worker.send_signal(signal.SIGKILL)
+                    worker.wait()
+            wanted = {f"w-{i:06d}" for i in range(durable)}
+            with anyio.fail_after(30):
+                while not wanted <= set(fake.message_ids()):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            await wait_settled(sibling)
+        stats = sibling.stats()
+    assert stats.recovered >= durable
+    assert stats.delivered == stats.recovered
+    mine = sibling._engine.spool_path
+    assert mine is not None
+    assert [p.name for p in directory.glob("*.db")] == [Path(mine).name]
 
 
 def test_both_clients_say_which_file_their_spool_uses(tmp_path: Path) -> None:
