@@ -34,7 +34,7 @@ from ._exceptions import ClientClosedError, DeliveryError, QueueFullError, Valid
 from ._fork import in_child
 from ._ledger import Ledger
 from ._limiter import Limiter
-from ._queue import FILE_EVERY, MAX_BLOCK, Queue, Waiter
+from ._queue import FILE_EVERY, MAX_BLOCK, Item, Queue, Waiter
 from ._reporter import OnError, Reporter
 from ._stats import DropReason, FlushResult, Stats
 
@@ -161,7 +161,7 @@ class Engine:
         # asyncio for the running loop costs a getpid() system call per call on 3.11.
         self._thread = 0
         self._loop_runs: Callable[[], bool] = _not_running
-        self._queue = Queue()
+        self._queue = Queue(self._unfiled)
         self._limiter = Limiter(config.max_concurrent_requests, initial=_INITIAL_LIMIT)
         self._circuit = Circuit(config.retry.backoff, config.retry.max_backoff)
         self._sender: Sender | None = None
@@ -207,6 +207,7 @@ class Engine:
             backlog=lambda: bool(self._queue.ready),
             on_change=self._circuit_changed,
             loop=loop,
+            spool=self._spool,
         )
         http = self._http or HttpFactory(config.base_url, config.timeout)
         self._runtime = Runtime(
@@ -222,7 +223,6 @@ class Engine:
         )
         await self._runtime.start()
         if self._spool is not None:
-            self._sender.spool = self._spool
             self._runtime.spawn(self._spool.run)
         _open_engines.add(self)
         admission.open()
@@ -243,7 +243,7 @@ class Engine:
             self._spool_options = options = dataclasses.replace(
                 options, path=writer.path, directory=False
             )
-        self._queue = queue = SpooledQueue(writer.file.last_seq)
+        self._queue = queue = SpooledQueue(writer.file.last_seq, self._unfiled)
         self._spool = Spool(
             options,
             writer,
@@ -503,6 +503,17 @@ class Engine:
             return self._full(kind, raw, who, ip)
         self._enqueue(kind, raw, who, ip)
         return None
+
+    def _unfiled(self, error: Exception, item: Item) -> None:
+        """The queue could not file an entry (a bug): drop it as ``rejected``, counted,
+        logged and handed to ``on_error``, so it still ends in one outcome, reported as any
+        drop is, and the background goes on."""
+        logger.error("unexpected error filing an entry; dropped", exc_info=error)
+        self.ledger.lose("rejected")
+        _, raw, who, ip = item
+        self.reporter.dropped_entry("rejected", raw, who, ip, error)
+        if self._runtime is not None:
+            self._runtime.after_settle()
 
     def delivering(self) -> bool:
         """The engine takes entries into memory and will deliver them: open, or closing

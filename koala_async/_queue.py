@@ -34,7 +34,17 @@ from ._calls import EVENTS, IDENTIFIES, PAGE_VIEWS
 from ._validate import Who
 from ._wire import MAX_PER_KIND
 
-__all__ = ["EVENTS", "IDENTIFIES", "PAGE_VIEWS", "Batch", "Item", "Queue", "Target", "Waiter"]
+__all__ = [
+    "EVENTS",
+    "IDENTIFIES",
+    "PAGE_VIEWS",
+    "Batch",
+    "Item",
+    "Queue",
+    "Target",
+    "Waiter",
+    "reraise",
+]
 
 _SLOTS = ("events", "identifies", "page_views")  # by kind
 _NAMES = tuple(name.encode() for name in _SLOTS)
@@ -260,7 +270,8 @@ Item = tuple[int, bytes, Who, str | None]
 """An entry as a call leaves it in the inbox: kind, encoded entry, target, top-level ip."""
 
 
-def _reraise(error: Exception, item: Item) -> None:
+def reraise(error: Exception, item: Item) -> None:
+    """What a queue does with an entry it could not file, unless told otherwise: raise."""
     raise error
 
 
@@ -281,11 +292,11 @@ class Queue:
 
     __slots__ = ("buckets", "eager", "inbox", "on_unfiled", "ready", "targets")
 
-    def __init__(self) -> None:
+    def __init__(self, on_unfiled: Callable[[Exception, Item], None] = reraise) -> None:
         # Entries a call added and nobody has filed yet (see :meth:`add`).
         self.inbox: list[Item] = []
-        # Told why an entry could not be filed (a bug): the runtime counts and logs it.
-        self.on_unfiled: Callable[[Exception, Item], None] = _reraise
+        # Told why an entry could not be filed (a bug): the engine counts and logs it.
+        self.on_unfiled = on_unfiled
         # Targets by the field they are keyed by, so ids of different kinds never collide.
         self.targets: dict[str, dict[str, Target]] = {
             field: {} for field in ("profile_id", "email", "domain", "account_id")

@@ -28,7 +28,7 @@ from ._http import HttpFactory
 from ._ledger import Ledger
 from ._limiter import Limiter
 from ._loop import Event, Loop, Tasks
-from ._queue import FILE_EVERY, TICKS, Item, Queue
+from ._queue import FILE_EVERY, TICKS, Queue
 from ._reporter import Reporter
 from ._sender import Sender
 from ._wire import top_up
@@ -80,8 +80,6 @@ class Runtime:
         self._settled: Event | None = None  # set when nothing is pending
         self._room: Event | None = None  # set when pending falls to _room_at
         self._room_at = 0
-        sender.lend = self._lend
-        queue.on_unfiled = self._unfiled
 
     async def start(self) -> None:
         """Make the place for the background tasks (in the caller's task), start the ticker,
@@ -162,16 +160,6 @@ class Runtime:
         if queue.inbox and queue.intake():
             self.dispatch()
 
-    def _unfiled(self, error: Exception, item: Item) -> None:
-        """The queue could not file an entry (a bug): drop it as ``rejected``, counted,
-        logged and handed to ``on_error``, so it still ends in one outcome, reported as any
-        drop is, and the background goes on."""
-        logger.error("unexpected error filing an entry; dropped", exc_info=error)
-        self._ledger.lose("rejected")
-        _, raw, who, ip = item
-        self._reporter.dropped_entry("rejected", raw, who, ip, error)
-        self._after_settle()
-
     def dispatch(self) -> None:
         """Ready targets are waiting: wake idle workers, or start new ones up to the limit."""
         waiting = len(self._queue.ready)
@@ -214,12 +202,12 @@ class Runtime:
                     await event.wait()
                     continue
                 try:
-                    await sender.send(http, target)
+                    await sender.send(http, target, self._lend)
                 except Exception:  # a bug: the worker must outlive it, and the batch be counted
                     logger.exception("unexpected error delivering a batch; dropped")
                     sender.settle(target, target.seal(), "rejected")
                 queue.done(target)
-                self._after_settle()
+                self.after_settle()
                 if self.workers > self._limiter.limit:  # the limit was cut: retire
                     break
                 self.dispatch()  # the limit may have grown, and the backlog with it
@@ -251,7 +239,7 @@ class Runtime:
 
     # Settling and waiting
 
-    def _after_settle(self) -> None:
+    def after_settle(self) -> None:
         pending = self._ledger.pending
         if self._room is not None and pending <= self._room_at:
             self.wake_room()

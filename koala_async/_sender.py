@@ -54,6 +54,7 @@ class Sender:
         backlog: Callable[[], bool],
         on_change: Callable[[], None],
         loop: Loop,
+        spool: Spool | None = None,
     ) -> None:
         self._loop = loop
         self._config = config
@@ -71,10 +72,7 @@ class Sender:
         self.deadline = math.inf  # set by close_by: waits are cut to fit before it
         self._closing = loop.event()
         self.last_error: str | None = None
-        self.spool: Spool | None = None  # with one, some outcomes park a batch on disk
-        # Called with -1 as a batch starts backing off, +1 when it is done: the runtime lends
-        # its sender's place under the limit to other batches meanwhile.
-        self.lend: Callable[[int], None] = _no_lending
+        self.spool = spool  # with one, some outcomes park a batch on disk
 
     # Waiting
 
@@ -118,19 +116,29 @@ class Sender:
 
     # Delivering
 
-    async def send(self, http: httpx.AsyncClient, target: Target) -> None:
+    async def send(
+        self, http: httpx.AsyncClient, target: Target, lend: Callable[[int], None] = _no_lending
+    ) -> None:
         """Deliver ``target``'s first batch and settle it; a 413 splits it in two and the
-        first half goes now (the second stays first in the target's queue)."""
+        first half goes now (the second stays first in the target's queue). ``lend`` is
+        told -1 as the batch starts backing off and +1 when it is done: the runtime lends
+        the worker's place meanwhile."""
         while True:
             batch = target.seal()
-            end = await self._attempts(http, target, batch)
+            end = await self._attempts(http, target, batch, lend)
             if end.do is Do.SPLIT:
                 target.split()
                 continue
             self.settle(target, batch, end.reason, end.status, end.error)
             return
 
-    async def _attempts(self, http: httpx.AsyncClient, target: Target, batch: Batch) -> Step:
+    async def _attempts(
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        batch: Batch,
+        lend: Callable[[int], None],
+    ) -> Step:
         """Perform the batch's steps until it is to be settled or split."""
         run = Attempts(batch.size, self._config.retry, self._circuit, self._limiter, self._pacer)
         content = target.body(batch)
@@ -148,11 +156,11 @@ class Sender:
                 logger.debug(
                     "%s; retrying a batch of %d in %.2fs", self.last_error, batch.size, step.seconds
                 )
-                self.lend(-1)
+                lend(-1)
                 try:
                     await self._sleep(step.seconds, step.turns)
                 finally:
-                    self.lend(1)
+                    lend(1)
 
     async def _post(
         self, http: httpx.AsyncClient, account: bool, content: bytes, run: Attempts

@@ -44,7 +44,7 @@ import sniffio
 
 from ._exceptions import SpoolError, ValidationError
 from ._ledger import Ledger
-from ._queue import Batch, Queue, Target
+from ._queue import Batch, Item, Queue, Target, reraise
 from ._reporter import Reporter
 from ._stats import DropReason
 from ._validate import Who
@@ -563,8 +563,10 @@ class SpooledQueue(Queue):
 
     __slots__ = ("rows", "seq")
 
-    def __init__(self, last_seq: int) -> None:
-        super().__init__()
+    def __init__(
+        self, last_seq: int, on_unfiled: Callable[[Exception, Item], None] = reraise
+    ) -> None:
+        super().__init__(on_unfiled)
         self.seq = last_seq
         self.rows: list[Row] = []  # accepted entries the writer has not written yet
 
