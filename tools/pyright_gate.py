@@ -11,12 +11,16 @@ import collections
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 GATED = ("reportPrivateUsage", "reportPossiblyUnbound", "reportPossiblyUnboundVariable")
 
 
 def main() -> int:
-    run = subprocess.run(["pyright", "--outputjson"], capture_output=True, text=True, check=False)
+    # -p: this project's pyproject.toml, never a pyrightconfig.json found in a parent folder.
+    command = [sys.executable, "-m", "pyright", "--outputjson", "-p", str(ROOT)]
+    run = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
         report = json.loads(run.stdout)
     except json.JSONDecodeError:
