@@ -382,27 +382,18 @@ class Engine:
         runtime = self._runtime
         if runtime is not None:
             limit = self.config.shutdown_timeout if timeout is None else timeout
-            spool = self._spool
-            if spool is not None and spool.behind_seq(spool.parked_seq):
-                await self._flush_spooled(runtime, spool, limit)
-            else:
-                done = runtime.loop.event()
-                waiter = Waiter(done)
-                for _, batch in self._queue.batches():
-                    waiter.add(batch)
-                runtime.flush_waiting()
-                if waiter.left:
-                    await runtime.loop.wait(done, limit)
+            await self._wait_flushed(runtime, limit)
         if self._circuit.state is DEAD:
             assert self._sender is not None
             raise DeliveryError(self._sender.last_error or "the endpoint is gone")
         return self._result(delivered, dropped)
 
-    async def _flush_spooled(self, runtime: Runtime, spool: Spool, limit: float) -> None:
-        """A flush while entries wait on disk (recovered at open, or parked): wait, as for
-        any accepted entry, until those parked by now were read back and their batches
-        settled, within ``limit`` seconds."""
-        until = spool.parked_seq
+    async def _wait_flushed(self, runtime: Runtime, limit: float) -> None:
+        """Make every queued batch due and wait, within ``limit`` seconds, until they are
+        settled; with a spool, also for the entries on disk by now (recovered at open, or
+        parked), read back as room comes, as for any accepted entry."""
+        spool = self._spool
+        until = 0 if spool is None else spool.parked_seq
         end = time.monotonic() + limit
         while True:
             done = runtime.loop.event()
@@ -410,12 +401,12 @@ class Engine:
             for _, batch in self._queue.batches():
                 waiter.add(batch)
             runtime.flush_waiting()
-            behind = spool.behind_seq(until)
             left = end - time.monotonic()
-            if (not behind and not waiter.left) or left <= 0:
+            if spool is None or not spool.behind_seq(until):
+                if waiter.left:
+                    await runtime.loop.wait(done, max(left, 0.0))
                 return
-            if not behind:
-                await runtime.loop.wait(done, left)
+            if left <= 0:
                 return
             spool.wake()  # read the next entries back as soon as there is room
             await runtime.loop.wait(done, min(left, _SPOOL_POLL))
