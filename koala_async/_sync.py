@@ -177,7 +177,6 @@ class _Engine:
             # The drain goes on while the core delivers what it holds: a call that raced
             # close() still has its entry taken (see drain), until the core stops.
             result = await core.close(self._stop_timeout)
-            self.accepting = False
         finally:
             self.accepting = False
             tasks.cancel()  # puts still waiting for room: the core is closed
@@ -408,11 +407,11 @@ class KoalaSyncClient:
 
         The lock is never held while waiting (for the engine's loop): under gevent it may be
         a real lock, made before the patch, and a greenlet blocked on it blocks the hub."""
-        import concurrent.futures
-
         # What the engine's thread would import as it opens, imported here first: never in a
-        # thread of ours that a fork could cut short mid-import.
-        preload(spool=self._spare.spool_path is not None)
+        # thread of ours that a fork could cut short mid-import. (A disabled client starts
+        # no engine, and its every call comes here: it imports nothing.)
+        if self._config.enabled:
+            preload(spool=self._spare.spool_path is not None)
         with self._lock:
             engine = self._engine
             if engine is not None and engine.pid == _pid:
@@ -433,6 +432,8 @@ class KoalaSyncClient:
                 # runs; the exit hooks wait for it.
                 timeout = self._config.shutdown_timeout
                 weakref.finalize(self, starting.stop_soon, timeout).atexit = False
+        import concurrent.futures
+
         try:
             starting.made.result(_START_TIMEOUT)  # its loop, made in its thread: about a ms
         except (concurrent.futures.TimeoutError, OSError) as exc:
@@ -460,13 +461,12 @@ class KoalaSyncClient:
         admission = engine.core.admission
         if engine.ledger.pending + len(engine.inbox) >= admission.limit:  # rare
             starting = admission.state is State.UNOPENED  # its loop is not up yet
-            if starting and len(engine.inbox) < self._config.max_queue_size:
-                pass  # the inbox holds the calls until the loop opens the engine
-            elif not (starting or admission.taking):
-                raise ClientClosedError(_CLOSED)  # closing: never wait for the drain
-            elif not self._put_full(engine, (kind, raw, who, ip)):  # full, dead, spooling
-                return None  # dropped at the call (a dead endpoint, a full queue): counted
-            else:
+            # While it starts, the inbox holds the calls until the loop opens the engine.
+            if not starting or len(engine.inbox) >= self._config.max_queue_size:
+                if not (starting or admission.taking):
+                    raise ClientClosedError(_CLOSED)  # closing: never wait for the drain
+                if not self._put_full(engine, (kind, raw, who, ip)):  # full, dead, spooling
+                    return None  # dropped at the call (a dead endpoint, a full queue): counted
                 return message_id
         engine.inbox.append((kind, raw, who, ip))
         if not engine.woken:

@@ -45,6 +45,17 @@ def test_making_a_client_loads_none_of_them_either(face: str) -> None:
     assert loaded_after(code) == []
 
 
+def test_a_disabled_sync_client_s_calls_load_none_of_them() -> None:
+    """enabled=False validates and sends nothing: it starts no engine, so its calls have
+    nothing to import (each of them asks for its engine)."""
+    code = (
+        "from koala_async import KoalaSyncClient\n"
+        "koala = KoalaSyncClient('pk_test', enabled=False)\n"
+        "koala.track('Signed Up', email='ada@acme.com')"
+    )
+    assert loaded_after(code) == []
+
+
 def test_a_client_that_is_used_loads_them() -> None:
     """The other side: the sync client's first call starts its engine (and closes it at exit,
     with nothing deliverable: the address refuses connections)."""
