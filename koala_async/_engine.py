@@ -474,7 +474,7 @@ class Engine:
         ledger = self.ledger
         if ledger.pending >= self.admission.limit:  # full, closed, dead or spooling: rare
             return self._full(kind, raw, who, ip)
-        ledger.accept()  # _enqueue(), inline: a method call here costs every call ~0.05 µs
+        ledger.accept()  # take(), inline: a method call here costs every call ~0.05 µs
         waiting = self._queue.add(kind, raw, who, ip)
         if waiting % FILE_EVERY and waiting != 1:  # nothing for the filer to hear of
             return None
@@ -492,7 +492,7 @@ class Engine:
         """
         if self.ledger.pending >= self.admission.limit:
             return self._full(kind, raw, who, ip)
-        self._enqueue(kind, raw, who, ip)
+        self.take(kind, raw, who, ip)
         return None
 
     def _unfiled(self, error: Exception, item: Item) -> None:
@@ -516,13 +516,10 @@ class Engine:
         return state is State.OPEN and runtime is not None and not runtime.stopping
 
     def take(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
-        """Queue an entry whose call was already told it was taken (the sync client's
-        inbox), past ``max_queue_size`` if need be: only while :meth:`delivering`."""
-        self._enqueue(kind, raw, who, ip)
-
-    def _enqueue(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
-        """Count an entry accepted and queue it, to be filed at the loop's next turn.
-        (:meth:`offer` does the same inline: it is the hot path.)"""
+        """Count an entry accepted and queue it, to be filed at the loop's next turn, past
+        ``max_queue_size`` if need be. (:meth:`offer` does the same inline: it is the hot
+        path.) The sync client's drain calls it for entries whose call was already told they
+        were taken, only while :meth:`delivering`."""
         self.ledger.accept()
         waiting = self._queue.add(kind, raw, who, ip)
         if not waiting % FILE_EVERY or waiting == 1:
@@ -595,7 +592,7 @@ class Engine:
                 await runtime.room(at)
             if not admission.taking:
                 self.check_open()
-        self._enqueue(kind, raw, who, ip)
+        self.take(kind, raw, who, ip)
         return True
 
     def refuse_entry(self, reason: DropReason, raw: bytes, who: Who, ip: str | None) -> None:
