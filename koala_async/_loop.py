@@ -215,8 +215,7 @@ class _Asyncio(Loop):
 
 class _TaskSet:
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[object]] = set()  # running
-        self._cancels: dict[asyncio.Task[object], Callable[[], None]] = {}
+        self._tasks: dict[asyncio.Task[object], Callable[[], None]] = {}  # running: cancel
         self._failed: list[BaseException] = []
 
     def spawn(self, run: Callable[[], Awaitable[object]]) -> Callable[[], object]:
@@ -229,7 +228,6 @@ class _TaskSet:
 
         loop = asyncio.get_running_loop()
         task = loop.create_task(main())
-        self._tasks.add(task)
         task.add_done_callback(self._done)
 
         def cancel() -> None:
@@ -241,17 +239,16 @@ class _TaskSet:
             else:
                 loop.call_soon(task.cancel)
 
-        self._cancels[task] = cancel
+        self._tasks[task] = cancel
         return cancel
 
     def _done(self, task: asyncio.Task[object]) -> None:
-        self._tasks.discard(task)
-        self._cancels.pop(task, None)
+        self._tasks.pop(task, None)
         if not task.cancelled() and (error := task.exception()) is not None:
             self._failed.append(error)  # raised by leave()
 
     def cancel(self) -> None:
-        for cancel in list(self._cancels.values()):
+        for cancel in list(self._tasks.values()):
             cancel()
 
     async def leave(self) -> None:

@@ -148,8 +148,7 @@ _split = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
 def _full(batch: Batch) -> bool:
     """Whether one of the batch's kinds holds 30: the batch is due, even while still open."""
-    counts = batch.counts
-    return any((counts >> (kind << 3)) & 0xFF >= MAX_PER_KIND for kind in range(len(_SLOTS)))
+    return any(batch.count(kind) >= MAX_PER_KIND for kind in range(len(_SLOTS)))
 
 
 class Waiter:

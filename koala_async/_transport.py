@@ -168,7 +168,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             host = origin[1].decode("ascii")
             hint = ""
             if exc.kind is httpx.ConnectTimeout and origin[0] == b"https":
-                hint = " (if that port serves plain HTTP, start base_url with http://)"
+                hint = f" ({_PLAIN_HTTP_HINT})"
             raise exc.kind(f"{exc.kind.__name__} on {host}{hint}", request=request) from exc
         except anyio.EndOfStream as exc:
             await self.aclose()
@@ -183,8 +183,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             await self.aclose()
             if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc):
                 raise httpx.ConnectTimeout(
-                    f"no TLS handshake from {_url(origin)} ({exc}); if that port serves plain "
-                    "HTTP, start base_url with http://",
+                    f"no TLS handshake from {_url(origin)} ({exc}); {_PLAIN_HTTP_HINT}",
                     request=request,
                 ) from None
             if _plain_http_answered_tls(exc):
@@ -351,6 +350,8 @@ class Misconfigured(httpx.TransportError):
     gone = True  # read by _retry.classify_error (pure: it imports no transport)
 
 
+# A TLS handshake that got no answer in time: a plain-HTTP port waits for a request head.
+_PLAIN_HTTP_HINT = "if that port serves plain HTTP, start base_url with http://"
 # What OpenSSL says when the server answered a TLS hello in plain HTTP (a "400" to it).
 _PLAIN_HTTP_REASONS = frozenset(
     ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
