@@ -29,6 +29,7 @@ Needs ``dask[dataframe]`` (and ``distributed`` for a cluster).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ class Report:
     pending: int
     partitions: int
 
+    @classmethod
+    def of(cls, counts: Sequence[Mapping[str, int]]) -> Report:
+        """The partitions' counts (what :func:`send_rows` returns), summed."""
+        return cls(
+            **{name: int(sum(c[name] for c in counts)) for name in _COUNTS}, partitions=len(counts)
+        )
+
 
 def send_rows(
     rows: Iterable[Mapping[str, Any]],
@@ -71,7 +79,8 @@ def send_rows(
 ) -> dict[str, int]:
     """Send ``rows`` (mappings named like the call's arguments) with one client; return the
     counts. The building block of a partition task (Dask, or Spark's ``foreachPartition``:
-    see :mod:`koala_async.spark`); ``rows`` may be an iterator, read once, as it is sent.
+    see :mod:`koala_async.spark`); ``rows`` may be an iterator, read once, as it is sent, and
+    no rows open no client.
     ``payload`` names the fields that go into the call's ``properties`` (or ``traits``).
 
     ``options`` go to :class:`~koala_async.KoalaSyncClient` (``public_api_key``,
@@ -79,6 +88,11 @@ def send_rows(
     """
     call_kind = CALLS[kind]
     parameters = [p for p in call_kind.parameters if p != "message_id"]
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return dict.fromkeys(_COUNTS, 0)
+    rows = itertools.chain((first,), rows)
     read = 0
     with KoalaSyncClient(**{**options, "on_full": "block", "strict": False}) as koala:
         call: Callable[..., object] = getattr(koala, kind)
@@ -155,4 +169,4 @@ def send_dataframe(
         else:
             distributed.progress(future)
             result = future.result()
-    return Report(**{name: int(result[name].sum()) for name in _COUNTS}, partitions=len(result))
+    return Report.of(result.to_dict("records"))

@@ -35,15 +35,13 @@ able to import ``koala_async``: install it where the job runs (or ship it with
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .backfill import CALLS
 from .dask import Report, send_rows
 
 __all__ = ["Report", "send_dataframe", "send_partition"]
-
-_COUNTS = ("rows", "delivered", "dropped", "pending")
 
 
 def send_partition(
@@ -64,17 +62,7 @@ def send_partition(
     """
     if kind not in CALLS:
         raise ValueError(f"kind must be one of {', '.join(CALLS)}, got {kind!r}")
-    rows = iter(rows)
-    first = next(rows, None)
-    if first is None:
-        return dict.fromkeys(_COUNTS, 0)
-    return send_rows(_mappings(first, rows), kind, key, payload, **options)
-
-
-def _mappings(first: Any, rest: Iterator[Any]) -> Iterator[Mapping[str, Any]]:
-    yield _mapping(first)
-    for row in rest:
-        yield _mapping(row)
+    return send_rows(map(_mapping, rows), kind, key, payload, **options)
 
 
 def _mapping(row: Any) -> Mapping[str, Any]:
@@ -126,6 +114,4 @@ def send_dataframe(
     counts: list[dict[str, int]] = (
         shuffled.sortWithinPartitions(*by).rdd.mapPartitions(task).collect()
     )
-    return Report(
-        **{name: sum(c[name] for c in counts) for name in _COUNTS}, partitions=len(counts)
-    )
+    return Report.of(counts)

@@ -193,11 +193,13 @@ def test_a_column_the_frame_lacks_is_named_before_any_job(spark: Any) -> None:
 
 
 def test_an_empty_partition_opens_no_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import koala_async.dask
     import koala_async.spark
 
-    def no_client(*args: object, **kwargs: object) -> dict[str, int]:
+    def no_client(*args: object, **kwargs: object) -> None:
         raise AssertionError("a client was opened")
 
-    monkeypatch.setattr(koala_async.spark, "send_rows", no_client)
+    # send_rows (which send_partition calls) opens the client: no rows, no client.
+    monkeypatch.setattr(koala_async.dask, "KoalaSyncClient", no_client)
     empty = {"rows": 0, "delivered": 0, "dropped": 0, "pending": 0}
     assert koala_async.spark.send_partition(iter([]), "track", key=["order_id"]) == empty
