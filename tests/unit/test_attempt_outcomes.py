@@ -7,6 +7,7 @@ import ssl
 
 import httpx
 import pytest
+from test_attempts import answer as _answer
 
 from koala_async import RetryPolicy
 from koala_async._attempts import Attempts, Do, Hold, Step
@@ -31,20 +32,6 @@ def _attempts(
         Pacer(),
         jitter=lambda ceiling: ceiling,
     )
-
-
-def _answer(
-    attempts: Attempts,
-    status: int | None = 200,
-    *,
-    now: float = 0.0,
-    took: float = 0.05,
-    header: str | None = None,
-    error: BaseException | None = None,
-) -> bool:
-    step = attempts.next(now)
-    assert step.do is Do.SEND, step
-    return attempts.answered(now, took, status, header, error, backlog=True)
 
 
 def test_the_meaning_of_the_last_answer_is_kept() -> None:
