@@ -84,8 +84,22 @@ def _after_fork_in_child() -> None:
         engine.admission.forked()
 
 
-def _not_running() -> bool:
-    return False
+class _RunningIn:
+    """Which thread runs an event loop now, read as asyncio's loops keep it (their
+    ``_thread_id``: the running thread, None while stopped), for loops that keep it
+    otherwise (uvloop, trio): the opening thread while ``is_running()`` says so."""
+
+    __slots__ = ("_is_running", "_opener")
+
+    def __init__(self, opener: int, is_running: Callable[[], bool] | None) -> None:
+        self._opener = opener
+        self._is_running = is_running
+
+    @property
+    def _thread_id(self) -> int | None:
+        if self._is_running is None or self._is_running():  # trio: the thread alone
+            return self._opener
+        return None
 
 
 # What the loop check calls, bound by the first open (:func:`_load`): :func:`._loop.current`.
@@ -156,11 +170,11 @@ class Engine:
         self._http = http_client
         self._parked = 0  # calls that parked their entry on disk
         self._token: object = None
-        # The hot path's test that a call comes from the loop the engine was opened in: the
-        # same thread, while that loop runs (a thread runs one loop at a time). Asking
-        # asyncio for the running loop costs a getpid() system call per call on 3.11.
-        self._thread = 0
-        self._loop_runs: Callable[[], bool] = _not_running
+        # The hot path's test that a call comes from the loop the engine was opened in: that
+        # loop runs, in the calling thread (a thread runs one loop at a time). An asyncio
+        # loop's own record of its thread is one attribute read; asking asyncio for the
+        # running loop costs a getpid() system call per call on 3.11.
+        self._running_in: Any = _RunningIn(0, None)
         self._queue = Queue(self._unfiled)
         self._limiter = Limiter(config.max_concurrent_requests, initial=_INITIAL_LIMIT)
         self._circuit = Circuit(config.retry.backoff, config.retry.max_backoff)
@@ -194,9 +208,11 @@ class Engine:
         from ._sender import Sender
 
         self._token = token = loop.token()
-        self._thread = _get_ident()
-        is_running = getattr(token, "is_running", None)  # an asyncio loop's; trio: none
-        self._loop_runs = _not_running if is_running is None else is_running
+        thread = _get_ident()
+        if getattr(token, "_thread_id", None) == thread:  # asyncio's loops (not uvloop)
+            self._running_in = token
+        else:
+            self._running_in = _RunningIn(thread, getattr(token, "is_running", None))
         held = 0 if self._spool_options is None else await self._open_spool(self._spool_options)
         self._sender = Sender(
             config,
@@ -468,31 +484,32 @@ class Engine:
         if built is None:
             self.ledger.refuse("filtered")
             return None
-        if _get_ident() != self._thread or not self._loop_runs():
+        if self._running_in._thread_id != _get_ident():
             self._check_loop()  # another thread or event loop (or trio, or Python 3.10)
-        kind, raw, who, ip, _ = built
         ledger = self.ledger
         if ledger.pending >= self.admission.limit:  # full, closed, dead or spooling: rare
-            return self._full(kind, raw, who, ip)
-        ledger.accept()  # take(), inline: a method call here costs every call ~0.05 µs
-        waiting = self._queue.add(kind, raw, who, ip)
+            return self._full(built[0], built[1], built[2], built[3])
+        # take(), inline (ledger.accept() and queue.add() each cost every call a frame,
+        # ~0.05 µs): the built tuple is the inbox's item as it is.
+        ledger.pending += 1
+        inbox = self._queue.inbox
+        inbox.append(built)
+        waiting = len(inbox)
         if waiting % FILE_EVERY and waiting != 1:  # nothing for the filer to hear of
             return None
         runtime = self._runtime
         # The 128th unfiled entry: the loop had no turn since the 64th, so let it run.
         return runtime.loop.checkpoint() if runtime.added(waiting) else None  # type: ignore[union-attr]
 
-    def offer_encoded(
-        self, kind: int, raw: bytes, who: Who, ip: str | None = None
-    ) -> Waiting | None:
+    def offer_encoded(self, item: Item) -> Waiting | None:
         """Queue an entry built in another thread: :meth:`offer` without its yield.
 
         The door :class:`~koala_async.KoalaSyncClient`'s engine thread uses. Returns None,
         or a wait for room that the caller must await (the queue is full).
         """
         if self.ledger.pending >= self.admission.limit:
-            return self._full(kind, raw, who, ip)
-        self.take(kind, raw, who, ip)
+            return self._full(item[0], item[1], item[2], item[3])
+        self.take(item)
         return None
 
     def _unfiled(self, error: Exception, item: Item) -> None:
@@ -501,7 +518,7 @@ class Engine:
         drop is, and the background goes on."""
         logger.error("unexpected error filing an entry; dropped", exc_info=error)
         self.ledger.lose("rejected")
-        _, raw, who, ip = item
+        _, raw, who, ip, _ = item
         self.reporter.dropped_entry("rejected", raw, who, ip, error)
         if self._runtime is not None:
             self._runtime.after_settle()
@@ -515,13 +532,15 @@ class Engine:
             state = admission.before_close
         return state is State.OPEN and runtime is not None and not runtime.stopping
 
-    def take(self, kind: int, raw: bytes, who: Who, ip: str | None) -> None:
+    def take(self, item: Item) -> None:
         """Count an entry accepted and queue it, to be filed at the loop's next turn, past
         ``max_queue_size`` if need be. (:meth:`offer` does the same inline: it is the hot
         path.) The sync client's drain calls it for entries whose call was already told they
         were taken, only while :meth:`delivering`."""
         self.ledger.accept()
-        waiting = self._queue.add(kind, raw, who, ip)
+        inbox = self._queue.inbox
+        inbox.append(item)
+        waiting = len(inbox)
         if not waiting % FILE_EVERY or waiting == 1:
             self._runtime.added(waiting)  # type: ignore[union-attr]
 
@@ -592,7 +611,7 @@ class Engine:
                 await runtime.room(at)
             if not admission.taking:
                 self.check_open()
-        self.take(kind, raw, who, ip)
+        self.take((kind, raw, who, ip, None))
         return True
 
     def refuse_entry(self, reason: DropReason, raw: bytes, who: Who, ip: str | None) -> None:

@@ -33,6 +33,7 @@ from ._config import Config
 from ._context import LIBRARY, RequestContext, normalize_ip
 from ._context import current as _current
 from ._exceptions import ClientClosedError, ValidationError
+from ._queue import Item
 from ._stats import DeliveryFailure, DropReason
 from ._validate import Who
 from ._wire import Entry, Page, Track, encode
@@ -42,9 +43,9 @@ __all__ = ["BeforeSend", "Built", "Intake", "Refusal"]
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 """``before_send``: takes a call's message as a dict, returns it (changed) or None to drop it."""
 
-Built = tuple[int, bytes, Who, "str | None", "str | None"]
-"""An accepted call: ``(array, encoded entry, target, top-level ip, message_id)``; the first
-four are the queue's item."""
+Built = Item
+"""An accepted call: ``(array, encoded entry, target, top-level ip, message_id)``, the queue's
+item as it is."""
 
 _MAX_PROBLEMS = 64  # distinct bad-call problems logged apart; beyond, one kind per reason
 

@@ -265,8 +265,10 @@ class Target:
         return ids
 
 
-Item = tuple[int, bytes, Who, str | None]
-"""An entry as a call leaves it in the inbox: kind, encoded entry, target, top-level ip."""
+Item = tuple[int, bytes, Who, "str | None", "str | None"]
+"""An entry as a call leaves it in the inbox: kind, encoded entry, target, top-level ip, and
+its ``message_id`` (what the call returns; the queue has no use for it). One tuple from the
+intake to the inbox: the hot path neither unpacks nor repacks it."""
 
 
 def reraise(error: Exception, item: Item) -> None:
@@ -314,7 +316,7 @@ class Queue:
         Every method that reads what is queued files the inbox first.
         """
         inbox = self.inbox
-        inbox.append((kind, entry, who, ip))
+        inbox.append((kind, entry, who, ip, None))
         return len(inbox)
 
     def intake(self) -> int:
@@ -324,11 +326,11 @@ class Queue:
         inbox, self.inbox = self.inbox, []
         put = self.put
         ready = 0
-        for kind, entry, who, ip in inbox:
+        for kind, entry, who, ip, message_id in inbox:
             try:
                 ready += put(kind, entry, who, ip)
             except Exception as exc:  # a bug; the try itself costs nothing in 3.11
-                self.on_unfiled(exc, (kind, entry, who, ip))
+                self.on_unfiled(exc, (kind, entry, who, ip, message_id))
         return ready
 
     def put(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> bool:

@@ -226,15 +226,15 @@ class _Engine:
         if core.delivering():
             take = core.take
             while inbox:
-                take(*inbox.popleft())
+                take(inbox.popleft())
         else:  # dead endpoint, spool overflow: the core says where each goes
             put = core.offer_encoded
             while inbox:
-                kind, raw, who, ip = inbox.popleft()
+                item = inbox.popleft()
                 try:
-                    waiting = put(kind, raw, who, ip)
+                    waiting = put(item)
                 except KoalaError:  # on_full="raise", or closed meanwhile
-                    core.refuse_entry("queue_full", raw, who, ip)
+                    core.refuse_entry("queue_full", item[1], item[2], item[3])
                     continue
                 if waiting is not None:  # full: its caller has moved on, so wait here
                     self._wait(waiting, None)
@@ -251,7 +251,7 @@ class _Engine:
     def put_full(self, item: Item, done: concurrent.futures.Future[bool] | None) -> None:
         """The queue was full: put one entry as ``on_full`` says, telling ``done`` how."""
         try:
-            waiting = self.core.offer_encoded(*item)
+            waiting = self.core.offer_encoded(item)
         except KoalaError as exc:
             if done is None:
                 raise
@@ -452,7 +452,7 @@ class KoalaSyncClient:
         if built is None:
             self._count(lambda core: core.ledger.refuse("filtered"))
             return None
-        kind, raw, who, ip, message_id = built
+        message_id = built[4]
         engine = self._engine
         if engine is None or engine.pid != _pid:
             engine = self._start()
@@ -465,10 +465,10 @@ class KoalaSyncClient:
             if not starting or len(engine.inbox) >= self._config.max_queue_size:
                 if not (starting or admission.taking):
                     raise ClientClosedError(_CLOSED)  # closing: never wait for the drain
-                if not self._put_full(engine, (kind, raw, who, ip)):  # full, dead, spooling
+                if not self._put_full(engine, built):  # full, dead, spooling
                     return None  # dropped at the call (a dead endpoint, a full queue): counted
                 return message_id
-        engine.inbox.append((kind, raw, who, ip))
+        engine.inbox.append(built)
         if not engine.woken:
             engine.woken = True
             engine.call(engine.wake.set)  # False: closed under us; counted at the close

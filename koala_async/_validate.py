@@ -59,8 +59,8 @@ Who = tuple[str, str, str, str | None]
 _MAX_IDS = 8192  # ids remembered per cache: repeat visitors hit; a crowd of new ones costs little
 _CACHE_CHARS = 200_000  # characters of event names remembered
 _lock = threading.Lock()
-_profile_ids: dict[str, str] = {}
-_emails: set[str] = set()
+_profile_ids: dict[str, Who] = {}  # a checked id's target, as a call with no email has it
+_emails: dict[str, Who] = {}  # a checked address's target, as a call by email has it
 _events: set[str] = set()
 _event_chars = 0
 
@@ -80,29 +80,33 @@ def shown(value: object) -> str:
 
 def person(profile_id: object, email: object) -> Who:
     """Check a profile call's ids; queue by profile_id (lowercased) when given, else email."""
-    if email is not None and (type(email) is not str or email not in _emails):
-        email = _check_email(email)
     if profile_id is None:
+        if type(email) is str:
+            who = _emails.get(email)
+            if who is not None:
+                return who
         if email is None:
             raise ValidationError(
                 "pass profile_id (the visitor's ko_id cookie) or email, or both: "
                 "Koala needs one to know who this is"
             )
-        return "email", email, "email", None
+        return _check_email(email)
+    if email is not None and (type(email) is not str or email not in _emails):
+        email = _check_email(email)[1]
     if type(profile_id) is str:
-        checked = _profile_ids.get(profile_id)
-        if checked is None and UUID.match(profile_id):  # a UUID is 36 ASCII characters
-            checked = profile_id.lower()
-            _remember_profile_id(profile_id, checked)
-        if checked is not None:
-            return "profile_id", checked, "email", email
+        who = _profile_ids.get(profile_id)
+        if who is None and UUID.match(profile_id):  # a UUID is 36 ASCII characters
+            who = ("profile_id", profile_id.lower(), "email", None)
+            _remember_profile_id(profile_id, who)
+        if who is not None:
+            return who if email is None else ("profile_id", who[1], "email", email)
     raise ValidationError(
         f"profile_id must be a UUID string such as the ko_id cookie holds, got {shown(profile_id)}"
     )
 
 
-def _check_email(email: object) -> str:
-    """Check an email the cache has not seen, and remember it."""
+def _check_email(email: object) -> Who:
+    """Check an email the cache has not seen, and remember it; return its target."""
     if type(email) is not str or not _EMAIL.match(email):
         raise ValidationError(
             f"email must be an address like 'ada@example.com', got {shown(email)}"
@@ -114,12 +118,12 @@ def _check_email(email: object) -> str:
     _check_text(email, "email")
     global _emails
     if len(_emails) >= _MAX_IDS:
-        _emails = set()
-    _emails.add(email)
-    return email
+        _emails = {}
+    _emails[email] = who = ("email", email, "email", None)
+    return who
 
 
-def _remember_profile_id(given: str, checked: str) -> None:
+def _remember_profile_id(given: str, checked: Who) -> None:
     global _profile_ids
     if len(_profile_ids) >= _MAX_IDS:
         _profile_ids = {}

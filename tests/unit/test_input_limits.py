@@ -41,7 +41,7 @@ def test_user_agent_refuses_what_is_not_text(given: object) -> None:
 
 
 def test_the_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    empties: dict[str, object] = {"_emails": set(), "_profile_ids": {}, "_events": set()}
+    empties: dict[str, object] = {"_emails": {}, "_profile_ids": {}, "_events": set()}
     for name, empty in empties.items():
         monkeypatch.setattr(_validate, name, empty)  # whatever other tests left
     monkeypatch.setattr(_validate, "_event_chars", 0)

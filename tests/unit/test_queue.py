@@ -224,7 +224,9 @@ def test_an_entry_that_cannot_be_filed_is_reported_and_the_rest_are_filed() -> N
     queue.add(EVENTS, b"2", ("no_such_field", A, "email", None))
     queue.add(EVENTS, b"3", _who(A), "10.0.0.1")
     queue.intake()
-    assert unfiled == [("KeyError", (EVENTS, b"2", ("no_such_field", A, "email", None), None))]
+    assert unfiled == [
+        ("KeyError", (EVENTS, b"2", ("no_such_field", A, "email", None), None, None))
+    ]
     target = queue.targets["profile_id"][A]
     assert [raw for batch in target.batches() for _, raw in batch.entries()] == [b"1", b"3"]
 
