@@ -79,6 +79,18 @@ class Step(NamedTuple):
     error: BaseException | None = None  # SETTLE: the last failure's exception, if any
 
 
+_SEND = Step(Do.SEND)
+_PROBE = Step(Do.SEND, probe=True)
+_DELIVERED: dict[int | None, Step] = {}  # by status (2xx): a step per request costs ~0.3 µs
+
+
+def _delivered(status: int | None) -> Step:
+    step = _DELIVERED.get(status)
+    if step is None:
+        step = _DELIVERED[status] = Step(Do.SETTLE, status=status)
+    return step
+
+
 class Attempts:
     """One batch's decisions, from its first attempt to its outcome."""
 
@@ -138,10 +150,10 @@ class Attempts:
         admitted = circuit.admit(now)
         if admitted is not None:
             return Step(Do.WAIT, admitted, Hold.CIRCUIT, 2)
-        self._probe = circuit.state is OPEN
+        self._probe = probe = circuit.state is OPEN
         self._pacer.sent(now)
         self.sent += 1
-        return Step(Do.SEND, probe=self._probe)
+        return _PROBE if probe else _SEND
 
     def abandoned(self) -> None:
         """The attempt under way ended without an answer (cancelled at shutdown)."""
@@ -175,7 +187,7 @@ class Attempts:
                 took if error is None else None,
                 ok=verdict is Verdict.DELIVERED,
                 overload=overloads(status),
-                timeout=timed_out(error),
+                timeout=error is not None and timed_out(error),
                 backlog=backlog,
             )
         probe, self._probe = self._probe, False
@@ -187,7 +199,7 @@ class Attempts:
         else:
             changed = circuit.answered(verdict, now, probe, self._limiter.limit)
         if verdict is Verdict.DELIVERED:
-            self._end = Step(Do.SETTLE, status=status)
+            self._end = _delivered(status)
         elif limited:  # waiting out a rate limit is not failing: no attempt, no budget
             self._streak += 1
             self._hold = rate_limit_wait(self._tries.policy, retry_after(header), self._streak)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from ._retry import FATAL, Verdict
+from ._retry import Verdict
 
 __all__ = ["CLOSED", "DEAD", "OPEN", "THRESHOLD", "Circuit"]
 
@@ -81,7 +81,7 @@ class Circuit:
             self._probing = False
         if before is DEAD:
             return False
-        if verdict in FATAL:
+        if verdict is Verdict.UNAUTHORIZED or verdict is Verdict.GONE:  # FATAL; no enum hash
             self._refusals = self._refusals + 1 if verdict is self.verdict else 1
             if self._refusals >= CONFIRMATIONS:
                 self.state, self.verdict = DEAD, verdict

@@ -216,7 +216,7 @@ class Tries:
         self.policy = policy
         self.attempts = 0
         self.spent = 0.0  # seconds of budget used: failed attempts' time and our own backoff
-        self._ceilings = policy.ceilings()
+        self._ceilings: Iterator[float] | None = None  # made at the first failure: most have none
         self._jitter = jitter  # tests pass ``lambda ceiling: ceiling`` to pin the schedule
 
     def failed(self, took: float, server_wait: float | None) -> float | None:
@@ -229,6 +229,8 @@ class Tries:
         self.spent += took
         if self.attempts >= policy.max_attempts:
             return None
+        if self._ceilings is None:
+            self._ceilings = policy.ceilings()
         own = self._jitter(next(self._ceilings))
         if self.spent + own > policy.budget:
             return None
