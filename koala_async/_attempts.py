@@ -79,16 +79,10 @@ class Step(NamedTuple):
     error: BaseException | None = None  # SETTLE: the last failure's exception, if any
 
 
+# The steps most requests take, made once: a NamedTuple with defaults costs ~0.3 µs to make.
 _SEND = Step(Do.SEND)
 _PROBE = Step(Do.SEND, probe=True)
-_DELIVERED: dict[int | None, Step] = {}  # by status (2xx): a step per request costs ~0.3 µs
-
-
-def _delivered(status: int | None) -> Step:
-    step = _DELIVERED.get(status)
-    if step is None:
-        step = _DELIVERED[status] = Step(Do.SETTLE, status=status)
-    return step
+_OK = Step(Do.SETTLE, status=200)
 
 
 class Attempts:
@@ -199,7 +193,7 @@ class Attempts:
         else:
             changed = circuit.answered(verdict, now, probe, self._limiter.limit)
         if verdict is Verdict.DELIVERED:
-            self._end = _delivered(status)
+            self._end = _OK if status == 200 else Step(Do.SETTLE, status=status)
         elif limited:  # waiting out a rate limit is not failing: no attempt, no budget
             self._streak += 1
             self._hold = rate_limit_wait(self._tries.policy, retry_after(header), self._streak)

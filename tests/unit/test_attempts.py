@@ -95,6 +95,10 @@ def test_the_budget_counts_the_batch_s_own_backoff() -> None:
 
 
 def test_a_2xx_is_delivered_and_a_300_is_not() -> None:
+    ok = run()
+    assert ok.next(0.0) == Step(Do.SEND), "no probe while the circuit is closed"
+    ok.answered(0.0, 0.05, 200, None, None, backlog=True)
+    assert ok.next(0.0) == Step(Do.SETTLE, status=200)
     delivered = run()
     answer(delivered, 204)
     assert delivered.next(0.0) == Step(Do.SETTLE, status=204)
@@ -134,6 +138,13 @@ def test_a_scatter_of_503s_cuts_no_limit() -> None:
         attempts = run(limiter=limiter)
         answer(attempts, 503 if i % 10 == 0 else 200)
     assert limiter.limit > 32
+
+
+def test_a_reset_is_no_timeout_to_the_limiter() -> None:
+    limiter = Limiter(256, initial=8)
+    for _ in range(8):
+        answer(run(limiter=limiter), None, error=ConnectionResetError("reset by peer"))
+    assert limiter.limit >= 8, "a reset says nothing of load: only a timeout cuts"
 
 
 def test_a_timeout_cuts_the_limit() -> None:
