@@ -86,8 +86,9 @@ class KoalaClient:
             50 ms at most, then drops the entry, and drops it at once while the endpoint is
             down; ``"block"`` always waits; ``"drop"`` never waits; ``"raise"`` raises
             :class:`QueueFullError`. Drops are counted as ``queue_full`` and reported.
-        max_concurrent_requests: The most requests in flight at once (one per person at
-            most); the client adapts how many it uses to the round trip and the server.
+        max_concurrent_requests: The most requests in flight at once (16 per person at
+            most, under the ordering rule); the client adapts how many it uses to the round
+            trip and the server.
         http_client: An ``httpx.AsyncClient`` of your own; the client never closes it.
         enabled: False validates every call but sends nothing.
         timeout: Seconds one HTTP request may take, all told.

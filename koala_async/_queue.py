@@ -15,10 +15,14 @@ background, not the request handler.
 
 A target is *ready* when one of its batches is full, when its oldest entry has waited the
 flush interval (in eight age buckets, see :data:`TICKS`), on a flush, and at the close.
-Ready targets wait in one FIFO; a sender takes the first, sends its first batch, and hands
-it back (:meth:`Queue.done`), which puts it at the end of the FIFO if more is queued. So a
-person has at most one request in flight, their entries arrive in order, and a busy person
-takes turns with everyone else.
+Ready targets wait in one FIFO; a sender takes the first and seals its first batch not in
+flight (:meth:`Queue.seal`), which puts the target back at the end of the FIFO if its next
+batch may go too; the sender hands the batch back settled (:meth:`Queue.done`). So a busy
+person takes turns with everyone else, and has up to :data:`LANES` requests in flight, under
+one rule (:meth:`Target.due`): a batch that holds an identify goes alone, once every batch
+before it is settled, and nothing goes while it is in flight. A person's identifies are
+applied in the order they were made, after everything made before them; events and page
+views between two identifies may arrive in any order (each carries its own ``sent_at``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ __all__ = [
     "reraise",
 ]
 
+LANES = 16
+"""Requests in flight for one person at most (each batch of events or page views, 30 at
+most): one person's 5,000 events a second at a 50 ms round trip need about nine."""
+
 _SLOTS = ("events", "identifies", "page_views")  # by kind
 _NAMES = tuple(name.encode() for name in _SLOTS)
 _ACCOUNT_FIELDS = frozenset(("domain", "account_id"))
@@ -65,6 +73,7 @@ class Batch:
     __slots__ = (
         "counts",
         "events",
+        "flying",
         "identifies",
         "ip",
         "next",
@@ -85,6 +94,7 @@ class Batch:
         self.size = 0
         self.waiters: list[Waiter] | None = None
         self.next: Batch | None = None  # the target's next batch
+        self.flying = False  # sealed: taken by a sender, until it is settled
         # With a spool: each kind's entries' row numbers in it, in the order of the entries.
         self.seqs: tuple[list[int], list[int], list[int]] | None = None
 
@@ -181,7 +191,16 @@ class Target:
     join ``open``, the newest, until it is sealed.
     """
 
-    __slots__ = ("field", "head", "key", "open", "scheduled", "secondary_name", "waits")
+    __slots__ = (
+        "field",
+        "flying",
+        "head",
+        "key",
+        "open",
+        "scheduled",
+        "secondary_name",
+        "waits",
+    )
 
     def __init__(self, field: str, key: str, secondary_name: str) -> None:
         self.field = field
@@ -189,8 +208,9 @@ class Target:
         self.secondary_name = secondary_name
         self.head: Batch | None = None  # the oldest batch: the next to send
         self.open: Batch | None = None  # the batch new entries join; None once it is sealed
-        self.scheduled = False  # waiting in the ready FIFO, or being sent
+        self.scheduled = False  # waiting in the ready FIFO
         self.waits = False  # in one of the queue's age buckets
+        self.flying = 0  # batches sealed and not yet settled
 
     @property
     def account(self) -> bool:
@@ -222,31 +242,77 @@ class Target:
         self.open = batch
         return batch
 
-    def seal(self) -> Batch:
-        """Take the first batch for sending; no entry joins it after this."""
+    def seal(self) -> Batch | None:
+        """Take the first batch not in flight for sending (None: there is none); no entry
+        joins it after this. Whether it may go is :meth:`due`'s to say."""
         batch = self.head
-        assert batch is not None
+        while batch is not None and batch.flying:
+            batch = batch.next
+        if batch is None:
+            return None
+        batch.flying = True
+        self.flying += 1
         if self.open is batch:
             self.open = None
         return batch
 
-    def split(self) -> None:
-        """Replace the first (sealed) batch by its two halves, for a 413."""
+    def due(self, aged: bool) -> bool | None:
+        """Whether the first batch not in flight may go now; None if there is none. It may
+        when it is full, or no longer the one entries join, or a flush waits for it, or it
+        is ``aged`` (or everything is due), and the lanes let it: fewer than :data:`LANES`
+        in flight, and, if any is, neither it nor one in flight holds an identify."""
         batch = self.head
-        assert batch is not None
+        carrying = False  # an identify is in flight
+        while batch is not None and batch.flying:
+            carrying = carrying or batch.count(IDENTIFIES) > 0
+            batch = batch.next
+        if batch is None:
+            return None
+        if self.flying and (self.flying >= LANES or carrying or batch.count(IDENTIFIES)):
+            return False
+        return aged or batch is not self.open or _full(batch) or bool(batch.waiters)
+
+    def remove(self, batch: Batch) -> None:
+        """Unlink a batch that was settled (or parked)."""
+        if batch.flying:
+            batch.flying = False
+            self.flying -= 1
+        if self.head is batch:
+            self.head = batch.next
+        else:
+            before = self.head
+            while before is not None and before.next is not batch:
+                before = before.next
+            if before is not None:
+                before.next = batch.next
+        if self.open is batch:
+            self.open = None
+
+    def split(self, batch: Batch) -> None:
+        """Split a sealed batch for a 413: it keeps its first half (and stays in flight),
+        and its second half, not in flight, follows it."""
         first, second = batch.halves()
-        first.next, second.next = second, batch.next
-        self.head = first
+        batch.events, batch.identifies, batch.page_views = first.buffers
+        batch.counts, batch.size, batch.seqs = first.counts, first.size, first.seqs
+        batch.waiters = first.waiters
+        second.next, batch.next = batch.next, second
 
     def cut(self) -> Iterator[Batch]:
-        """Unlink every batch after the first; yield them, oldest first."""
+        """Unlink every batch not in flight (what must follow a parked batch to disk);
+        yield them, oldest first."""
+        kept: list[Batch] = []
+        later: list[Batch] = []
         batch = self.head
-        assert batch is not None
-        later, batch.next = batch.next, None
+        while batch is not None:
+            (kept if batch.flying else later).append(batch)
+            batch = batch.next
+        self.head = None
+        for batch in reversed(kept):
+            batch.next, self.head = self.head, batch
         self.open = None
-        while later is not None:
-            yield later
-            later = later.next
+        for batch in later:
+            batch.next = None
+        return iter(later)
 
     def body(self, batch: Batch) -> bytes:
         """The JSON request body for one of this target's batches."""
@@ -359,11 +425,8 @@ class Queue:
             if ip is not None:
                 batch.ip = ip
         if batch.append(kind, entry) == MAX_PER_KIND:
-            if not target.scheduled:
-                target.scheduled = True
-                self.ready.append(target)
-                return True
-        elif not target.scheduled and not target.waits:
+            return self._place(target)
+        if not target.scheduled and not target.waits:
             target.waits = True
             self.buckets[-1].append(target)
         return False
@@ -390,35 +453,59 @@ class Queue:
         ready = 0
         for target in bucket:
             target.waits = False
-            if target.head is not None and not target.scheduled:
-                target.scheduled = True
-                self.ready.append(target)
-                ready += 1
+            ready += self._place(target, aged=True)
         return ready
+
+    def _place(self, target: Target, aged: bool = False) -> bool:
+        """Put a target where its next batch waits: at the end of the FIFO if it may go now
+        (see :meth:`Target.due`), in the newest age bucket while it fills. True when it
+        became ready. One the lanes hold back is placed again as a flight ends (never put
+        back in a bucket while the buckets are being emptied)."""
+        if target.scheduled:
+            return False
+        due = target.due(aged or self.eager)
+        if due:
+            target.scheduled = True
+            self.ready.append(target)
+            return True
+        if due is False and not aged and not target.waits:  # aged: the lanes hold it back
+            target.waits = True
+            self.buckets[-1].append(target)
+        return False
 
     def take(self) -> Target | None:
         """The first ready target, or None."""
-        return self.ready.popleft() if self.ready else None
-
-    def done(self, target: Target) -> None:
-        """A sender settled ``target``'s first batch: put the target back at the end of the
-        FIFO if its next batch is due (full, awaited by a flush, or the client is closing),
-        in the newest age bucket if it is still filling, else forget it."""
-        assert target.head is not None
-        target.head = first = target.head.next
-        if first is not None:
-            if first is not target.open or _full(first) or first.waiters or self.eager:
-                self.ready.append(target)
-            else:
-                target.scheduled = False
-                if not target.waits:
-                    target.waits = True
-                    self.buckets[-1].append(target)
-            return
+        if not self.ready:
+            return None
+        target = self.ready.popleft()
         target.scheduled = False
-        targets = self.targets[target.field]
-        if targets.get(target.key) is target:
-            del targets[target.key]
+        return target
+
+    def seal(self, target: Target) -> Batch | None:
+        """Seal ``target``'s next batch for the sender that took it (None: nothing is left
+        to send, e.g. it went to the spool meanwhile), and put the target back in the FIFO
+        if its next batch may go too."""
+        batch = target.seal()
+        if batch is None:
+            self._forget(target)
+            return None
+        self._place(target)
+        return batch
+
+    def done(self, target: Target, batch: Batch) -> None:
+        """A sender settled ``batch``: place the target for its next batch (the FIFO if it
+        is due, an age bucket if it is still filling), or forget it if nothing is left."""
+        target.remove(batch)
+        if target.head is not None:
+            self._place(target)
+        else:
+            self._forget(target)
+
+    def _forget(self, target: Target) -> None:
+        if target.head is None and not target.flying and not target.scheduled:
+            targets = self.targets[target.field]
+            if targets.get(target.key) is target:
+                del targets[target.key]
 
     def batches(self) -> Iterator[tuple[Target, Batch]]:
         """Every queued batch (in flight included), with its target."""

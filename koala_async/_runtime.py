@@ -201,12 +201,17 @@ class Runtime:
                     self._idle.append(event)
                     await event.wait()
                     continue
+                batch = queue.seal(target)
+                if batch is None:  # nothing left to send (parked to the spool meanwhile)
+                    continue
+                if queue.ready:  # the person's next batch may go beside this one
+                    self.dispatch()
                 try:
-                    await sender.send(http, target, self._lend)
+                    await sender.send(http, target, batch, self._lend)
                 except Exception:  # a bug: the worker must outlive it, and the batch be counted
                     logger.exception("unexpected error delivering a batch; dropped")
-                    sender.settle(target, target.seal(), "rejected")
-                queue.done(target)
+                    sender.settle(target, batch, "rejected")
+                queue.done(target, batch)
                 self.after_settle()
                 if self.workers > self._limiter.limit:  # the limit was cut: retire
                     break

@@ -117,17 +117,20 @@ class Sender:
     # Delivering
 
     async def send(
-        self, http: httpx.AsyncClient, target: Target, lend: Callable[[int], None] = _no_lending
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        batch: Batch,
+        lend: Callable[[int], None] = _no_lending,
     ) -> None:
-        """Deliver ``target``'s first batch and settle it; a 413 splits it in two and the
-        first half goes now (the second stays first in the target's queue). ``lend`` is
+        """Deliver one of ``target``'s sealed batches and settle it; a 413 splits it in two
+        and the first half goes now (the second is the target's next to send). ``lend`` is
         told -1 as the batch starts backing off and +1 when it is done: the runtime lends
         the worker's place meanwhile."""
         while True:
-            batch = target.seal()
             end = await self._attempts(http, target, batch, lend)
             if end.do is Do.SPLIT:
-                target.split()
+                target.split(batch)
                 continue
             self.settle(target, batch, end.reason, end.status, end.error)
             return

@@ -847,8 +847,8 @@ class Spool:
         if reason in _KEEP:
             self._park(batch)
             if reason != "shutdown_timeout":
-                # The person's later batches follow it to disk, so they stay behind it; so do
-                # the entries the filer has not filed yet.
+                # The person's batches not in flight follow it to disk, so they stay behind
+                # it; so do the entries the filer has not filed yet.
                 self._queue.intake()
                 for later in target.cut():
                     self._park(later)

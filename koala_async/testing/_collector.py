@@ -218,6 +218,40 @@ class FakeCollector:
                 people.setdefault(who, []).append(entry)
         return people
 
+    def order_problems(self) -> list[str]:
+        """Where a person's entries broke koala-async's ordering rule: an identify goes
+        after everything made before it and before everything made after it (events and
+        page views between two identifies may arrive in any order). Judged by ``sent_at``
+        (the client's clock, in milliseconds: entries of one millisecond are not judged)
+        and by the accepted request each arrived in first; [] if none."""
+        made: dict[str, list[tuple[int, str, str, bool]]] = {}  # (request, sent_at, id, identify)
+        seen: set[str] = set()
+        accepted = (r for r in self.requests if r.kind == "profile" and 200 <= r.status < 300)
+        for at, received in enumerate(accepted):
+            body = received.body
+            who = body.get("profile_id") or body.get("email")
+            for name, kind in _LISTS.items():
+                for item in body.get(name) or ():
+                    mid, sent_at = item.get("message_id"), item.get("sent_at")
+                    if not (isinstance(mid, str) and isinstance(sent_at, str)) or mid in seen:
+                        continue
+                    seen.add(mid)
+                    made.setdefault(str(who), []).append((at, sent_at, mid, kind == "identify"))
+        problems = []
+        for who, entries in made.items():
+            for at, sent_at, mid, identify in entries:
+                if not identify:
+                    continue
+                for other_at, other_sent, other, _ in entries:
+                    if (other_at > at and other_sent < sent_at) or (
+                        other_at < at and other_sent > sent_at
+                    ):
+                        problems.append(
+                            f"{who}: {other} (sent_at {other_sent}) arrived on the wrong side "
+                            f"of identify {mid} (sent_at {sent_at})"
+                        )
+        return problems
+
     def message_ids(self) -> Counter[str]:
         """How many times each message_id arrived in an accepted request."""
         return Counter(e.message_id for e in self._entries if e.message_id is not None)

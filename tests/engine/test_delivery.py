@@ -22,6 +22,8 @@ from koala_async import (
     RetryPolicy,
 )
 from koala_async._reporter import MAX_WAITING
+from koala_async.testing import FakeCollector
+from koala_async.testing import Reply as Answer
 
 pytestmark = pytest.mark.anyio
 FAST = RetryPolicy(backoff=0, max_attempts=5)
@@ -430,35 +432,72 @@ async def test_flush_and_aclose_take_a_timeout() -> None:
     assert (closed.delivered, closed.dropped, closed.pending) == (2, 0, 0)
 
 
-async def test_one_person_at_a_time_and_everyone_takes_turns() -> None:
+async def test_a_person_s_batches_share_lanes_identifies_keep_order_and_all_take_turns() -> None:
+    """The ordering rule (docs/decisions.md): a person's events go several requests at a
+    time; a request with an identify goes alone, after every request before it was
+    answered; the others take turns with the busy person."""
     in_flight: Counter[str] = Counter()
-    overlap = []
+    alone: dict[str, bool] = {}  # a request with an identify is in flight for this person
+    overlap: list[int] = []
+    broken: list[str] = []
     order: list[str] = []
+    requests: list[tuple[list[int], list[int]]] = []  # the hot person's: (events, identifies)
 
     async def reply(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
         who = body["email"]
+        identifies = body.get("identifies", [])
+        if alone.get(who) or (identifies and in_flight[who]):
+            broken.append(f"a request for {who} flew beside one with an identify")
         in_flight[who] += 1
+        alone[who] = bool(identifies)
         overlap.append(in_flight[who])
         order.append(who)
+        if who == "hot@acme.com":
+            events = [e["properties"]["i"] for e in body.get("events", [])]
+            requests.append((events, [e["traits"]["i"] for e in identifies]))
         await anyio.sleep(0.001)
         in_flight[who] -= 1
+        alone[who] = False
         return httpx.Response(200)
 
     server = Server(reply)
     async with server.client(max_concurrent_requests=4, flush_interval=60) as koala:
         for i in range(300):
+            if i % 100 == 50:
+                await koala.identify(email="hot@acme.com", traits={"i": i})
             await koala.track("A", email="hot@acme.com", properties={"i": i})
         for i in range(6):
             await koala.track("A", email=f"p{i}@acme.com")
-    assert max(overlap) == 1, "never two requests in flight for one person"
-    events = [
-        e["properties"]["i"]
-        for b in server.bodies
-        if b["email"] == "hot@acme.com"
-        for e in b["events"]
-    ]
-    assert events == list(range(300)), "a person's entries arrive in order"
+    assert broken == []
+    assert max(overlap) > 1, "a person's batches of events share the lanes"
+    events = sorted(i for batch, _ in requests for i in batch)
+    assert events == list(range(300)), "every entry arrived once"
+    for at, (_, identifies) in enumerate(requests):
+        for k in identifies:  # made before event k: what was made before came before it
+            assert all(i < k for batch, _ in requests[:at] for i in batch), k
+            assert all(i >= k for batch, _ in requests[at + 1 :] for i in batch), k
+    assert [k for _, ids in requests for k in ids] == [50, 150, 250], "identifies in order"
     assert order.index("p5@acme.com") < len(order) - 1, "the others do not wait for the hot person"
+
+
+async def test_the_collector_finds_the_ordering_rule_kept_at_a_real_round_trip() -> None:
+    """One busy person at a 50 ms round trip, identifies among the events, two batches
+    retried, over a socket: FakeCollector.order_problems() finds nothing wrong."""
+    fake = FakeCollector(responder=lambda received: Answer(delay=0.05))
+    fake.fail_next(2, status=503)  # the first two batches are retried while others go
+    retry = RetryPolicy(backoff=0.05)
+    async with fake.serve() as url, KoalaClient("pk_test", base_url=url, retry=retry) as koala:
+        for i in range(600):
+            if i % 150 == 75:
+                await koala.identify(email="hot@acme.com", traits={"i": i})
+            await koala.track("A", email="hot@acme.com", properties={"i": i})
+            if i % 50 == 0:
+                await anyio.sleep(0.002)  # as calls made over time: sent_at moves on
+        await koala.flush()
+    assert len(fake.message_ids()) == 604
+    assert fake.order_problems() == []
+    identified = [e.traits["i"] for e in fake.identifies]
+    assert identified == [75, 225, 375, 525]
 
 
 async def test_repeated_drops_log_one_warning_not_one_per_batch(

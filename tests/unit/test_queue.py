@@ -11,6 +11,7 @@ import pytest
 from koala_async._queue import (
     EVENTS,
     IDENTIFIES,
+    LANES,
     PAGE_VIEWS,
     TICKS,
     Batch,
@@ -82,8 +83,9 @@ def test_a_busy_person_takes_turns_with_everyone_else() -> None:
     _fill(queue, B, MAX_PER_KIND)
     a, b = queue.targets["profile_id"][A], queue.targets["profile_id"][B]
     assert queue.take() is a
-    a.seal()
-    queue.done(a)
+    sealed = queue.seal(a)
+    assert sealed is not None
+    queue.done(a, sealed)
     assert queue.take() is b, "A's second batch waits behind B's first"
     assert queue.take() is a
     assert _sizes(a) == [MAX_PER_KIND]
@@ -94,8 +96,9 @@ def test_a_person_with_nothing_more_queued_is_forgotten_once_done() -> None:
     _fill(queue, A, MAX_PER_KIND)
     target = queue.take()
     assert target is not None
-    target.seal()
-    queue.done(target)
+    sealed = queue.seal(target)
+    assert sealed is not None
+    queue.done(target, sealed)
     assert queue.targets["profile_id"] == {}
     assert not target.scheduled
     assert queue.take() is None
@@ -107,11 +110,12 @@ def test_a_newer_person_under_the_same_id_is_not_forgotten_by_the_older_ones_don
     _fill(queue, A, MAX_PER_KIND)
     old = queue.take()
     assert old is not None
-    old.seal()
+    sealed = queue.seal(old)
+    assert sealed is not None
     queue.clear()  # e.g. the close dropped what was queued while a batch was in flight
     _fill(queue, A, 1)
     new = queue.targets["profile_id"][A]
-    queue.done(old)
+    queue.done(old, sealed)
     assert queue.targets["profile_id"] == {A: new}
 
 
@@ -120,9 +124,10 @@ def test_a_next_batch_still_filling_waits_its_turn_in_the_age_buckets() -> None:
     _fill(queue, A, MAX_PER_KIND + 1)  # one full batch, one entry in the next
     target = queue.take()
     assert target is not None
-    target.seal()
+    sealed = queue.seal(target)
+    assert sealed is not None
     queue.tick()  # the entry's bucket comes first: it was made before the send ended
-    queue.done(target)
+    queue.done(target, sealed)
     assert queue.take() is None, "not due yet"
     assert not target.scheduled
     ticks = 1
@@ -137,10 +142,11 @@ def test_a_next_batch_still_filling_goes_at_once_when_a_flush_waits_for_it() -> 
     _fill(queue, A, MAX_PER_KIND + 1)
     target = queue.take()
     assert target is not None
-    target.seal()
+    sealed = queue.seal(target)
+    assert sealed is not None
     assert target.open is not None
     Waiter(_Flag()).add(target.open)
-    queue.done(target)
+    queue.done(target, sealed)
     assert queue.take() is target
 
 
@@ -149,9 +155,10 @@ def test_a_next_batch_still_filling_goes_at_once_when_the_client_is_closing() ->
     _fill(queue, A, MAX_PER_KIND + 1)
     target = queue.take()
     assert target is not None
-    target.seal()
+    sealed = queue.seal(target)
+    assert sealed is not None
     queue.eager = True
-    queue.done(target)
+    queue.done(target, sealed)
     assert queue.take() is target
 
 
@@ -160,8 +167,9 @@ def test_a_full_next_batch_goes_at_once() -> None:
     _fill(queue, A, 2 * MAX_PER_KIND + 1)
     target = queue.take()
     assert target is not None
-    target.seal()
-    queue.done(target)
+    sealed = queue.seal(target)
+    assert sealed is not None
+    queue.done(target, sealed)
     assert queue.take() is target
 
 
@@ -297,7 +305,8 @@ def test_the_newest_batch_is_the_last_of_the_chain_once_all_are_sealed() -> None
     _fill(queue, A, MAX_PER_KIND + 5)
     target = queue.targets["profile_id"][A]
     newest = target.open
-    target.seal()
+    sealed = queue.seal(target)
+    assert sealed is not None
     target.open = None  # sealed as if at a 413 split or a close
     assert target.last() is newest
 
@@ -311,11 +320,13 @@ def test_seal_leaves_a_later_open_batch_open() -> None:
     assert target.open is open_batch is not None
 
 
-def test_cut_leaves_only_the_first_batch_and_new_entries_start_a_new_one() -> None:
+def test_cut_leaves_only_the_batches_in_flight_and_new_entries_start_a_new_one() -> None:
     queue = Queue()
     _fill(queue, A, 2 * MAX_PER_KIND + 2)
     target = queue.targets["profile_id"][A]
+    flying = target.seal()
     assert [batch.size for batch in target.cut()] == [MAX_PER_KIND, 2]
+    assert list(target.batches()) == [flying]
     assert target.open is None
     queue.put(EVENTS, b"new", _who(A))
     assert _sizes(target) == [MAX_PER_KIND, 1]
@@ -387,9 +398,10 @@ def test_a_next_batch_full_of_another_kind_goes_at_once() -> None:
         _fill(queue, A, MAX_PER_KIND)
         target = queue.take()
         assert target is not None
-        target.seal()
+        sealed = queue.seal(target)
+        assert sealed is not None
         _fill(queue, A, MAX_PER_KIND, kind)  # a new batch: the first is in flight
-        queue.done(target)
+        queue.done(target, sealed)
         assert queue.take() is target, kind
 
 
@@ -401,21 +413,22 @@ def test_thirty_of_one_kind_leave_room_for_the_others() -> None:
     assert _sizes(queue.targets["profile_id"][A]) == [MAX_PER_KIND + 2]
 
 
-def _in_flight_with_a_new_entry(queue: Queue) -> Target:
+def _in_flight_with_a_new_entry(queue: Queue) -> tuple[Target, Batch]:
     """A person made ready by a flush, their batch taken, one more entry arriving meanwhile."""
     _fill(queue, A, 1)
     assert queue.schedule_waiting() == 1
     target = queue.take()
     assert target is not None
-    target.seal()
+    sealed = queue.seal(target)
+    assert sealed is not None
     queue.put(EVENTS, b"later", _who(A))
-    return target
+    return target, sealed
 
 
 def test_an_entry_made_while_its_person_was_in_flight_is_sent_a_flush_interval_later() -> None:
     queue = Queue()
-    target = _in_flight_with_a_new_entry(queue)
-    queue.done(target)
+    target, sealed = _in_flight_with_a_new_entry(queue)
+    queue.done(target, sealed)
     assert queue.take() is None
     ticks = [queue.tick() for _ in range(TICKS)]
     assert ticks == [0] * (TICKS - 1) + [1]
@@ -425,8 +438,8 @@ def test_an_entry_made_while_its_person_was_in_flight_is_sent_a_flush_interval_l
 
 def test_a_person_back_in_the_buckets_is_in_one_only() -> None:
     queue = Queue()
-    target = _in_flight_with_a_new_entry(queue)
-    queue.done(target)
+    target, sealed = _in_flight_with_a_new_entry(queue)
+    queue.done(target, sealed)
     queue.tick()
     queue.put(EVENTS, b"more", _who(A))
     assert sum(bucket.count(target) for bucket in queue.buckets) == 1
@@ -468,3 +481,84 @@ def test_an_account_known_only_by_its_id_is_queued() -> None:
     assert target.account
     assert target.head is not None
     assert json.loads(target.body(target.head)) == {"account_id": "42", "events": [1]}
+
+
+# Lanes: a person's batches of events and page views share the air; an identify goes alone.
+
+
+def _send_all(queue: Queue) -> list[Batch]:
+    """Take and seal what may go now, as free senders would."""
+    sealed = []
+    while (target := queue.take()) is not None:
+        batch = queue.seal(target)
+        assert batch is not None
+        sealed.append(batch)
+    return sealed
+
+
+def test_a_person_s_full_batches_go_side_by_side_up_to_the_lanes() -> None:
+    queue = Queue()
+    _fill(queue, A, (LANES + 2) * MAX_PER_KIND)
+    target = queue.targets["profile_id"][A]
+    flying = _send_all(queue)
+    assert len(flying) == LANES, "one sender per batch, up to the lanes"
+    assert target.flying == LANES
+    queue.done(target, flying[3])  # answers may come in any order
+    assert _send_all(queue) == [list(target.batches())[LANES - 1]], "the next one takes its lane"
+    assert queue.take() is None
+
+
+def test_a_batch_with_an_identify_waits_for_all_before_it_and_goes_alone() -> None:
+    queue = Queue()
+    _fill(queue, A, 2 * MAX_PER_KIND)
+    target = queue.targets["profile_id"][A]
+    first, second = _send_all(queue)
+    queue.put(IDENTIFIES, b'"i"', _who(A))  # a third batch: the first two are sealed
+    _fill(queue, A, 2 * MAX_PER_KIND)  # fills the third with events, then a fourth
+    assert queue.take() is None, "the identify's batch waits while earlier ones fly"
+    queue.done(target, second)
+    assert queue.take() is None
+    queue.done(target, first)
+    (third,) = _send_all(queue)
+    assert third.count(IDENTIFIES) == 1, "then it goes, alone"
+    queue.done(target, third)
+    assert [b.size for b in _send_all(queue)] == [MAX_PER_KIND], "and then the rest"
+
+
+def test_an_identify_in_flight_holds_back_the_person_s_later_batches() -> None:
+    queue = Queue()
+    queue.put(IDENTIFIES, b'"i"', _who(A))
+    _fill(queue, A, 2 * MAX_PER_KIND)  # the identify's batch full of events, then another
+    target = queue.targets["profile_id"][A]
+    (first,) = _send_all(queue)
+    assert first.count(IDENTIFIES) == 1
+    queue.done(target, first)
+    assert len(_send_all(queue)) == 1
+
+
+def test_a_settled_batch_in_the_middle_is_unlinked() -> None:
+    queue = Queue()
+    _fill(queue, A, 3 * MAX_PER_KIND)
+    target = queue.targets["profile_id"][A]
+    one, two, three = _send_all(queue)
+    queue.done(target, two)
+    assert list(target.batches()) == [one, three]
+    queue.done(target, three)
+    queue.done(target, one)
+    assert queue.targets["profile_id"] == {}, "nothing left: forgotten"
+
+
+def test_a_split_batch_keeps_flying_and_its_second_half_goes_after_it() -> None:
+    queue = Queue()
+    _fill(queue, A, MAX_PER_KIND)
+    target = queue.targets["profile_id"][A]
+    (batch,) = _send_all(queue)
+    target.split(batch)
+    assert batch.flying
+    assert batch.size == MAX_PER_KIND // 2
+    half = batch.next
+    assert half is not None
+    assert half.size == MAX_PER_KIND // 2
+    assert not half.flying
+    queue.done(target, batch)
+    assert _send_all(queue) == [half], "the second half goes when the first is settled"

@@ -113,9 +113,10 @@ def test_a_different_email_starts_a_new_batch() -> None:
 def test_a_split_in_flight_batch_keeps_the_order_and_new_entries_go_last() -> None:
     queue, target = _queued()
     _put(queue, EVENTS, b"{}", None)
-    target.seal()
+    batch = target.seal()
+    assert batch is not None
     _put(queue, EVENTS, b"[]", None)
-    target.split()
+    target.split(batch)
     _put(queue, EVENTS, b"1", None)
     entries = [b.entries() for b in target.batches()]
     assert entries == [[(0, b"{}")], [(0, b"{}")], [(0, b"[]"), (0, b"1")]]
