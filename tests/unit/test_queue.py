@@ -562,3 +562,44 @@ def test_a_split_batch_keeps_flying_and_its_second_half_goes_after_it() -> None:
     assert not half.flying
     queue.done(target, batch)
     assert _send_all(queue) == [half], "the second half goes when the first is settled"
+
+
+def test_a_filling_batch_held_back_at_its_tick_ages_again_once_the_identify_lands() -> None:
+    queue = Queue()
+    queue.put(IDENTIFIES, b'"i"', _who(A))
+    assert queue.schedule_waiting() == 1
+    target = queue.take()
+    assert target is not None
+    flying = queue.seal(target)
+    assert flying is not None
+    queue.put(EVENTS, b"1", _who(A))  # a new batch, filling, while the identify flies
+    assert [queue.tick() for _ in range(TICKS)] == [0] * TICKS, "held back by the identify"
+    queue.done(target, flying)
+    ticks = [queue.tick() for _ in range(TICKS)]
+    assert ticks == [0] * (TICKS - 1) + [1], "a flush interval from the identify's answer"
+    assert queue.take() is target
+
+
+def test_a_person_whose_batches_all_fly_is_not_forgotten() -> None:
+    queue = Queue()
+    _fill(queue, A, 2 * MAX_PER_KIND)
+    target = queue.targets["profile_id"][A]
+    (first, second) = _send_all(queue)
+    queue.done(target, second)
+    assert queue.seal(target) is None, "nothing left to send (as after a spool's cut)"
+    assert queue.targets["profile_id"] == {A: target}, "its batch in flight keeps it"
+    queue.done(target, first)
+    assert queue.targets["profile_id"] == {}
+
+
+def test_a_split_batch_keeps_the_flush_that_waits_for_it() -> None:
+    queue = Queue()
+    _fill(queue, A, MAX_PER_KIND)
+    target = queue.targets["profile_id"][A]
+    (batch,) = _send_all(queue)
+    flag = _Flag()
+    waiter = Waiter(flag)
+    waiter.add(batch)
+    target.split(batch)
+    assert batch.waiters == [waiter]
+    assert waiter.left == 2, "both halves"
