@@ -1,6 +1,6 @@
 """Profile one of the benchmark's scenarios, with one command:
 
-    python benchmarks/profiling.py web-1000        # or: e2e-one, e2e-many, latency, web-5000, loop
+    python benchmarks/profiling.py web-1000   # or e2e-one, e2e-many, latency(-one), web-5000, loop
     python benchmarks/profiling.py web-1000 --sdk segment --top 40
 
 It runs the same worker as ``benchmarks/run.py`` (a fresh process, the sink in another)
@@ -28,6 +28,7 @@ SCENARIOS: dict[str, tuple[str, str, int, dict[str, float], float, float]] = {
     "e2e-one": ("run", "one", 20_000, {}, 0, 0),
     "e2e-many": ("run", "many", 20_000, {}, 0, 0),
     "latency": ("latency", "many", 10_000, {"delay": 0.05}, 0, 0),
+    "latency-one": ("latency", "one", 10_000, {"delay": 0.05}, 0, 0),
     "web-1000": ("web", "visitors", 0, {"delay": 0.05}, 1_000, 10),
     "web-5000": ("web", "visitors", 0, {"delay": 0.05}, 5_000, 10),
     "loop": ("loop", "one", 100_000, {}, 0, 0),

@@ -697,7 +697,7 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(rounds):
             for sdk in SDKS:
                 runs[sdk].append(measure(sdk, mode, scenario, events, port))
-        name = scenario if mode == "run" else mode
+        name = scenario if mode == "run" else mode if scenario == "many" else f"{mode}-{scenario}"
         for sdk in SDKS:
             results[f"{sdk}/{name}"] = median_run(runs[sdk], key)
 
@@ -718,6 +718,7 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
             results[f"{sdk}/loop"] = measure(sdk, "loop", "many", n_loop(sdk), port)
         sink(port, "/_config", {"delay": 0.05})
         median_of_rounds("latency", "many", n_latency, "eps")
+        median_of_rounds("latency", "one", n_latency, "eps")  # one person: issue 29's lanes
         for rate in WEB_RATES:
             for sdk in SDKS:
                 results[f"{sdk}/web{rate}"] = measure(
@@ -845,6 +846,7 @@ def table(results: dict[str, Any]) -> str:
         ("e2e events/s, many", "many", "eps"),
         ("CPU per event, one (lower is better)", "one", "cpu_us"),
         ("events/s with 50 ms answers, many", "latency", "eps"),
+        ("events/s with 50 ms answers, one person", "latency-one", "eps"),
         ("memory per distinct person (lower is better)", "memory-distinct", "mem_bytes"),
     ]
     for rate in WEB_RATES:
@@ -926,6 +928,7 @@ def checks(get: Callable[[str, str], float]) -> list[tuple[str, bool, str]]:
     }
     many = get(f"{ko}/many", "eps") / get(f"{seg}/many", "eps")
     latency = get(f"{ko}/latency", "eps") / get(f"{seg}/latency", "eps")
+    one_person = get(f"{ko}/latency-one", "eps")
     open_ms, distinct = (
         get(f"{ko}/cold", "first_open_ms"),
         get(f"{ko}/memory-distinct", "mem_bytes"),
@@ -947,6 +950,12 @@ def checks(get: Callable[[str, str], float]) -> list[tuple[str, bool, str]]:
             "50 ms many ≥ 10x Segment (defaults)",
             latency >= 10,
             f"{latency:.1f}x (limit reached {get(f'{ko}/latency', 'concurrency'):.0f})",
+        ),
+        (
+            "50 ms one person ≥ 5,000 events/s (defaults)",
+            one_person >= 5_000,
+            f"{one_person:,.0f} events/s ({one_person / get(f'{seg}/latency-one', 'eps'):.1f}x "
+            "Segment)",
         ),
         *(web(rate) for rate in WEB_RATES),
         web(ERRORS_RATE, "weberr", ", 30% 500s"),
