@@ -273,7 +273,6 @@ def _check_not_tls(start: bytes | bytearray) -> None:
 def _parse_head(status_line: bytes, lines: list[bytes]) -> tuple[Response, int, bool]:
     """A status line and header lines: the response, its Content-Length (-1 if none) and
     whether it is chunked. A transfer coding other than chunked runs to the close (-1)."""
-    _check_not_tls(status_line)
     version, _, rest = status_line.partition(b" ")
     status_text = rest[:3]
     if (
@@ -282,6 +281,7 @@ def _parse_head(status_line: bytes, lines: list[bytes]) -> tuple[Response, int, 
         or not status_text.isdigit()
         or rest[3:4] not in (b"", b" ")
     ):
+        _check_not_tls(status_line)  # a valid status line is no TLS record: asked only here
         raise ProtocolError(f"bad status line {status_line[:40]!r}")
     status = int(status_text)
     if status < 100:
