@@ -488,7 +488,7 @@ class Engine:
             self._check_loop()  # another thread or event loop (or trio, or Python 3.10)
         ledger = self.ledger
         if ledger.pending >= self.admission.limit:  # full, closed, dead or spooling: rare
-            return self._full(built[0], built[1], built[2], built[3])
+            return self._full(built)
         # take(), inline (ledger.accept() and queue.add() each cost every call a frame,
         # ~0.05 µs): the built tuple is the inbox's item as it is.
         ledger.pending += 1
@@ -508,7 +508,7 @@ class Engine:
         or a wait for room that the caller must await (the queue is full).
         """
         if self.ledger.pending >= self.admission.limit:
-            return self._full(item[0], item[1], item[2], item[3])
+            return self._full(item)
         self.take(item)
         return None
 
@@ -544,8 +544,9 @@ class Engine:
         if not waiting % FILE_EVERY or waiting == 1:
             self._runtime.added(waiting)  # type: ignore[union-attr]
 
-    def _full(self, kind: int, raw: bytes, who: Who, ip: str | None) -> Waiting | None:
+    def _full(self, item: Item) -> Waiting | None:
         """The queue is full (or the engine takes nothing): drop, raise, or wait for room."""
+        kind, raw, who, ip, _ = item
         admission = self.admission
         if admission.state is State.DISABLED:
             return None
@@ -577,13 +578,14 @@ class Engine:
                 "raise max_queue_size, or use on_full='pace' to wait for room"
             )
         if on_full == "block" or (on_full == "pace" and self._circuit.state is CLOSED):
-            return self._wait_then_put(kind, raw, who, ip)
+            return self._wait_then_put(item)
         self.refuse_entry("queue_full", raw, who, ip)
         return DROPPED
 
-    async def _wait_then_put(self, kind: int, raw: bytes, who: Who, ip: str | None) -> bool:
+    async def _wait_then_put(self, item: Item) -> bool:
         """Wait for room: ``block`` until there is some, ``pace`` at most :data:`MAX_BLOCK`
         (then the entry is dropped as ``queue_full``). False: it was dropped."""
+        _, raw, who, ip, _ = item
         runtime = self._runtime
         assert runtime is not None
         runtime.flush_waiting()  # send partial batches now: room comes sooner
@@ -611,7 +613,7 @@ class Engine:
                 await runtime.room(at)
             if not admission.taking:
                 self.check_open()
-        self.take((kind, raw, who, ip, None))
+        self.take(item)
         return True
 
     def refuse_entry(self, reason: DropReason, raw: bytes, who: Who, ip: str | None) -> None:

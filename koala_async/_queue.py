@@ -273,7 +273,7 @@ class Target:
         return aged or batch is not self.open or _full(batch) or bool(batch.waiters)
 
     def remove(self, batch: Batch) -> None:
-        """Unlink a batch that was settled (or parked)."""
+        """Unlink a batch that was settled (or parked): sealed, so never the open one."""
         if batch.flying:
             batch.flying = False
             self.flying -= 1
@@ -285,8 +285,6 @@ class Target:
                 before = before.next
             if before is not None:
                 before.next = batch.next
-        if self.open is batch:
-            self.open = None
 
     def split(self, batch: Batch) -> None:
         """Split a sealed batch for a 413: it keeps its first half (and stays in flight),
