@@ -5,7 +5,9 @@ in connection-pool bookkeeping this SDK does not need: each sender sends one req
 time to one origin. This transport keeps one connection open and writes and parses HTTP/1.1
 itself. Callers who need proxies or HTTP/2 pass an ``httpx.AsyncClient`` of their own. On
 asyncio the connection is :mod:`._aio`'s stream straight on asyncio's transport (a third less
-CPU per request than anyio's socket stream); on trio, anyio's.
+CPU per request than anyio's socket stream), and the answer to a request of up to 64 KB is
+read in the protocol's callbacks as it arrives (:class:`_Answer`: one future per request,
+not a future, a task wake-up and a deadline per read); on trio, anyio's stream.
 
 It only does I/O: :mod:`._h1`'s sans-IO reader parses every answer (its rules: 1xx skipped,
 ``101`` an error, the head and body caps, framing) and says when a connection is out of step.
@@ -56,6 +58,7 @@ from ._h1 import MAX_BODY, MAX_HEAD, NEED_DATA
 from ._loop import Loop, Scope
 
 if TYPE_CHECKING:  # ssl costs ~6 ms to import; a context is only made for https
+    import asyncio
     import ssl
 
     from anyio.abc import ByteStream
@@ -75,6 +78,9 @@ _ONE_WRITE = 64 * 1024  # up to this, a request is written at once and then the 
 
 Origin = tuple[bytes, bytes, int]
 """Scheme, host and port: what a connection is for."""
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes, bool]
+"""Status, headers, body, and whether the connection must be closed after it."""
 
 
 def origin(url: httpx.URL) -> Origin:
@@ -237,15 +243,21 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._stream, self._origin = stream, origin
         self._peek = None if context or isinstance(stream, _aio.Stream) else _raw(stream)
 
-    async def _exchange(
-        self, message: bytes, write_timeout: float | None, reused: bool
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    async def _exchange(self, message: bytes, write_timeout: float | None, reused: bool) -> Answer:
         """Send one request and read its response (``reused``: on a kept-alive connection,
         where junk a server wrote after the last answer may arrive before this one's)."""
         stream = self._stream
         assert stream is not None
         self._received = 0
         if len(message) <= _ONE_WRITE:
+            if type(stream) is _aio.Stream:  # asyncio: read in the protocol's callbacks
+                receiver = _Answer(stream, reused, self._read_timeout)
+                try:
+                    stream.exchange(message, receiver)
+                    return await receiver.future
+                finally:
+                    receiver.stop()  # cancelled: the connection is closed next (see send)
+                    self._received = receiver.got
             with _limit(self._loop, write_timeout, httpx.WriteTimeout):
                 await stream.send(message)
             return await self._read_response(reused)
@@ -268,7 +280,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 sent.append(True)
 
         error: Exception | None = None
-        answer: tuple[int, list[tuple[bytes, bytes]], bytes, bool] | None = None
+        answer: Answer | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(send)
             with reading:
@@ -302,9 +314,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._received += len(data)
         reader.feed(data)
 
-    async def _read_response(
-        self, reused: bool
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    async def _read_response(self, reused: bool) -> Answer:
         """Read one answer through a fresh :class:`_h1.Reader`: status, headers, body and
         whether the connection must be closed after it."""
         reader = _h1.Reader(after_answer=reused)
@@ -340,6 +350,92 @@ class Http11Transport(httpx.AsyncBaseTransport):
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(OSError, anyio.BrokenResourceError):
                     await stream.aclose()
+
+
+class _Answer:
+    """One answer read as it arrives on asyncio's protocol (an :class:`_aio.Receiver`), under
+    the same rules as :meth:`Http11Transport._read_response`: no task is woken, no future
+    made and no deadline set per read, only one future for the whole answer. ``read_timeout``
+    bounds each read (a timer reset as bytes arrive); without one, the caller bounds the whole
+    request and a body still coming after the head gets :data:`BODY_GRACE`."""
+
+    __slots__ = ("_read_timeout", "_reader", "_response", "_stream", "_timer", "future", "got")
+
+    def __init__(self, stream: _aio.Stream, reused: bool, read_timeout: float | None) -> None:
+        self.future: asyncio.Future[Answer] = stream.loop.create_future()
+        self.got = 0  # bytes received: 0 means the request may be sent again
+        self._stream = stream
+        self._reader = _h1.Reader(after_answer=reused)
+        self._response: _h1.Response | None = None
+        self._read_timeout = read_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        if read_timeout is not None:
+            self._timer = stream.loop.call_later(read_timeout, self._timed_out)
+
+    def received(self, data: bytes) -> None:
+        self.got += len(data)
+        self._reader.feed(data)
+        if self._read_timeout is not None and self._timer is not None:
+            self._timer.cancel()  # each read has its own limit
+            self._timer = self._stream.loop.call_later(self._read_timeout, self._timed_out)
+        self._advance()
+
+    def ended(self, error: Exception | None) -> None:
+        if self.future.done():
+            return
+        if error is not None:
+            broken = anyio.BrokenResourceError()
+            broken.__cause__ = error  # what it was (a reset, a TLS alert) is read from here
+            self._fail(broken)
+        elif not self.got:
+            self._fail(anyio.EndOfStream())  # nothing of an answer: the caller judges
+        else:
+            self._reader.feed(b"")
+            self._advance()
+
+    def stop(self) -> None:
+        """Stop reading: what arrives from now on waits on the connection, unread."""
+        self._stream.release()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _advance(self) -> None:
+        reader = self._reader
+        try:
+            while (event := reader.next_event()) is not NEED_DATA:
+                if type(event) is _h1.Response:
+                    self._response = event
+                    continue
+                body, complete = event  # type: ignore[misc]  # an End
+                status, headers, close = self._response  # type: ignore[misc]
+                self._finish((status, headers, body, close or not complete or reader.unread > 0))
+                return
+        except ValueError as exc:  # malformed, or a TLS record
+            self._fail(exc)
+            return
+        if self._response is not None and self._read_timeout is None and self._timer is None:
+            self._timer = self._stream.loop.call_later(BODY_GRACE, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(_Timeout(httpx.ReadTimeout))
+
+    def _fail(self, error: Exception) -> None:
+        response = self._response
+        if response is not None and (self._read_timeout is None or 200 <= response[0] < 300):
+            # With no limit per read the caller needs only the head, and a 2xx says the
+            # batch was accepted: what follows cannot undo either (the connection is closed).
+            self._finish((response[0], response[1], self._reader.body(), True))
+            return
+        self.stop()
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def _finish(self, answer: Answer) -> None:
+        self.stop()
+        if not self.future.done():
+            self.future.set_result(answer)
 
 
 class Misconfigured(httpx.TransportError):
