@@ -822,6 +822,7 @@ def conduct(args: argparse.Namespace) -> dict[str, Any]:
         return int(size["loop"] if sdk == "koala_async" else size["loop_peers"])
 
     results: dict[str, Any] = {"sizes": size}
+    results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rounds = int(size["rounds"])
 
     def median_of_rounds(mode: str, scenario: str, events: int, key: str) -> None:

@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import json
 import math
+import re
 import runpy
 import subprocess
 import sys
@@ -368,3 +369,20 @@ def test_the_table_marks_a_missed_target_miss(
     results = _passing()
     results[key] = {**results[key], field: value}
     assert _verdicts(results) == {t: "MISS" if t == missed else "pass" for t in TARGETS}
+
+
+def test_the_charts_are_drawn_from_a_run(tmp_path: Path) -> None:
+    charts = runpy.run_path(str(BENCHMARKS / "charts.py"))["charts"]
+    results = _passing() | {"date": "2026-12-06 03:40 UTC", "machine": "x86_64, 2 cores"}
+    results["segment/one"] = {"hot_us": 30.0, "cpu_us": 40.0}
+    drawn = charts(results)
+    assert set(drawn) == {"hot-path.svg", "cpu-per-event.svg", "web-5000.svg"}
+    hot = drawn["hot-path.svg"]
+    assert "2026-12-06 03:40 UTC, x86_64, 2 cores" in hot
+    assert "1.50 µs" in hot
+    assert "30.00 µs" in hot
+    # bars are to scale: Segment's 30 µs is 20 times koala_async's 1.5
+    widths = [int(w) for w in re.findall(r'<rect x="150" y="\d+" width="(\d+)"', hot)]
+    assert widths[1] == 460
+    assert widths[0] == 23
+    assert "100,000 of 100,000" in drawn["web-5000.svg"]
