@@ -18,6 +18,7 @@ import asyncio
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -30,13 +31,20 @@ import sniffio
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-__all__ = ["ANYIO", "Event", "Loop", "Scope", "Tasks", "current"]
+__all__ = ["ANYIO", "Event", "Flag", "Loop", "Scope", "Tasks", "current"]
 
 
 class Event(Protocol):
     def set(self) -> None: ...
     def is_set(self) -> bool: ...
     async def wait(self) -> object: ...
+
+
+class Flag(Protocol):
+    """A one-shot event for one waiter (an idle worker's wake-up)."""
+
+    def set(self) -> None: ...
+    def wait(self) -> Awaitable[object]: ...
 
 
 class Scope(Protocol):
@@ -72,6 +80,9 @@ class Loop:
     def event(self) -> Event:
         return anyio.Event()
 
+    def flag(self) -> Flag:
+        return anyio.Event()
+
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
 
@@ -86,6 +97,11 @@ class Loop:
     def fail_after(self, seconds: float) -> AbstractContextManager[object]:
         """A deadline that raises ``TimeoutError`` when it passes."""
         return anyio.fail_after(seconds)
+
+    def deadlines(self, seconds: float) -> Callable[[], AbstractContextManager[object]]:
+        """Makes :meth:`fail_after` blocks of ``seconds`` each, as a sender needs one per
+        request (on asyncio, many share one timer)."""
+        return lambda: self.fail_after(seconds)
 
     async def wait(self, event: Event, timeout: float) -> bool:
         """Wait until ``event`` is set (True) or ``timeout`` seconds passed (False)."""
@@ -164,6 +180,9 @@ class _Asyncio(Loop):
     def event(self) -> Event:
         return asyncio.Event()
 
+    def flag(self) -> Flag:
+        return _Flag()
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
@@ -183,6 +202,9 @@ class _Asyncio(Loop):
 
     def fail_after(self, seconds: float) -> AbstractContextManager[object]:
         return _Deadline(seconds, True)
+
+    def deadlines(self, seconds: float) -> Callable[[], AbstractContextManager[object]]:
+        return _Deadlines(seconds)
 
     async def wait(self, event: Event, timeout: float) -> bool:
         # asyncio's wait on a set event does not yield: neither need its deadline's timer.
@@ -258,6 +280,23 @@ class _TaskSet:
             raise self._failed[0]
 
 
+class _Flag:
+    """A future for one waiter, for the wake-up an idle worker waits for: less work than
+    an asyncio.Event (no deque of waiters, no coroutine to wait in)."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future = asyncio.get_running_loop().create_future()
+
+    def set(self) -> None:
+        if not self._future.done():  # cancelled with its waiter, or set already
+            self._future.set_result(None)
+
+    def wait(self) -> asyncio.Future[None]:
+        return self._future
+
+
 class _Deadline:
     """``asyncio.timeout`` as a plain ``with``: at the deadline the task is cancelled, and
     that cancellation (not another one, which ``Task.uncancel`` tells apart) ends the block:
@@ -298,15 +337,93 @@ class _Deadline:
     ) -> bool:
         if self._handle is not None:
             self._handle.cancel()
-        if not self._fired:
-            return False
-        # Ours if no other cancellation came meanwhile, and it is the one ending the block.
+        return self._fired and self._ended_by_us(kind, exc)
+
+    def _ended_by_us(self, kind: type[BaseException] | None, exc: BaseException | None) -> bool:
+        """After firing: ours if no other cancellation came meanwhile, and it is the one
+        ending the block."""
         if self._task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
             self.cancelled_caught = True
             if self._fail:
                 raise TimeoutError from exc
             return True
         return False
+
+
+class _Deadlines:
+    """Deadlines of one length, for many blocks, on one timer at a time: a block's deadline
+    is its start plus the length, so they come due in the order the blocks began. The timer
+    is set for the oldest block still running; when it fires, every block past its deadline
+    is cancelled (as :class:`_Deadline` does) and the timer set for the next. A request's
+    deadline costs a deque append rather than a timer set and cancelled: half the CPU."""
+
+    __slots__ = ("_blocks", "_handle", "_seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._blocks: deque[_Block] = deque()  # oldest first; ended ones dropped lazily
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> _Block:
+        return _Block(self)
+
+    def start(self, block: _Block) -> None:
+        loop = asyncio.get_running_loop()
+        block.at = loop.time() + self._seconds
+        self._blocks.append(block)
+        if self._handle is None:
+            self._handle = loop.call_at(block.at, self._due)
+
+    def end(self) -> None:
+        """Drop the ended blocks at the front."""
+        blocks = self._blocks
+        while blocks and blocks[0].ended:
+            blocks.popleft()
+
+    def _due(self) -> None:
+        self._handle = None
+        self.end()
+        blocks = self._blocks
+        if not blocks:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time() + 0.001  # asyncio may run a timer a clock tick early: no re-arming
+        while blocks and blocks[0].at <= now:
+            blocks.popleft().fire()
+            self.end()
+        if blocks:
+            self._handle = loop.call_at(blocks[0].at, self._due)
+
+
+class _Block(_Deadline):
+    """One block under :class:`_Deadlines`: raises ``TimeoutError`` at its deadline."""
+
+    __slots__ = ("_owner", "at", "ended")
+
+    def __init__(self, owner: _Deadlines) -> None:
+        self._owner = owner
+        self._fail = True
+        self._fired = self.ended = self.cancelled_caught = False
+        self.at = math.inf
+
+    def __enter__(self) -> _Block:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._owner.start(self)
+        return self
+
+    def fire(self) -> None:
+        if not self.ended:
+            self._fire()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        self.ended = True
+        self._owner.end()
+        return self._fired and self._ended_by_us(kind, exc)
 
 
 ANYIO = Loop()

@@ -27,7 +27,7 @@ import httpx
 from ._http import HttpFactory
 from ._ledger import Ledger
 from ._limiter import Limiter
-from ._loop import Event, Loop, Tasks
+from ._loop import Event, Flag, Loop, Tasks
 from ._queue import FILE_EVERY, TICKS, Queue
 from ._reporter import Reporter
 from ._sender import Sender
@@ -67,7 +67,7 @@ class Runtime:
         self._on_death = on_death  # a task ended that nobody stopped: its event loop is gone
         self._clients: list[httpx.AsyncClient] = []  # ours, idle
         self._made: list[httpx.AsyncClient] = []  # ours, all: closed at the end
-        self._idle: list[Event] = []
+        self._idle: list[Flag] = []
         self._cancels: set[Callable[[], object]] = set()
         self._tasks = 0
         self.workers = 0
@@ -197,9 +197,9 @@ class Runtime:
             while True:
                 target = queue.take()
                 if target is None:
-                    event = self.loop.event()
-                    self._idle.append(event)
-                    await event.wait()
+                    flag = self.loop.flag()
+                    self._idle.append(flag)
+                    await flag.wait()
                     continue
                 batch = queue.seal(target)
                 if batch is None:  # nothing left to send (parked to the spool meanwhile)
@@ -283,8 +283,8 @@ class Runtime:
         self.stopping = True
         for cancel in list(self._cancels):
             cancel()
-        for event in self._idle:
-            event.set()
+        for flag in self._idle:
+            flag.set()
         if self._tasks:
             assert self._stopped is not None
             await self._stopped.wait()

@@ -67,6 +67,7 @@ class Sender:
         # by Target.account: prepared once, not per request
         self._routes = tuple(_http.Route(url, config.headers) for url in config.urls)
         self._changed = loop.event()
+        self._deadline = loop.deadlines(config.timeout)  # one per request
         self._pacer = Pacer()  # the endpoint's rate, while it answers 429
         self.in_flight = 0
         self.deadline = math.inf  # set by close_by: waits are cut to fit before it
@@ -179,7 +180,7 @@ class Sender:
         self.in_flight += 1
         started = time.monotonic()
         try:
-            with self._loop.fail_after(config.timeout):  # the whole request, all told
+            with self._deadline():  # the whole request, all told
                 status, header = await _http.post(
                     http, self._routes[account], content, config.timeout
                 )

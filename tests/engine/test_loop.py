@@ -50,6 +50,67 @@ async def test_a_deadline_ends_its_block_quietly_or_as_timeout_error() -> None:
     await loop.sleep(0.02)  # no cancellation is left over for a later await
 
 
+async def test_deadlines_of_one_length_each_end_their_own_block() -> None:
+    """A sender's per-request deadlines (one timer for all on asyncio): a block ends as
+    TimeoutError at its own deadline, whatever blocks began or ended before it, and a block
+    that ended in time is never cancelled later."""
+    loop = _loop.current()
+    deadline = loop.deadlines(0.05)
+    outcomes: dict[str, str] = {}
+
+    async def block(name: str, start: float, work: float) -> None:
+        await loop.sleep(start)
+        try:
+            with deadline():
+                await loop.sleep(work)
+            outcomes[name] = "done"
+        except TimeoutError:
+            outcomes[name] = "timeout"
+        await loop.sleep(0.1)  # no cancellation is left over for a later await
+        outcomes[name] += ", then fine"
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(block, "quick, first", 0, 0)  # ends long before the timer fires
+        tasks.start_soon(block, "slow, second", 0.01, 5)  # due after the first is gone
+        tasks.start_soon(block, "quick, third", 0.02, 0.01)
+        tasks.start_soon(block, "slow, fourth", 0.03, 5)  # due after the second's timer
+    assert outcomes == {
+        "quick, first": "done, then fine",
+        "slow, second": "timeout, then fine",
+        "quick, third": "done, then fine",
+        "slow, fourth": "timeout, then fine",
+    }
+    with deadline():  # used again after all ended: the timer is set anew
+        await loop.sleep(0)
+    with pytest.raises(TimeoutError), deadline():
+        await loop.sleep(5)
+
+
+@native
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_cancellation_from_outside_is_not_taken_for_a_shared_deadline(
+    anyio_backend: str,
+) -> None:
+    loop = _loop.current()
+    deadline = loop.deadlines(5)
+    reached = False
+
+    async def owner() -> None:
+        nonlocal reached
+        try:
+            with deadline():
+                await loop.sleep(5)
+        except TimeoutError:
+            reached = True
+
+    task = asyncio.get_running_loop().create_task(owner())
+    await asyncio.sleep(0)  # the owner enters its block
+    task.cancel()
+    await asyncio.wait((task,))
+    assert task.cancelled()
+    assert not reached
+
+
 @native
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_cancellation_from_outside_is_not_taken_for_the_deadline(
