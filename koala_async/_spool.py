@@ -301,6 +301,22 @@ def _check(db: sqlite3.Connection, path: str, readonly: bool) -> None:
         db.execute("PRAGMA synchronous=NORMAL")
 
 
+def runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted seqs as runs of consecutive ones, ``(first, last)`` each (a repeated seq
+    stays in its run)."""
+    found: list[tuple[int, int]] = []
+    if not seqs:
+        return found
+    first = last = seqs[0]
+    for seq in seqs:
+        if seq > last + 1:
+            found.append((first, last))
+            first = seq
+        last = seq
+    found.append((first, last))
+    return found
+
+
 class SpoolFile:
     """The spool's database and lock. Blocking methods: call them from a worker thread."""
 
@@ -410,11 +426,9 @@ class SpoolFile:
             if writes:
                 self._insert(writes)
             if parks:
-                self._each("UPDATE entries SET parked = 1 WHERE seq IN ", parks)
+                self._ranges("UPDATE entries SET parked = 1", parks)
             if deletes:
-                # In seq order: the B-tree's pages are visited once each, in order (measured:
-                # 0.8 of the 4 µs a row costs, against the order batches are delivered in).
-                self.rows -= self._each("DELETE FROM entries WHERE seq IN ", sorted(deletes))
+                self.rows -= self._ranges("DELETE FROM entries", deletes)
             expired = self._expire(cutoff)
             full = self._cap(max_bytes)
             self._db.execute("COMMIT")
@@ -474,14 +488,13 @@ class SpoolFile:
             db.execute(_insert(rest), flat[whole * width :])
         self.rows += len(writes)
 
-    def _each(self, statement: str, seqs: list[int]) -> int:
-        """Run ``statement (?, ?, ...)`` for every seq, _ROWS at a time; return the rows changed."""
-        changed = 0
-        for start in range(0, len(seqs), _ROWS):
-            chunk = seqs[start : start + _ROWS]
-            marks = ",".join("?" * len(chunk))
-            changed += self._db.execute(f"{statement}({marks})", chunk).rowcount
-        return changed
+    def _ranges(self, statement: str, seqs: list[int]) -> int:
+        """Run ``statement WHERE seq BETWEEN first AND last`` for each run of consecutive
+        seqs (in seq order: the B-tree's pages are visited once each); return the rows
+        changed. A person's batch is a run, and so are many people's in the order they
+        were made: one statement per run binds 2 parameters, not 1 per seq."""
+        cursor = self._db.executemany(f"{statement} WHERE seq BETWEEN ? AND ?", runs(sorted(seqs)))
+        return cursor.rowcount
 
     def _drop_through(self, seq: int) -> int:
         cursor = self._db.execute("DELETE FROM entries WHERE parked = 1 AND seq <= ?", (seq,))

@@ -745,3 +745,27 @@ def test_both_clients_say_which_file_their_spool_uses(tmp_path: Path) -> None:
     assert KoalaSyncClient("pk_test", spool=path).spool_path == path
     assert KoalaClient("pk_test").spool_path is None
     assert KoalaSyncClient("pk_test").spool_path is None
+
+
+def test_runs_groups_consecutive_seqs() -> None:
+    assert _spool.runs([]) == []
+    assert _spool.runs([5]) == [(5, 5)]
+    assert _spool.runs([1, 2, 3, 5, 6, 9]) == [(1, 3), (5, 6), (9, 9)]
+    assert _spool.runs([-3, -2, 4, 4, 5]) == [(-3, -2), (4, 5)]  # a repeat stays in its run
+
+
+def test_deleting_and_parking_by_runs_leaves_the_gaps(tmp_path: Path) -> None:
+    """A commit deletes and parks exactly the seqs given, in any order: the rows between
+    its runs stay, resident ones resident."""
+    file, _ = _spool.SpoolFile.open(str(tmp_path / "s.db"))
+    try:
+        made: list[_spool.Row] = [
+            (seq, 0, f"p{seq}", None, 0, b"{}", 1.0, 0, None) for seq in range(1, 10)
+        ]
+        file.commit(made, [], [], 1 << 20, 0.0)
+        file.commit([], [6, 1, 2, 5], [9, 8], 1 << 20, 0.0)
+        assert file.rows == 5
+        left = file._db.execute("SELECT seq, parked FROM entries ORDER BY seq").fetchall()
+        assert left == [(3, 0), (4, 0), (7, 0), (8, 1), (9, 1)]
+    finally:
+        file.close()
