@@ -434,6 +434,7 @@ def rows_in(path: Path) -> int:
     """The rows the file holds, counted by SQLite itself (WAL included)."""
     with sqlite3.connect(path) as db:
         count: int = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        count += len(_spool._chunk_rows(db))  # resident at the close: the next open parks them
         assert db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
     db.close()
     return count
@@ -754,18 +755,90 @@ def test_runs_groups_consecutive_seqs() -> None:
     assert _spool.runs([-3, -2, 4, 4, 5]) == [(-3, -2), (4, 5)]  # a repeat stays in its run
 
 
+def made(seqs: range, parked: int = 0, created: float = 1.0) -> list[_spool.Row]:
+    return [(seq, 0, f"p{seq}", None, 0, b"{}", created, parked, None) for seq in seqs]
+
+
+def held(file: _spool.SpoolFile) -> list[tuple[int, int]]:
+    return file._db.execute("SELECT seq, parked FROM entries ORDER BY seq").fetchall()
+
+
 def test_deleting_and_parking_by_runs_leaves_the_gaps(tmp_path: Path) -> None:
-    """A commit deletes and parks exactly the seqs given, in any order: the rows between
-    its runs stay, resident ones resident."""
+    """A commit deletes and parks exactly the seqs given, in any order, in chunks and in
+    entries: the entries between its runs stay where they were."""
     file, _ = _spool.SpoolFile.open(str(tmp_path / "s.db"))
     try:
-        made: list[_spool.Row] = [
-            (seq, 0, f"p{seq}", None, 0, b"{}", 1.0, 0, None) for seq in range(1, 10)
-        ]
-        file.commit(made, [], [], 1 << 20, 0.0)
-        file.commit([], [6, 1, 2, 5], [9, 8], 1 << 20, 0.0)
-        assert file.rows == 5
-        left = file._db.execute("SELECT seq, parked FROM entries ORDER BY seq").fetchall()
-        assert left == [(3, 0), (4, 0), (7, 0), (8, 1), (9, 1)]
+        file.commit(made(range(1, 10)) + made(range(10, 14), parked=1), [], [], 1 << 20, 0.0)
+        assert held(file) == [(10, 1), (11, 1), (12, 1), (13, 1)]  # the rest: one chunk
+        file.commit([], [6, 1, 12, 2, 5, 10], [9, 8], 1 << 20, 0.0)
+        assert file.rows == 7
+        assert held(file) == [(8, 1), (9, 1), (11, 1), (13, 1)]
+        (chunk,) = file._chunks
+        assert [chunk.first + i for i, flag in enumerate(chunk.members) if flag] == [3, 4, 7]
+        file.commit([], [3, 4, 7], [], 1 << 20, 0.0)  # its last members: the chunk goes
+        assert file._chunks == []
+        assert file._db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        assert file.rows == 4
+    finally:
+        file.close()
+
+
+def test_a_failed_commit_leaves_the_chunks_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file, _ = _spool.SpoolFile.open(str(tmp_path / "s.db"))
+    try:
+        file.commit(made(range(1, 6)), [], [], 1 << 20, 0.0)
+
+        def full(cutoff: float) -> int:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(file, "_expire", full)
+        with pytest.raises(sqlite3.OperationalError):
+            file.commit(made(range(6, 8)), [1, 2, 3, 4, 5], [], 1 << 20, 0.0)
+        (chunk,) = file._chunks
+        assert (chunk.unsettled, bytes(chunk.members), file.rows) == (5, b"\x01" * 5, 5)
+    finally:
+        file.close()
+
+
+def test_a_crash_leaves_chunks_that_the_next_open_parks_in_order(tmp_path: Path) -> None:
+    """What memory knew (which chunk entries were settled) is gone: every entry of a chunk
+    left is parked at open, in seq order, once (those parked before the crash too)."""
+    path = str(tmp_path / "s.db")
+    file, _ = _spool.SpoolFile.open(path)
+    file.commit(made(range(1, 5), created=5.0), [], [], 1 << 20, 0.0)
+    file.commit(made(range(5, 7), parked=1, created=6.0) + made(range(7, 9), created=7.0),
+                [2], [3], 1 << 20, 0.0)  # fmt: skip
+    file.close()  # as a kill -9 would leave it: two chunks
+    summary = inspect(path)
+    assert (summary.entries, summary.oldest, summary.people) == (8, 5.0, 8)
+    assert [row[1] for row in _spool.rows(path)] == [f"p{seq}" for seq in range(1, 9)]
+    assert _spool.oldest(path) == 5.0
+    file, count = _spool.SpoolFile.open(path)
+    try:
+        assert count == file.rows == 8
+        assert held(file) == [(seq, 1) for seq in range(1, 9)]
+        assert file._db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    finally:
+        file.close()
+
+
+def test_a_file_of_the_previous_release_is_read_and_drained(tmp_path: Path) -> None:
+    path = str(tmp_path / "v1.db")
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            f"{_spool._SCHEMA} PRAGMA application_id={_spool.APPLICATION_ID}; "
+            "PRAGMA user_version=1;"
+        )
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", made(range(1, 4)))
+    db.close()
+    assert inspect(path).entries == 3  # read only: as it is
+    assert _spool.oldest(path) == 1.0
+    file, count = _spool.SpoolFile.open(path)
+    try:
+        assert count == 3
+        assert file._db.execute("PRAGMA user_version").fetchone()[0] == _spool.VERSION == 2
+        assert [row[0] for row in file.load(10)] == [1, 2, 3]
     finally:
         file.close()
