@@ -554,14 +554,18 @@ class SpoolFile:
         return hits
 
     def _members(self, hits: Undo) -> list[Row]:
-        """The rows of the chunk members just settled by a park, marked parked."""
-        parked: list[Row] = []
+        """The rows of the chunk members just settled by a park, marked parked, in seq
+        order (each chunk read once, however many runs of it were parked)."""
+        wanted: dict[int, set[int]] = {}
         for chunk, lo, flags in hits:
+            seqs = wanted.setdefault(chunk.first, set())
+            seqs.update(chunk.first + lo + k for k, flag in enumerate(flags) if flag)
+        parked: list[Row] = []
+        for first, seqs in sorted(wanted.items()):
             (data,) = self._db.execute(
-                "SELECT data FROM chunks WHERE first = ?", (chunk.first,)
+                "SELECT data FROM chunks WHERE first = ?", (first,)
             ).fetchone()
-            wanted = {chunk.first + lo + k for k, flag in enumerate(flags) if flag}
-            parked += [(*row[:7], 1, row[8]) for row in _decode(data) if row[0] in wanted]
+            parked += [(*row[:7], 1, row[8]) for row in _decode(data) if row[0] in seqs]
         return parked
 
     def last_commit(
