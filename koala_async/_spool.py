@@ -12,8 +12,7 @@ An entry is *resident* (also in memory, in a batch; in a chunk, or a row of ``en
 read back) or *parked* (a row of ``entries``, on disk only).
 Entries are parked when memory is full (the call writes them to disk only), when a batch
 runs out of retries (it and the person's later batches go back to disk, keeping their
-order), and at open (what an earlier run left, chunks included: what the shutdown
-deadline leaves stays where it is until then).
+order), at shutdown (what the deadline leaves), and at open (what an earlier run left).
 While anything is parked, new entries are parked too, and the writer reads parked rows back
 into memory in seq order as room appears: so each person's entries are sent in the order
 they were made, and memory holds at most ``max_queue_size`` entries.
@@ -505,10 +504,14 @@ class SpoolFile:
                 settled = self._settle(spans, undo)
                 self.rows -= sum([flags.count(1) for _, _, flags in settled])
             emptied = [(c.first,) for c in self._chunks if not c.unsettled]
+            before = self.used() if parked else 0
             self._db.executemany("DELETE FROM chunks WHERE first = ?", emptied)
             if parked:  # (after: the pages of the chunks emptied are used again)
                 self._insert(parked)
                 self.rows -= len(parked)  # moved, not added
+                # Rows of their own take a few pages more than the chunk did: the cap
+                # allows for that, as parking in place grew nothing.
+                max_bytes += max(0, self.used() - before)
             expired = self._expire(cutoff)
             full = self._cap(max_bytes)
             self._db.execute("COMMIT")
@@ -987,8 +990,7 @@ class Spool:
         if seqs is None or not batch.size:
             return False
         if reason in _KEEP:
-            # What the close leaves stays where it is on disk: the next open parks it.
-            self._park(batch, reason != "shutdown_timeout")
+            self._park(batch)
             if reason != "shutdown_timeout":
                 # The person's batches not in flight follow it to disk, so they stay behind
                 # it; so do the entries the filer has not filed yet.
@@ -1003,13 +1005,10 @@ class Spool:
             self._wake.set()  # room for parked entries: read them back now
         return False
 
-    def _park(self, batch: Batch, move: bool = True) -> None:
-        """Release a batch from memory; ``move``: its rows are parked on disk (read back
-        later in this run)."""
+    def _park(self, batch: Batch) -> None:
         if batch.seqs is not None and batch.size:
             for kind_seqs in batch.seqs:
-                if move:
-                    self._parks += kind_seqs
+                self._parks += kind_seqs
                 if kind_seqs and kind_seqs[-1] > self.parked_seq:
                     self.parked_seq = kind_seqs[-1]
             self._ledger.release(batch)
