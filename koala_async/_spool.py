@@ -93,6 +93,12 @@ CREATE TABLE chunks (
     created REAL NOT NULL,  -- its first entry's
     data BLOB NOT NULL  -- its entries' rows (as in entries), msgpack-encoded, in seq order
 );
+CREATE TABLE settled (  -- runs of a chunk's entries settled (or moved to entries by a park)
+    chunk INTEGER NOT NULL,  -- the chunk's first
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL
+);
+CREATE INDEX settled_chunk ON settled(chunk);
 """
 _COLUMNS = ["seq", "target", "key", "secondary", "kind", "raw", "created", "parked", "ip"]
 _ROWS = 200  # rows per INSERT statement (1,800 parameters, under SQLite's limit of 32,766)
@@ -339,15 +345,25 @@ def runs(seqs: list[int]) -> list[tuple[int, int]]:
 
 
 def _fold(db: sqlite3.Connection) -> None:
-    """Park the entries of the chunks an earlier run left (it crashed): every one, for
-    which of them were settled is known only to memory (delivered ones are sent again; at
-    least once). Those already in entries (parked since) stay as they are."""
+    """Park the entries of the chunks an earlier run left (it crashed), but those it
+    recorded as settled: only a batch settled after the last commit is sent again."""
     for (data,) in db.execute("SELECT data FROM chunks ORDER BY first").fetchall():
         db.executemany(
-            "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
-            [(*row[:7], row[8]) for row in _decode(data)],
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            [(*row[:7], row[8]) for row in _unsettled(db, data)],
         )
     db.execute("DELETE FROM chunks")
+    db.execute("DELETE FROM settled")
+
+
+def _unsettled(db: sqlite3.Connection, data: bytes) -> list[Row]:
+    """A chunk's entries that its settled runs do not cover."""
+    members = _decode(data)
+    if not members:
+        return members
+    spans = db.execute("SELECT first, last FROM settled WHERE chunk = ?", (members[0][0],))
+    gone = {seq for first, last in spans for seq in range(first, last + 1)}
+    return [row for row in members if row[0] not in gone] if gone else members
 
 
 class _Chunk:
@@ -505,7 +521,7 @@ class SpoolFile:
                 self.rows -= sum([flags.count(1) for _, _, flags in settled])
             emptied = [(c.first,) for c in self._chunks if not c.unsettled]
             before = self.used() if parked else 0
-            self._db.executemany("DELETE FROM chunks WHERE first = ?", emptied)
+            self._record(undo, emptied)
             if parked:  # (after: the pages of the chunks emptied are used again)
                 self._insert(parked)
                 self.rows -= len(parked)  # moved, not added
@@ -527,6 +543,17 @@ class SpoolFile:
         if chunk is not None:
             bisect.insort(self._chunks, chunk, key=lambda c: c.first)
         return full, expired
+
+    def _record(self, hits: Undo, emptied: list[tuple[int]]) -> None:
+        """Write down what this commit settled in chunks that still hold entries (the next
+        open skips those), and delete the chunks emptied, with their records."""
+        self._db.executemany(
+            "INSERT INTO settled VALUES (?, ?, ?)",
+            [(c.first, c.first + lo, c.first + lo + len(flags) - 1)
+             for c, lo, flags in hits if c.unsettled],
+        )  # fmt: skip
+        self._db.executemany("DELETE FROM chunks WHERE first = ?", emptied)
+        self._db.executemany("DELETE FROM settled WHERE chunk = ?", emptied)
 
     def _write_chunk(self, resident: list[Row]) -> _Chunk:
         """Write a commit's resident entries as one row of chunks."""
@@ -1291,22 +1318,13 @@ class Summary:
 
 
 def _chunk_rows(db: sqlite3.Connection) -> list[Row]:
-    """The entries of the chunks on disk that are not in entries: what the next open
-    parks (delivered ones among them too: which were is known only to the run that wrote
-    them)."""
+    """The entries of the chunks on disk not recorded as settled: what the next open parks
+    (with a batch settled since the last commit, if any: the run that wrote them knows)."""
     try:
         blobs = db.execute("SELECT data FROM chunks ORDER BY first").fetchall()
     except sqlite3.OperationalError:  # a file of version 1: no chunks
         return []
-    found: list[Row] = []
-    for (data,) in blobs:
-        members = _decode(data)
-        if members:
-            span = (members[0][0], members[-1][0])
-            held = {seq for (seq,) in db.execute(
-                "SELECT seq FROM entries WHERE seq BETWEEN ? AND ?", span)}  # fmt: skip
-            found += [row for row in members if row[0] not in held]
-    return found
+    return [row for (data,) in blobs for row in _unsettled(db, data)]
 
 
 def inspect(path: str) -> Summary:

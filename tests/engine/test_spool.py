@@ -801,23 +801,44 @@ def test_a_failed_commit_leaves_the_chunks_as_they_were(
         file.close()
 
 
+def settled_runs(file: _spool.SpoolFile) -> list[tuple[int, int, int]]:
+    return file._db.execute("SELECT * FROM settled ORDER BY chunk, first").fetchall()
+
+
 def test_a_crash_leaves_chunks_that_the_next_open_parks_in_order(tmp_path: Path) -> None:
-    """What memory knew (which chunk entries were settled) is gone: every entry of a chunk
-    left is parked at open, in seq order, once (those parked before the crash too)."""
+    """What a chunk's commits recorded as settled (delivered, or moved to entries by a
+    park) is not sent again after a crash: the next open parks the rest, in seq order,
+    once; so do inspect and rows."""
     path = str(tmp_path / "s.db")
     file, _ = _spool.SpoolFile.open(path)
     file.commit(made(range(1, 5), created=5.0), [], [], 1 << 20, 0.0)
     file.commit(made(range(5, 7), parked=1, created=6.0) + made(range(7, 9), created=7.0),
                 [2], [3], 1 << 20, 0.0)  # fmt: skip
+    assert settled_runs(file) == [(1, 2, 2), (1, 3, 3)]
     file.close()  # as a kill -9 would leave it: two chunks
+    left = [1, 3, 4, 5, 6, 7, 8]  # 2 was delivered; 3, parked, is in entries once
     summary = inspect(path)
-    assert (summary.entries, summary.oldest, summary.people) == (8, 5.0, 8)
-    assert [row[1] for row in _spool.rows(path)] == [f"p{seq}" for seq in range(1, 9)]
+    assert (summary.entries, summary.oldest, summary.people) == (7, 5.0, 7)
+    assert [row[1] for row in _spool.rows(path)] == [f"p{seq}" for seq in left]
     assert _spool.oldest(path) == 5.0
     file, count = _spool.SpoolFile.open(path)
     try:
-        assert count == file.rows == 8
-        assert held(file) == [(seq, 1) for seq in range(1, 9)]
+        assert count == file.rows == 7
+        assert held(file) == [(seq, 1) for seq in left]
+        assert file._db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        assert settled_runs(file) == []
+    finally:
+        file.close()
+
+
+def test_a_chunk_settled_in_full_goes_with_its_records(tmp_path: Path) -> None:
+    file, _ = _spool.SpoolFile.open(str(tmp_path / "s.db"))
+    try:
+        file.commit(made(range(1, 7)), [], [], 1 << 20, 0.0)
+        file.commit([], [1, 2, 5], [], 1 << 20, 0.0)
+        assert settled_runs(file) == [(1, 1, 2), (1, 5, 5)]
+        file.commit([], [3, 4, 6], [], 1 << 20, 0.0)
+        assert settled_runs(file) == []
         assert file._db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
     finally:
         file.close()
