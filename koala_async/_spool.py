@@ -329,18 +329,24 @@ def _check(db: sqlite3.Connection, path: str, readonly: bool) -> None:
 
 
 def runs(seqs: list[int]) -> list[tuple[int, int]]:
-    """Sorted seqs as runs of consecutive ones, ``(first, last)`` each (a repeated seq
-    stays in its run)."""
+    """Seqs (in any order, repeats allowed) as sorted runs of consecutive ones, ``(first,
+    last)`` each. A commit's seqs are mostly a few long runs: a slice whose ends are as
+    far apart as its length is one run, so halving finds the gaps without visiting every
+    seq in Python."""
+    ordered = sorted(set(seqs))
     found: list[tuple[int, int]] = []
-    if not seqs:
-        return found
-    first = last = seqs[0]
-    for seq in seqs:
-        if seq > last + 1:
-            found.append((first, last))
-            first = seq
-        last = seq
-    found.append((first, last))
+    pending = [(0, len(ordered))] if ordered else []
+    while pending:
+        low, high = pending.pop()
+        first, last = ordered[low], ordered[high - 1]
+        if last - first == high - 1 - low:
+            if found and found[-1][1] + 1 == first:
+                found[-1] = (found[-1][0], last)
+            else:
+                found.append((first, last))
+        else:
+            middle = (low + high) // 2
+            pending += ((middle, high), (low, middle))  # the lower half first
     return found
 
 
@@ -511,11 +517,11 @@ class SpoolFile:
             if resident:
                 chunk = self._write_chunk(resident)
             if parks:
-                spans = runs(sorted(parks))
+                spans = runs(parks)
                 self._ranges("UPDATE entries SET parked = 1", spans)
                 parked = self._members(self._settle(spans, undo))
             if deletes:
-                spans = runs(sorted(deletes))
+                spans = runs(deletes)
                 self.rows -= self._ranges("DELETE FROM entries", spans)
                 settled = self._settle(spans, undo)
                 self.rows -= sum([flags.count(1) for _, _, flags in settled])
@@ -746,9 +752,7 @@ class SpooledQueue(Queue):
         self.seq = seq = self.seq + 1
         field, key, _, secondary = who
         self.rows.append((seq, _CODES[field], key, secondary, kind, entry, time.time(), 0, ip))
-        ready = Queue.put(self, kind, entry, who, ip)
-        self._mark(field, key, kind, seq)
-        return ready
+        return self._file(kind, entry, who, ip, seq)
 
     def park(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> None:
         """Keep an entry on disk only."""
@@ -760,17 +764,19 @@ class SpooledQueue(Queue):
         """Queue an entry read back from the spool; True when its target became ready."""
         seq, code, key, secondary, kind, raw, ip = row
         field = FIELDS[code]
-        ready = Queue.put(self, kind, raw, (field, key, SECONDARY[code], secondary), ip)
-        self._mark(field, key, kind, seq)
-        return ready
+        return self._file(kind, raw, (field, key, SECONDARY[code], secondary), ip, seq)
 
-    def _mark(self, field: str, key: str, kind: int, seq: int) -> None:
-        batch = self.targets[field][key].last()  # an entry always joins the last batch
+    def _file(self, kind: int, entry: bytes, who: Who, ip: str | None, seq: int) -> bool:
+        """Queue an entry and note its seq in its batch, the target's open one (the batch
+        an entry joins, or starts, is open until a sender seals it)."""
+        ready = Queue.put(self, kind, entry, who, ip)
+        batch = self.targets[who[0]][who[1]].open
         assert batch is not None
         seqs = batch.seqs
         if seqs is None:
             batch.seqs = seqs = ([], [], [])
         seqs[kind].append(seq)
+        return ready
 
 
 Outcome = Callable[[Any, "BaseException | None"], None]
@@ -1156,7 +1162,8 @@ class Spool:
         writes, queue.rows = queue.rows, []
         deletes, self._deletes = self._deletes, []
         parks, self._parks = self._parks, []
-        if writes and deletes:
+        # (rows are queued in seq order: a deletion below the first is of a row written)
+        if writes and deletes and max(deletes) >= writes[0][0]:
             gone = set(deletes)
             new = {row[0] for row in writes}
             writes = [row for row in writes if row[0] not in gone]

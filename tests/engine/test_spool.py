@@ -7,6 +7,7 @@ and foreign files; the stats invariant after each, and each person's entries in 
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import sqlite3
@@ -342,6 +343,30 @@ async def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
     assert [row[5] for row in queue.rows] == [b'"1"', b'"2"', b'"3"']
     assert spool._parks == [row[0] for row in queue.rows]  # all three wait on disk, in order
     assert (ledger.pending, ledger.spooled) == (0, 3)
+    writer.stop()
+    assert writer.join(10)
+
+
+async def test_a_row_settled_before_its_commit_is_never_written(tmp_path: Path) -> None:
+    """Deletions of rows not yet written cancel those rows (the first of them included);
+    deletions of rows written earlier go to the commit."""
+    path = tmp_path / "s.db"
+    writer = Writer(str(path))
+    await writer.open()
+    queue = SpooledQueue(0)
+    options = SpoolOptions.build(path, TICK, 1 << 30, 3600)
+    spool = Spool(
+        options, writer, queue, Ledger(), Reporter(None), 100, lambda on: None, lambda r: None
+    )
+    ada = ("email", "ada@acme.com", "email", None)
+    for raw in (b'"1"', b'"2"', b'"3"'):
+        queue.put(EVENTS, raw, ada)
+    spool._take()  # 1-3 written
+    for raw in (b'"4"', b'"5"'):
+        queue.put(EVENTS, raw, ada)
+    spool._deletes = [2, 4]
+    writes, deletes, parks = spool._take()
+    assert ([row[0] for row in writes], deletes, parks) == ([5], [2], [])
     writer.stop()
     assert writer.join(10)
 
@@ -752,6 +777,22 @@ def test_runs_groups_consecutive_seqs() -> None:
     assert _spool.runs([5]) == [(5, 5)]
     assert _spool.runs([1, 2, 3, 5, 6, 9]) == [(1, 3), (5, 6), (9, 9)]
     assert _spool.runs([-3, -2, 4, 4, 5]) == [(-3, -2), (4, 5)]  # a repeat stays in its run
+    assert _spool.runs([9, 2, 1, 6, 3, 5]) == [(1, 3), (5, 6), (9, 9)]  # in any order
+
+
+def test_runs_finds_every_gap() -> None:
+    """Against the plain walk, on seqs with gaps of every width, anywhere."""
+    rng = random.Random(25)
+    for _ in range(300):
+        seqs = [s for s in range(rng.randrange(0, 200)) if rng.random() < rng.random()]
+        expected: list[tuple[int, int]] = []
+        for seq in seqs:
+            if expected and expected[-1][1] + 1 == seq:
+                expected[-1] = (expected[-1][0], seq)
+            else:
+                expected.append((seq, seq))
+        rng.shuffle(seqs)
+        assert _spool.runs(seqs) == expected
 
 
 def made(seqs: range, parked: int = 0, created: float = 1.0) -> list[_spool.Row]:
