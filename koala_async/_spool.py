@@ -90,7 +90,8 @@ CREATE INDEX parked_seq ON entries(seq) WHERE parked = 1;
 """
 # Resident entries are written one commit to a row: a row per entry cost 2 µs to insert
 # and 0.7 to delete, 3x what the client spends on an event. A chunk is deleted once every
-# entry in it is settled; at open, its entries are parked (an earlier run crashed).
+# entry in it is settled; until then each commit records the runs of it that it settled.
+# At open, the entries of the chunks left that no record covers are parked (a crash).
 _CHUNKS = """
 CREATE TABLE chunks (
     first INTEGER PRIMARY KEY,  -- the seq of its first entry
