@@ -896,6 +896,7 @@ def test_a_file_of_the_previous_release_is_read_and_drained(tmp_path: Path) -> N
     db.close()
     assert inspect(path).entries == 3  # read only: as it is
     assert _spool.oldest(path) == 1.0
+    assert [row[1] for row in _spool.rows(path)] == ["p1", "p2", "p3"]
     file, count = _spool.SpoolFile.open(path)
     try:
         assert count == 3
@@ -903,3 +904,37 @@ def test_a_file_of_the_previous_release_is_read_and_drained(tmp_path: Path) -> N
         assert [row[0] for row in file.load(10)] == [1, 2, 3]
     finally:
         file.close()
+
+
+def as_version_1(path: Path) -> None:
+    """Make a spool closed by this release what the previous one would have left: its
+    entries table only (every entry of a closed spool is a row of it), version 1."""
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        db.executescript("DROP TABLE settled; DROP TABLE chunks; PRAGMA user_version=1;")
+    db.close()
+
+
+async def test_a_client_replays_a_file_of_the_previous_release(tmp_path: Path) -> None:
+    """A version-1 file's entries (real ones, resident and parked at the crash) are sent
+    once each, in order, by a client of this release, which upgrades the file."""
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    async with client(url, path, max_queue_size=50, shutdown_timeout=0.2) as koala:
+        ids = await produce(koala, 120)
+    assert koala.stats().spooled == 120
+    as_version_1(path)
+    with sqlite3.connect(path) as db:  # a crash leaves resident rows: the open parks them
+        db.execute("UPDATE entries SET parked = 0 WHERE seq % 2 = 0")
+    db.close()
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:
+        await wait_settled(again)
+    invariant(again.stats())
+    assert again.stats().recovered == 120
+    once(fake, ids)
+    in_order(fake)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _spool.VERSION
+        assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+    db.close()
