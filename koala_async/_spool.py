@@ -68,6 +68,7 @@ _CHUNK = 5000  # rows read back into memory at once
 # (its CPU per entry: 0.69 -> 0.53 µs), and the empty file's 6 pages (48 KiB) still leave
 # room under the smallest spool_max_bytes (64 KiB). A file made with another keeps it.
 PAGE_SIZE = 8192
+WAL_BYTES = 32 << 20  # the write-ahead log's size between checkpoints (see _check)
 # Outcomes that leave the entries on disk: a later try, or a later run, may deliver them. A
 # dead endpoint is one: a wrong key or URL on one deploy must not empty the spool.
 _KEEP: frozenset[DropReason | None] = frozenset(
@@ -336,6 +337,13 @@ def _check(db: sqlite3.Connection, path: str, readonly: bool) -> None:
         # anyway), not in the pages a deleted chunk frees: some builds (Debian's) zero those
         # too, by default, which doubled what writing a commit cost (0.37 µs an entry).
         db.execute("PRAGMA secure_delete=FAST")
+        # The WAL is copied into the file once it holds WAL_BYTES (SQLite: 1000 pages), and
+        # cut back to that size after: pages a commit frees and the next reuses are then
+        # copied once rather than at each checkpoint (a commit's CPU: 0.59-0.65 -> 0.46-0.48
+        # µs an entry with 8 KiB pages).
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // page}")
+        db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")
 
 
 def runs(seqs: list[int]) -> list[tuple[int, int]]:
