@@ -7,6 +7,7 @@ and foreign files; the stats invariant after each, and each person's entries in 
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import sqlite3
@@ -342,6 +343,30 @@ async def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
     assert [row[5] for row in queue.rows] == [b'"1"', b'"2"', b'"3"']
     assert spool._parks == [row[0] for row in queue.rows]  # all three wait on disk, in order
     assert (ledger.pending, ledger.spooled) == (0, 3)
+    writer.stop()
+    assert writer.join(10)
+
+
+async def test_a_row_settled_before_its_commit_is_never_written(tmp_path: Path) -> None:
+    """Deletions of rows not yet written cancel those rows (the first of them included);
+    deletions of rows written earlier go to the commit."""
+    path = tmp_path / "s.db"
+    writer = Writer(str(path))
+    await writer.open()
+    queue = SpooledQueue(0)
+    options = SpoolOptions.build(path, TICK, 1 << 30, 3600)
+    spool = Spool(
+        options, writer, queue, Ledger(), Reporter(None), 100, lambda on: None, lambda r: None
+    )
+    ada = ("email", "ada@acme.com", "email", None)
+    for raw in (b'"1"', b'"2"', b'"3"'):
+        queue.put(EVENTS, raw, ada)
+    spool._take()  # 1-3 written
+    for raw in (b'"4"', b'"5"'):
+        queue.put(EVENTS, raw, ada)
+    spool._deletes = [2, 4]
+    writes, deletes, parks = spool._take()
+    assert ([row[0] for row in writes], deletes, parks) == ([5], [2], [])
     writer.stop()
     assert writer.join(10)
 
@@ -745,3 +770,171 @@ def test_both_clients_say_which_file_their_spool_uses(tmp_path: Path) -> None:
     assert KoalaSyncClient("pk_test", spool=path).spool_path == path
     assert KoalaClient("pk_test").spool_path is None
     assert KoalaSyncClient("pk_test").spool_path is None
+
+
+def test_runs_groups_consecutive_seqs() -> None:
+    assert _spool.runs([]) == []
+    assert _spool.runs([5]) == [(5, 5)]
+    assert _spool.runs([1, 2, 3, 5, 6, 9]) == [(1, 3), (5, 6), (9, 9)]
+    assert _spool.runs([-3, -2, 4, 4, 5]) == [(-3, -2), (4, 5)]  # a repeat stays in its run
+    assert _spool.runs([9, 2, 1, 6, 3, 5]) == [(1, 3), (5, 6), (9, 9)]  # in any order
+
+
+def test_runs_finds_every_gap() -> None:
+    """Against the plain walk, on seqs with gaps of every width, anywhere."""
+    rng = random.Random(25)
+    for _ in range(300):
+        seqs = [s for s in range(rng.randrange(0, 200)) if rng.random() < rng.random()]
+        expected: list[tuple[int, int]] = []
+        for seq in seqs:
+            if expected and expected[-1][1] + 1 == seq:
+                expected[-1] = (expected[-1][0], seq)
+            else:
+                expected.append((seq, seq))
+        rng.shuffle(seqs)
+        assert _spool.runs(seqs) == expected
+
+
+def made(seqs: range, parked: int = 0, created: float = 1.0) -> list[_spool.Row]:
+    return [(seq, 0, f"p{seq}", None, 0, b"{}", created, parked, None) for seq in seqs]
+
+
+def held(file: _spool.SpoolFile) -> list[tuple[int, int]]:
+    return file._db.execute("SELECT seq, parked FROM entries ORDER BY seq").fetchall()
+
+
+def test_deleting_and_parking_by_runs_leaves_the_gaps(tmp_path: Path) -> None:
+    """A commit deletes and parks exactly the seqs given, in any order, in chunks and in
+    entries: the entries between its runs stay where they were."""
+    file, _ = _spool.SpoolFile.open(str(tmp_path / "s.db"))
+    try:
+        file.commit(made(range(1, 10)) + made(range(10, 14), parked=1), [], [], 1 << 20, 0.0)
+        assert held(file) == [(10, 1), (11, 1), (12, 1), (13, 1)]  # the rest: one chunk
+        file.commit([], [6, 1, 12, 2, 5, 10], [9, 8], 1 << 20, 0.0)
+        assert file.rows == 7
+        assert held(file) == [(8, 1), (9, 1), (11, 1), (13, 1)]
+        (chunk,) = file._chunks
+        assert [chunk.first + i for i, flag in enumerate(chunk.members) if flag] == [3, 4, 7]
+        file.commit([], [3, 4, 7], [], 1 << 20, 0.0)  # its last members: the chunk goes
+        assert file._chunks == []
+        assert file._db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        assert file.rows == 4
+    finally:
+        file.close()
+
+
+def test_a_failed_commit_leaves_the_chunks_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file, _ = _spool.SpoolFile.open(str(tmp_path / "s.db"))
+    try:
+        file.commit(made(range(1, 6)), [], [], 1 << 20, 0.0)
+
+        def full(cutoff: float) -> int:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(file, "_expire", full)
+        with pytest.raises(sqlite3.OperationalError):
+            file.commit(made(range(6, 8)), [1, 2, 3, 4, 5], [], 1 << 20, 0.0)
+        (chunk,) = file._chunks
+        assert (chunk.unsettled, bytes(chunk.members), file.rows) == (5, b"\x01" * 5, 5)
+    finally:
+        file.close()
+
+
+def settled_runs(file: _spool.SpoolFile) -> list[tuple[int, int, int]]:
+    return file._db.execute("SELECT * FROM settled ORDER BY chunk, first").fetchall()
+
+
+def test_a_crash_leaves_chunks_that_the_next_open_parks_in_order(tmp_path: Path) -> None:
+    """What a chunk's commits recorded as settled (delivered, or moved to entries by a
+    park) is not sent again after a crash: the next open parks the rest, in seq order,
+    once; so do inspect and rows."""
+    path = str(tmp_path / "s.db")
+    file, _ = _spool.SpoolFile.open(path)
+    file.commit(made(range(1, 5), created=5.0), [], [], 1 << 20, 0.0)
+    file.commit(made(range(5, 7), parked=1, created=6.0) + made(range(7, 9), created=7.0),
+                [2], [3], 1 << 20, 0.0)  # fmt: skip
+    assert settled_runs(file) == [(1, 2, 2), (1, 3, 3)]
+    file.close()  # as a kill -9 would leave it: two chunks
+    left = [1, 3, 4, 5, 6, 7, 8]  # 2 was delivered; 3, parked, is in entries once
+    summary = inspect(path)
+    assert (summary.entries, summary.oldest, summary.people) == (7, 5.0, 7)
+    assert [row[1] for row in _spool.rows(path)] == [f"p{seq}" for seq in left]
+    assert _spool.oldest(path) == 5.0
+    file, count = _spool.SpoolFile.open(path)
+    try:
+        assert count == file.rows == 7
+        assert held(file) == [(seq, 1) for seq in left]
+        assert file._db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        assert settled_runs(file) == []
+    finally:
+        file.close()
+
+
+def test_a_chunk_settled_in_full_goes_with_its_records(tmp_path: Path) -> None:
+    file, _ = _spool.SpoolFile.open(str(tmp_path / "s.db"))
+    try:
+        file.commit(made(range(1, 7)), [], [], 1 << 20, 0.0)
+        file.commit([], [1, 2, 5], [], 1 << 20, 0.0)
+        assert settled_runs(file) == [(1, 1, 2), (1, 5, 5)]
+        file.commit([], [3, 4, 6], [], 1 << 20, 0.0)
+        assert settled_runs(file) == []
+        assert file._db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+    finally:
+        file.close()
+
+
+def test_a_file_of_the_previous_release_is_read_and_drained(tmp_path: Path) -> None:
+    path = str(tmp_path / "v1.db")
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            f"{_spool._SCHEMA} PRAGMA application_id={_spool.APPLICATION_ID}; "
+            "PRAGMA user_version=1;"
+        )
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", made(range(1, 4)))
+    db.close()
+    assert inspect(path).entries == 3  # read only: as it is
+    assert _spool.oldest(path) == 1.0
+    assert [row[1] for row in _spool.rows(path)] == ["p1", "p2", "p3"]
+    file, count = _spool.SpoolFile.open(path)
+    try:
+        assert count == 3
+        assert file._db.execute("PRAGMA user_version").fetchone()[0] == _spool.VERSION == 2
+        assert [row[0] for row in file.load(10)] == [1, 2, 3]
+    finally:
+        file.close()
+
+
+def as_version_1(path: Path) -> None:
+    """Make a spool closed by this release what the previous one would have left: its
+    entries table only (every entry of a closed spool is a row of it), version 1."""
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        db.executescript("DROP TABLE settled; DROP TABLE chunks; PRAGMA user_version=1;")
+    db.close()
+
+
+async def test_a_client_replays_a_file_of_the_previous_release(tmp_path: Path) -> None:
+    """A version-1 file's entries (real ones, resident and parked at the crash) are sent
+    once each, in order, by a client of this release, which upgrades the file."""
+    path = tmp_path / "spool.db"
+    url, port = down_url()
+    async with client(url, path, max_queue_size=50, shutdown_timeout=0.2) as koala:
+        ids = await produce(koala, 120)
+    assert koala.stats().spooled == 120
+    as_version_1(path)
+    with sqlite3.connect(path) as db:  # a crash leaves resident rows: the open parks them
+        db.execute("UPDATE entries SET parked = 0 WHERE seq % 2 = 0")
+    db.close()
+    fake = FakeCollector()
+    async with fake.serve(port=port), client(url, path) as again:
+        await wait_settled(again)
+    invariant(again.stats())
+    assert again.stats().recovered == 120
+    once(fake, ids)
+    in_order(fake)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _spool.VERSION
+        assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 0
+    db.close()
