@@ -251,7 +251,7 @@ class Engine:
 
         from ._spool import Spool, SpooledQueue, Writer  # and sqlite3: only with a spool
 
-        writer = Writer(options.path, options.directory)
+        writer = Writer(options.path, options.directory, options.max_bytes)
         held = await writer.open()
         assert writer.file is not None
         directory = options.path if options.directory else None

@@ -68,7 +68,7 @@ _CHUNK = 5000  # rows read back into memory at once
 # (its CPU per entry: 0.69 -> 0.53 µs), and the empty file's 6 pages (48 KiB) still leave
 # room under the smallest spool_max_bytes (64 KiB). A file made with another keeps it.
 PAGE_SIZE = 8192
-WAL_BYTES = 32 << 20  # the write-ahead log's size between checkpoints (see _check)
+WAL_BYTES = 32 << 20  # the write-ahead log's size between checkpoints (see wal_bytes)
 # Outcomes that leave the entries on disk: a later try, or a later run, may deliver them. A
 # dead endpoint is one: a wrong key or URL on one deploy must not empty the spool.
 _KEEP: frozenset[DropReason | None] = frozenset(
@@ -341,9 +341,20 @@ def _check(db: sqlite3.Connection, path: str, readonly: bool) -> None:
         # cut back to that size after: pages a commit frees and the next reuses are then
         # copied once rather than at each checkpoint (a commit's CPU: 0.59-0.65 -> 0.46-0.48
         # µs an entry with 8 KiB pages).
-        page = db.execute("PRAGMA page_size").fetchone()[0]
-        db.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // page}")
-        db.execute(f"PRAGMA journal_size_limit={WAL_BYTES}")
+        _bound_wal(db, WAL_BYTES)
+
+
+def wal_bytes(max_bytes: int, page: int) -> int:
+    """How large the write-ahead log may grow between checkpoints for a spool capped at
+    ``max_bytes``: :data:`WAL_BYTES`, but no more than the cap (a small spool on a small
+    disk keeps a small log), nor less than SQLite's own default of 1,000 pages."""
+    return min(WAL_BYTES, max(max_bytes, 1000 * page))
+
+
+def _bound_wal(db: sqlite3.Connection, size: int) -> None:
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.execute(f"PRAGMA wal_autocheckpoint={wal_bytes(size, page) // page}")
+    db.execute(f"PRAGMA journal_size_limit={wal_bytes(size, page)}")
 
 
 def runs(seqs: list[int]) -> list[tuple[int, int]]:
@@ -567,6 +578,10 @@ class SpoolFile:
         if chunk is not None:
             bisect.insort(self._chunks, chunk, key=lambda c: c.first)
         return full, expired
+
+    def bound_wal(self, max_bytes: int) -> None:
+        """Bound the write-ahead log by the spool's cap (see :func:`wal_bytes`)."""
+        _bound_wal(self._db, max_bytes)
 
     def _record(self, hits: Undo, emptied: list[tuple[int]]) -> None:
         """Write down what this commit settled in chunks that still hold entries (the next
@@ -834,9 +849,10 @@ class Writer:
     its outcome is applied in the loop's thread when it is done, whoever still waits, and the
     connection is closed by this thread after its last job."""
 
-    def __init__(self, path: str, directory: bool = False) -> None:
+    def __init__(self, path: str, directory: bool = False, max_bytes: int = 1 << 30) -> None:
         self.path = path  # the file (with ``directory``: the directory until open)
         self._directory = directory
+        self._max_bytes = max_bytes  # the spool's cap: it bounds the write-ahead log too
         self.file: SpoolFile | None = None
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[..., None]] | None] = (
             queue.SimpleQueue()
@@ -916,10 +932,12 @@ class Writer:
         def work() -> int:
             if not self._directory:
                 self.file, held = SpoolFile.open(self.path)
+                self.file.bound_wal(self._max_bytes)
                 return held
             directory = self.path
             path, lock = _take_slot(directory)
             self.file, held = SpoolFile.open(path, lock)
+            self.file.bound_wal(self._max_bytes)
             self.path = path
             try:
                 return held + self.file.adopt(directory)

@@ -244,6 +244,38 @@ async def test_the_size_cap_drops_the_oldest(tmp_path: Path) -> None:
     once(fake, ids[:20] + ids[20 + full :])
 
 
+@pytest.mark.parametrize(
+    ("cap", "log"), [(1 << 30, 32 << 20), (16 << 20, 16 << 20), (65536, 1000 * 8192)]
+)
+def test_the_write_ahead_log_is_bounded_by_the_spools_cap(cap: int, log: int) -> None:
+    """Beside the file, the log grows to 32 MiB between checkpoints, but a spool capped
+    lower keeps it within its cap (SQLite's default of 1,000 pages at least)."""
+    assert _spool.wal_bytes(cap, 8192) == log
+
+
+async def test_a_client_bounds_its_spools_write_ahead_log(tmp_path: Path) -> None:
+    url, _ = down_url()
+    async with client(url, tmp_path / "spool.db", spool_max_bytes=16 << 20):
+        pass
+    writer = _spool.Writer(str(tmp_path / "spool.db"), max_bytes=16 << 20)
+    try:
+        await writer.open()
+        file = writer.file
+        assert file is not None
+
+        def pragmas() -> list[int]:  # asked in the writer's thread, as the client's are
+            db = file._db
+            return [
+                db.execute(f"PRAGMA {p}").fetchone()[0]
+                for p in ("journal_size_limit", "wal_autocheckpoint")
+            ]
+
+        assert await writer.run(pragmas) == [16 << 20, (16 << 20) // 8192]
+    finally:
+        writer.stop()
+        writer.join(10)
+
+
 async def test_entries_older_than_max_age_expire(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     url, _ = down_url()
