@@ -355,7 +355,9 @@ class _Deadlines:
     is its start plus the length, so they come due in the order the blocks began. The timer
     is set for the oldest block still running; when it fires, every block past its deadline
     is cancelled (as :class:`_Deadline` does) and the timer set for the next. A request's
-    deadline costs a deque append rather than a timer set and cancelled: half the CPU."""
+    deadline costs a deque append rather than a timer set and cancelled: half the CPU.
+    Bound: blocks that ended behind one still running stay in the deque until it ends, at
+    most one deadline's worth of requests (a few MB at thousands of requests a second)."""
 
     __slots__ = ("_blocks", "_handle", "_seconds")
 
