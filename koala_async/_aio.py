@@ -101,7 +101,7 @@ class Stream:
             raise anyio.BrokenResourceError from protocol.error
         self._transport.write(data)
         while protocol.paused and not protocol.ended:
-            protocol.drained = asyncio.get_running_loop().create_future()
+            protocol.drained = self.loop.create_future()
             await protocol.drained
 
     def exchange(self, message: bytes, receiver: Receiver) -> None:
@@ -126,7 +126,7 @@ class Stream:
                 if protocol.error is not None:
                     raise anyio.BrokenResourceError from protocol.error
                 raise anyio.EndOfStream
-            protocol.waiter = asyncio.get_running_loop().create_future()
+            protocol.waiter = self.loop.create_future()
             await protocol.waiter
         data = bytes(protocol.buffer)
         protocol.buffer.clear()

@@ -325,10 +325,10 @@ class _Deadline:
             assert task is not None
             self._task = task
             self._cancelling = task.cancelling()
-            self._handle = asyncio.get_running_loop().call_later(self._seconds, self._fire)
+            self._handle = asyncio.get_running_loop().call_later(self._seconds, self.fire)
         return self
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         self._fired = True
         self._task.cancel()
 
@@ -391,7 +391,7 @@ class _Deadlines:
         loop = asyncio.get_running_loop()
         now = loop.time() + 0.001  # asyncio may run a timer a clock tick early: no re-arming
         while blocks and blocks[0].at <= now:
-            blocks.popleft().fire()
+            blocks.popleft().fire()  # running: end() dropped those that ended
             self.end()
         if blocks:
             self._handle = loop.call_at(blocks[0].at, self._due)
@@ -415,10 +415,6 @@ class _Block(_Deadline):
         self._cancelling = task.cancelling()
         self._owner.start(self)
         return self
-
-    def fire(self) -> None:
-        if not self.ended:
-            self._fire()
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

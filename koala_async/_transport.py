@@ -321,11 +321,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         await self._receive(reader)  # nothing was there: no need to ask before the first
         while (event := reader.next_event()) is NEED_DATA:
             await self._receive(reader)
-        status, headers, close = event  # type: ignore[misc]  # a Response: End comes after
-        # Without a limit per read, the caller bounds the whole request and needs only the
-        # status and headers: a body still coming gets a limit of its own, and a body that
-        # stalls or breaks must not turn a known answer (an accepted batch, a 429's
-        # Retry-After) into a timeout at the caller's deadline, and a resend.
+        response: _h1.Response = event  # type: ignore[assignment]  # End comes after
+        # Without a limit per read, a body still coming gets a limit of its own (see _stands).
         headed = self._read_timeout is None
         try:
             if (end := reader.next_event()) is NEED_DATA:
@@ -333,14 +330,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     while (end := reader.next_event()) is NEED_DATA:
                         await self._receive(reader)
         except (anyio.BrokenResourceError, OSError, ValueError, _Timeout):
-            if not (headed or 200 <= status < 300):
+            if not _stands(response.status, headed):
                 raise
-            # A 2xx says the batch was accepted: what follows cannot undo that.
-            return status, headers, reader.body(), True
-        # Bytes past the answer (a stray CRLF, junk) put the connection out of step with
-        # the server: the next answer read on it would be the wrong one.
-        body, complete = end  # type: ignore[misc]  # an End
-        return status, headers, body, close or not complete or reader.unread > 0
+            return response.status, response.headers, reader.body(), True
+        return _answer(response, end, reader)  # type: ignore[arg-type]  # an End
 
     async def aclose(self) -> None:
         stream, self._stream, self._origin = self._stream, None, None
@@ -350,6 +343,24 @@ class Http11Transport(httpx.AsyncBaseTransport):
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(OSError, anyio.BrokenResourceError):
                     await stream.aclose()
+
+
+def _stands(status: int, headed: bool) -> bool:
+    """Whether an answer stands when its body then stalls or breaks (it is returned, and its
+    connection closed). A 2xx says the batch was accepted: what follows cannot undo that.
+    And without a limit per read (``headed``) the caller bounds the whole request and needs
+    only the status and headers: a broken body must not turn a known answer (a 429's
+    Retry-After) into a timeout at the caller's deadline, and a resend."""
+    return headed or 200 <= status < 300
+
+
+def _answer(response: _h1.Response, end: _h1.End, reader: _h1.Reader) -> Answer:
+    """The whole answer. Its connection is closed after it when the server says so, the
+    body was cut at the cap, or bytes came past it (a stray CRLF, junk): those put the
+    connection out of step, and the next answer read on it would be the wrong one."""
+    status, headers, close = response
+    body, complete = end
+    return status, headers, body, close or not complete or reader.unread > 0
 
 
 class _Answer:
@@ -407,9 +418,8 @@ class _Answer:
                 if type(event) is _h1.Response:
                     self._response = event
                     continue
-                body, complete = event  # type: ignore[misc]  # an End
-                status, headers, close = self._response  # type: ignore[misc]
-                self._finish((status, headers, body, close or not complete or reader.unread > 0))
+                assert self._response is not None  # End comes after the Response
+                self._finish(_answer(self._response, event, reader))  # type: ignore[arg-type]
                 return
         except ValueError as exc:  # malformed, or a TLS record
             self._fail(exc)
@@ -423,10 +433,8 @@ class _Answer:
 
     def _fail(self, error: Exception) -> None:
         response = self._response
-        if response is not None and (self._read_timeout is None or 200 <= response[0] < 300):
-            # With no limit per read the caller needs only the head, and a 2xx says the
-            # batch was accepted: what follows cannot undo either (the connection is closed).
-            self._finish((response[0], response[1], self._reader.body(), True))
+        if response is not None and _stands(response.status, self._read_timeout is None):
+            self._finish((response.status, response.headers, self._reader.body(), True))
             return
         self.stop()
         if not self.future.done():
