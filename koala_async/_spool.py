@@ -337,11 +337,6 @@ def _check(db: sqlite3.Connection, path: str, readonly: bool) -> None:
         # anyway), not in the pages a deleted chunk frees: some builds (Debian's) zero those
         # too, by default, which doubled what writing a commit cost (0.37 µs an entry).
         db.execute("PRAGMA secure_delete=FAST")
-        # The WAL is copied into the file once it holds WAL_BYTES (SQLite: 1000 pages), and
-        # cut back to that size after: pages a commit frees and the next reuses are then
-        # copied once rather than at each checkpoint (a commit's CPU: 0.59-0.65 -> 0.46-0.48
-        # µs an entry with 8 KiB pages).
-        _bound_wal(db, WAL_BYTES)
 
 
 def wal_bytes(max_bytes: int, page: int) -> int:
@@ -351,10 +346,15 @@ def wal_bytes(max_bytes: int, page: int) -> int:
     return min(WAL_BYTES, max(max_bytes, 1000 * page))
 
 
-def _bound_wal(db: sqlite3.Connection, size: int) -> None:
+def _bound_wal(db: sqlite3.Connection, max_bytes: int) -> None:
+    """The WAL is copied into the file once it holds :func:`wal_bytes` (SQLite: 1000 pages),
+    and cut back to that size after: pages a commit frees and the next reuses are then copied
+    once rather than at each checkpoint (a commit's CPU: 0.59-0.65 -> 0.46-0.48 µs an entry
+    with 8 KiB pages, at 32 MiB)."""
     page = db.execute("PRAGMA page_size").fetchone()[0]
-    db.execute(f"PRAGMA wal_autocheckpoint={wal_bytes(size, page) // page}")
-    db.execute(f"PRAGMA journal_size_limit={wal_bytes(size, page)}")
+    size = wal_bytes(max_bytes, page)
+    db.execute(f"PRAGMA wal_autocheckpoint={size // page}")
+    db.execute(f"PRAGMA journal_size_limit={size}")
 
 
 def runs(seqs: list[int]) -> list[tuple[int, int]]:
@@ -433,9 +433,12 @@ class SpoolFile:
         self._chunks: list[_Chunk] = []  # the chunks on disk, by first seq
 
     @classmethod
-    def open(cls, path: str, lock: int | None = None) -> tuple[SpoolFile, int]:
+    def open(
+        cls, path: str, lock: int | None = None, max_bytes: int = WAL_BYTES
+    ) -> tuple[SpoolFile, int]:
         """Lock, check (or create) and open the spool; park every row an earlier run left.
-        Returns the file and how many entries it holds.
+        Returns the file and how many entries it holds. ``max_bytes``: the spool's cap,
+        which bounds its write-ahead log too (see :func:`wal_bytes`).
 
         Raises:
             SpoolError: another live process owns it, or it is not a readable spool.
@@ -445,6 +448,7 @@ class SpoolFile:
         db = None
         try:
             db = _connect(path)
+            _bound_wal(db, max_bytes)
             db.execute("BEGIN IMMEDIATE")
             _fold(db)
             db.execute("UPDATE entries SET parked = 1 WHERE parked = 0")
@@ -578,10 +582,6 @@ class SpoolFile:
         if chunk is not None:
             bisect.insort(self._chunks, chunk, key=lambda c: c.first)
         return full, expired
-
-    def bound_wal(self, max_bytes: int) -> None:
-        """Bound the write-ahead log by the spool's cap (see :func:`wal_bytes`)."""
-        _bound_wal(self._db, max_bytes)
 
     def _record(self, hits: Undo, emptied: list[tuple[int]]) -> None:
         """Write down what this commit settled in chunks that still hold entries (the next
@@ -849,7 +849,7 @@ class Writer:
     its outcome is applied in the loop's thread when it is done, whoever still waits, and the
     connection is closed by this thread after its last job."""
 
-    def __init__(self, path: str, directory: bool = False, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, path: str, directory: bool = False, max_bytes: int = WAL_BYTES) -> None:
         self.path = path  # the file (with ``directory``: the directory until open)
         self._directory = directory
         self._max_bytes = max_bytes  # the spool's cap: it bounds the write-ahead log too
@@ -931,13 +931,11 @@ class Writer:
 
         def work() -> int:
             if not self._directory:
-                self.file, held = SpoolFile.open(self.path)
-                self.file.bound_wal(self._max_bytes)
+                self.file, held = SpoolFile.open(self.path, max_bytes=self._max_bytes)
                 return held
             directory = self.path
             path, lock = _take_slot(directory)
-            self.file, held = SpoolFile.open(path, lock)
-            self.file.bound_wal(self._max_bytes)
+            self.file, held = SpoolFile.open(path, lock, self._max_bytes)
             self.path = path
             try:
                 return held + self.file.adopt(directory)
