@@ -136,6 +136,7 @@ async def produce(
         "limit_min": min(limits),
         "limit_median": sorted(limits)[len(limits) // 2],
         "limit_max": max(limits),
+        "limit_late_median": sorted(late := limits[len(limits) // 2 :])[len(late) // 2],
     }
 
 

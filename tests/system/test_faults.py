@@ -48,7 +48,9 @@ def test_a_rate_limit_paces_attempts_and_loses_nothing(faults: ModuleType) -> No
 
 def test_an_overloaded_server_is_backed_off(faults: ModuleType) -> None:
     """A server that answers one request at a time (latency grows with what is in flight):
-    the limit stays far below its ceiling of 256, and nothing is lost."""
+    once slow start has found the server's bound, the limit stays far below its ceiling of
+    256, and nothing is lost. (Judged on the run's second half: how long slow start takes
+    depends on the machine's speed, which is not what this test is about.)"""
     result = faults.run("overload", seconds=3, rate=400, people=200)
     assert (result["lost"], result["dropped"]) == (0, {}), result
-    assert result["limit_median"] < 64, result
+    assert result["limit_late_median"] < 64, result
