@@ -68,6 +68,10 @@ class Runtime:
         self._clients: list[httpx.AsyncClient] = []  # ours, idle
         self._made: list[httpx.AsyncClient] = []  # ours, all: closed at the end
         self._idle: list[Flag] = []
+        # Workers woken (or started) for a ready target that have not run yet: a dispatch
+        # before they do must not wake another for the same target, who would find none.
+        self._waking: set[Flag] = set()
+        self._starting = 0
         self._cancels: set[Callable[[], object]] = set()
         self._tasks = 0
         self.workers = 0
@@ -160,15 +164,20 @@ class Runtime:
         if queue.inbox and queue.intake():
             self.dispatch()
 
-    def dispatch(self) -> None:
-        """Ready targets are waiting: wake idle workers, or start new ones up to the limit."""
-        waiting = len(self._queue.ready)
+    def dispatch(self, taking: int = 0) -> None:
+        """Ready targets are waiting: wake idle workers, or start new ones up to the limit,
+        one for each target that no worker woken before (nor the caller, ``taking`` them)
+        will take."""
+        waiting = len(self._queue.ready) - len(self._waking) - self._starting - taking
         idle = self._idle
-        while waiting and idle:
-            idle.pop().set()
+        while waiting > 0 and idle:
+            flag = idle.pop()
+            flag.set()
+            self._waking.add(flag)
             waiting -= 1
-        while waiting and self.workers < self._limiter.limit and not self.stopping:
+        while waiting > 0 and self.workers < self._limiter.limit and not self.stopping:
             self.workers += 1
+            self._starting += 1
             self.spawn(self._work)
             waiting -= 1
 
@@ -191,6 +200,7 @@ class Runtime:
         return client
 
     async def _work(self) -> None:
+        self._starting -= 1
         queue, sender = self._queue, self._sender
         http = self._client()
         try:
@@ -199,7 +209,10 @@ class Runtime:
                 if target is None:
                     flag = self.loop.flag()
                     self._idle.append(flag)
-                    await flag.wait()
+                    try:
+                        await flag.wait()
+                    finally:
+                        self._wakened(flag)
                     continue
                 batch = queue.seal(target)
                 if batch is None:  # nothing left to send (parked to the spool meanwhile)
@@ -215,12 +228,19 @@ class Runtime:
                 self.after_settle()
                 if self.workers > self._limiter.limit:  # the limit was cut: retire
                     break
-                self.dispatch()  # the limit may have grown, and the backlog with it
+                self.dispatch(taking=1)  # the limit may have grown, and the backlog with it
         finally:
             self.workers -= 1
             if isinstance(self._http, HttpFactory):
                 self._clients.append(http)
         self.dispatch()  # an idle worker takes over what this one leaves
+
+    def _wakened(self, flag: Flag) -> None:
+        """An idle worker's wait ended: woken by a dispatch, by the stop, or cancelled."""
+        if flag in self._waking:
+            self._waking.discard(flag)
+        else:
+            self._idle.remove(flag)
 
     async def _tick_forever(self) -> None:
         ledger, queue = self._ledger, self._queue

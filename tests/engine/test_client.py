@@ -24,6 +24,7 @@ from koala_async import (
     _queue,
     _runtime,
 )
+from koala_async._queue import Queue
 
 pytestmark = pytest.mark.anyio
 PID = "3e6a2c18-3b02-40c4-b8d2-1842c193d3ba"
@@ -568,3 +569,49 @@ async def test_calls_yield_to_the_event_loop_only_when_it_has_not_run(
         # turn comes late (on trio, perhaps only at the next yield).
         assert 4 <= yields <= 9
     assert koala.stats().delivered == 1280
+
+
+async def test_a_worker_woken_for_a_ready_person_mostly_finds_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dispatch wakes one idle worker per ready target that no worker woken before, nor
+    the worker dispatching, will take: one person's lanes (a target ready again as soon as
+    it is taken) would otherwise wake about one worker in two for nothing. Some still are:
+    a worker already running may take the target first, which costs less than leaving it
+    to the one woken (it would then need waking itself)."""
+
+    async def reply(request: httpx.Request) -> httpx.Response:
+        await anyio.lowlevel.checkpoint()
+        return httpx.Response(200)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(reply))
+    woken: set[object] = set()  # tasks woken by a dispatch, until they look for a target
+    found: list[bool] = []
+    async with KoalaClient("pk_test", http_client=http, max_concurrent_requests=16) as koala:
+        runtime = koala._engine._runtime
+        assert runtime is not None
+        wakened, take = runtime._wakened, Queue.take
+
+        def watch_wake(flag: Any) -> None:
+            if flag in runtime._waking:
+                woken.add(anyio.get_current_task().id)
+            wakened(flag)
+
+        def watch_take(queue: Queue) -> Any:
+            target = take(queue)
+            me = anyio.get_current_task().id
+            if me in woken:
+                woken.discard(me)
+                found.append(target is not None)
+            return target
+
+        runtime._wakened = watch_wake  # type: ignore[method-assign]
+        monkeypatch.setattr(Queue, "take", watch_take)
+        for i in range(3000):
+            await koala.track("Step", profile_id=PID, properties={"i": i})
+            if i % 30 == 29:
+                await anyio.lowlevel.checkpoint()
+        await koala.flush(timeout=10)
+        assert koala.stats().delivered == 3000
+    assert found, "idle workers were woken"
+    assert found.count(False) < 0.4 * len(found), f"{found.count(False)} of {len(found)} found none"
