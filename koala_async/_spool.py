@@ -49,7 +49,7 @@ import sniffio
 
 from ._exceptions import SpoolError, ValidationError
 from ._ledger import Ledger
-from ._queue import Batch, Item, Queue, Target, reraise
+from ._queue import Batch, Item, Queue, Target, new_seqs, reraise
 from ._reporter import Reporter
 from ._stats import DropReason
 from ._validate import Who
@@ -807,7 +807,7 @@ class SpooledQueue(Queue):
         assert batch is not None
         seqs = batch.seqs
         if seqs is None:
-            batch.seqs = seqs = ([], [], [])
+            batch.seqs = seqs = new_seqs()
         seqs[kind].append(seq)
         return ready
 

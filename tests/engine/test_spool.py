@@ -25,7 +25,7 @@ from wire_check import free_port, invariant
 
 from koala_async import KoalaClient, KoalaSyncClient, RetryPolicy, SpoolError, Stats, _spool
 from koala_async._ledger import Ledger
-from koala_async._queue import EVENTS, FILE_EVERY, Batch
+from koala_async._queue import EVENTS, FILE_EVERY, Batch, new_seqs
 from koala_async._reporter import Reporter
 from koala_async._spool import Spool, SpooledQueue, SpoolOptions, Writer, inspect
 from koala_async.testing import FakeCollector
@@ -337,10 +337,10 @@ async def test_a_corrupt_or_foreign_file_is_refused_untouched(
 
 def test_halves_carry_their_entries_seqs() -> None:
     batch = Batch()
-    batch.seqs = ([], [], [])
+    batch.seqs = seqs = new_seqs()
     for seq, kind in enumerate([0, 1, 0, 2, 0, 1], 1):
         batch.append(kind, b'{"n":%d}' % seq)
-        batch.seqs[kind].append(seq)
+        seqs[kind].append(seq)
     for half in batch.halves():
         assert half.seqs is not None
         for kind, raw in half.entries():

@@ -19,6 +19,7 @@ from koala_async._queue import (
     Queue,
     Target,
     Waiter,
+    new_seqs,
 )
 from koala_async._wire import MAX_PER_KIND
 
@@ -336,11 +337,15 @@ def test_halves_keep_each_entrys_spool_row_and_flushes_wait_for_both() -> None:
     batch = Batch("ada@acme.com", "10.0.0.1")
     for kind, raw in ((EVENTS, b"1"), (EVENTS, b"2"), (IDENTIFIES, b"3"), (PAGE_VIEWS, b"4")):
         batch.append(kind, raw)
-    batch.seqs = ([10, 11], [12], [13])
+    batch.seqs = new_seqs()
+    for kind, seqs in enumerate(([10, 11], [12], [13])):
+        batch.seqs[kind].extend(seqs)
     waiter = Waiter(_Flag())
     waiter.add(batch)
     first, second = batch.halves()
-    assert (first.seqs, second.seqs) == (([10, 11], [], []), ([], [12], [13]))
+    assert first.seqs is not None
+    assert second.seqs is not None
+    assert [list(s) for s in (*first.seqs, *second.seqs)] == [[10, 11], [], [], [], [12], [13]]
     assert (first.ip, second.ip) == ("10.0.0.1", "10.0.0.1")
     assert waiter.left == 2
     assert first.waiters == second.waiters == [waiter]
