@@ -124,6 +124,25 @@ _decode = msgspec.msgpack.Decoder(
 Loaded = tuple[int, int, str, "str | None", int, bytes, "str | None"]
 
 
+class Fresh(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """An entry's row as a call made it, until the writer has written it: encoded as the
+    tuple :data:`Row` is. Not tracked by the garbage collector (a tuple per entry waiting
+    to be written made the collector run twice as often, and its full passes with it)."""
+
+    seq: int
+    code: int
+    key: str
+    secondary: str | None
+    kind: int
+    raw: bytes
+    created: float
+    parked: int
+    ip: str | None
+
+    def row(self) -> Row:
+        return msgspec.structs.astuple(self)
+
+
 @dataclass(frozen=True)
 class SpoolOptions:
     """The spool's checked options."""
@@ -407,14 +426,14 @@ class _Chunk:
 
     __slots__ = ("first", "last", "members", "unsettled")
 
-    def __init__(self, rows: list[Row]) -> None:
-        self.first, self.last = rows[0][0], rows[-1][0]
+    def __init__(self, rows: list[Fresh]) -> None:
+        self.first, self.last = rows[0].seq, rows[-1].seq
         if self.last - self.first + 1 == len(rows):  # (mostly: every seq a member)
             self.members = bytearray(b"\x01" * len(rows))
         else:
             self.members = bytearray(self.last - self.first + 1)
             for row in rows:
-                self.members[row[0] - self.first] = 1
+                self.members[row.seq - self.first] = 1
         self.unsettled = len(rows)
 
 
@@ -531,7 +550,12 @@ class SpoolFile:
         return int(count)
 
     def commit(
-        self, writes: list[Row], deletes: list[int], parks: list[int], max_bytes: int, cutoff: float
+        self,
+        writes: list[Fresh],
+        deletes: list[int],
+        parks: list[int],
+        max_bytes: int,
+        cutoff: float,
     ) -> tuple[int, int]:
         """Write, park and delete in one transaction, then apply the caps to parked rows:
         return how many were dropped past ``max_bytes`` and how many were older than
@@ -543,10 +567,13 @@ class SpoolFile:
             self._begin()
             if parks and writes:  # parked before it was written: written parked
                 early = set(parks)
-                writes = [(*row[:7], 1, row[8]) if row[0] in early else row for row in writes]
-            resident = [row for row in writes if not row[7]]
+                writes = [
+                    msgspec.structs.replace(row, parked=1) if row.seq in early else row
+                    for row in writes
+                ]
+            resident = [row for row in writes if not row.parked]
             if len(resident) < len(writes):
-                self._insert([row for row in writes if row[7]])
+                self._insert([row.row() for row in writes if row.parked])
             if resident:
                 chunk = self._write_chunk(resident)
             if parks:
@@ -594,11 +621,11 @@ class SpoolFile:
         self._db.executemany("DELETE FROM chunks WHERE first = ?", emptied)
         self._db.executemany("DELETE FROM settled WHERE chunk = ?", emptied)
 
-    def _write_chunk(self, resident: list[Row]) -> _Chunk:
+    def _write_chunk(self, resident: list[Fresh]) -> _Chunk:
         """Write a commit's resident entries as one row of chunks."""
         self._db.execute(
             "INSERT INTO chunks VALUES (?, ?, ?)",
-            (resident[0][0], resident[0][6], _encode(resident)),
+            (resident[0].seq, resident[0].created, _encode(resident)),
         )
         self.rows += len(resident)
         return _Chunk(resident)
@@ -638,7 +665,12 @@ class SpoolFile:
         return parked
 
     def last_commit(
-        self, writes: list[Row], deletes: list[int], parks: list[int], max_bytes: int, cutoff: float
+        self,
+        writes: list[Fresh],
+        deletes: list[int],
+        parks: list[int],
+        max_bytes: int,
+        cutoff: float,
     ) -> tuple[int, int, int, sqlite3.Error | None]:
         """The commit at close, which must leave the file holding what the client counts:
         if the whole commit fails (a full disk), the deletions and parks alone (they take
@@ -779,19 +811,19 @@ class SpooledQueue(Queue):
     ) -> None:
         super().__init__(on_unfiled)
         self.seq = last_seq
-        self.rows: list[Row] = []  # accepted entries the writer has not written yet
+        self.rows: list[Fresh] = []  # accepted entries the writer has not written yet
 
     def put(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> bool:
         self.seq = seq = self.seq + 1
         field, key, _, secondary = who
-        self.rows.append((seq, _CODES[field], key, secondary, kind, entry, time.time(), 0, ip))
+        self.rows.append(Fresh(seq, _CODES[field], key, secondary, kind, entry, time.time(), 0, ip))
         return self._file(kind, entry, who, ip, seq)
 
     def park(self, kind: int, entry: bytes, who: Who, ip: str | None = None) -> None:
         """Keep an entry on disk only."""
         self.seq = seq = self.seq + 1
         field, key, _, secondary = who
-        self.rows.append((seq, _CODES[field], key, secondary, kind, entry, time.time(), 1, ip))
+        self.rows.append(Fresh(seq, _CODES[field], key, secondary, kind, entry, time.time(), 1, ip))
 
     def load(self, row: Loaded) -> bool:
         """Queue an entry read back from the spool; True when its target became ready."""
@@ -1157,10 +1189,10 @@ class Spool:
         for index, row in enumerate(rows):
             if len(back) >= room:
                 break
-            seq = row[0]
-            if row[7] or seq in parks:
-                back.append((seq, row[1], row[2], row[3], row[4], row[5], row[8]))
-                rows[index] = (*row[:7], 0, row[8])
+            seq = row.seq
+            if row.parked or seq in parks:
+                back.append((seq, row.code, row.key, row.secondary, row.kind, row.raw, row.ip))
+                rows[index] = msgspec.structs.replace(row, parked=0)
                 parks.discard(seq)
         if back:
             self._parks = [seq for seq in self._parks if seq in parks]
@@ -1189,7 +1221,7 @@ class Spool:
         self._ledger.load(len(rows))
         self._loaded(ready)
 
-    def _take(self) -> tuple[list[Row], list[int], list[int]]:
+    def _take(self) -> tuple[list[Fresh], list[int], list[int]]:
         """What to write, delete and park, taken from the lists (a row deleted before it was
         written is neither written nor deleted)."""
         queue = self._queue
@@ -1197,17 +1229,17 @@ class Spool:
         deletes, self._deletes = self._deletes, []
         parks, self._parks = self._parks, []
         # (rows are queued in seq order: a deletion below the first is of a row written)
-        if writes and deletes and max(deletes) >= writes[0][0]:
+        if writes and deletes and max(deletes) >= writes[0].seq:
             gone = set(deletes)
-            new = {row[0] for row in writes}
-            writes = [row for row in writes if row[0] not in gone]
+            new = {row.seq for row in writes}
+            writes = [row for row in writes if row.seq not in gone]
             deletes = [seq for seq in deletes if seq not in new]
         self._writing = len(writes)
         self._taken.set()
         self._taken = anyio.Event()
         return writes, deletes, parks
 
-    def _give_back(self, writes: list[Row], deletes: list[int], parks: list[int]) -> None:
+    def _give_back(self, writes: list[Fresh], deletes: list[int], parks: list[int]) -> None:
         """A commit failed: its lists go back in front of what came since."""
         self._queue.rows[:0] = writes
         self._deletes[:0] = deletes

@@ -372,8 +372,8 @@ async def test_a_batch_out_of_retries_takes_its_persons_unfiled_entries_to_disk(
         queue.add(EVENTS, raw, ada)
     assert spool.settled(target, batch, "retries_exhausted")
     assert queue.inbox == []
-    assert [row[5] for row in queue.rows] == [b'"1"', b'"2"', b'"3"']
-    assert spool._parks == [row[0] for row in queue.rows]  # all three wait on disk, in order
+    assert [row.raw for row in queue.rows] == [b'"1"', b'"2"', b'"3"']
+    assert spool._parks == [row.seq for row in queue.rows]  # all three wait on disk, in order
     assert (ledger.pending, ledger.spooled) == (0, 3)
     writer.stop()
     assert writer.join(10)
@@ -398,7 +398,7 @@ async def test_a_row_settled_before_its_commit_is_never_written(tmp_path: Path) 
         queue.put(EVENTS, raw, ada)
     spool._deletes = [2, 4]
     writes, deletes, parks = spool._take()
-    assert ([row[0] for row in writes], deletes, parks) == ([5], [2], [])
+    assert ([row.seq for row in writes], deletes, parks) == ([5], [2], [])
     writer.stop()
     assert writer.join(10)
 
@@ -827,8 +827,8 @@ def test_runs_finds_every_gap() -> None:
         assert _spool.runs(seqs) == expected
 
 
-def made(seqs: range, parked: int = 0, created: float = 1.0) -> list[_spool.Row]:
-    return [(seq, 0, f"p{seq}", None, 0, b"{}", created, parked, None) for seq in seqs]
+def made(seqs: range, parked: int = 0, created: float = 1.0) -> list[_spool.Fresh]:
+    return [_spool.Fresh(seq, 0, f"p{seq}", None, 0, b"{}", created, parked, None) for seq in seqs]
 
 
 def held(file: _spool.SpoolFile) -> list[tuple[int, int]]:
@@ -924,7 +924,8 @@ def test_a_file_of_the_previous_release_is_read_and_drained(tmp_path: Path) -> N
             f"{_spool._SCHEMA} PRAGMA application_id={_spool.APPLICATION_ID}; "
             "PRAGMA user_version=1;"
         )
-        db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", made(range(1, 4)))
+        rows = [row.row() for row in made(range(1, 4))]
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     db.close()
     assert inspect(path).entries == 3  # read only: as it is
     assert _spool.oldest(path) == 1.0
