@@ -35,7 +35,7 @@ import anyio.lowlevel
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from koala_async import KoalaClient, RetryPolicy
-from koala_async._spool import SpoolFile
+from koala_async._spool import Fresh, SpoolFile
 
 PROPS = {"plan": "pro", "seats": 12, "trial": False}
 CHUNK = 100
@@ -106,7 +106,9 @@ def _database_alone(n: int, path: str) -> tuple[float, float, float]:
     )
     file, _ = SpoolFile.open(path)
     now = time.time()
-    rows = [(i, 1, f"user{i // 10}@acme.com", None, 0, raw, now, 0, None) for i in range(1, n + 1)]
+    rows = [
+        Fresh(i, 1, f"user{i // 10}@acme.com", None, 0, raw, now, 0, None) for i in range(1, n + 1)
+    ]
     began = time.perf_counter()
     for start in range(0, n, 10_000):
         file.commit(rows[start : start + 10_000], [], [], 1 << 40, 0.0)
