@@ -359,18 +359,21 @@ class _Deadlines:
     Bound: blocks that ended behind one still running stay in the deque until it ends, at
     most one deadline's worth of requests (a few MB at thousands of requests a second)."""
 
-    __slots__ = ("_blocks", "_handle", "_seconds")
+    __slots__ = ("_blocks", "_handle", "_seconds", "loop")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self._blocks: deque[_Block] = deque()  # oldest first; ended ones dropped lazily
         self._handle: asyncio.TimerHandle | None = None
+        # Made in the loop whose tasks it serves, which is asked once: on 3.11, asking for
+        # the running loop is a getpid() system call each time.
+        self.loop = asyncio.get_running_loop()
 
     def __call__(self) -> _Block:
         return _Block(self)
 
     def start(self, block: _Block) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         block.at = loop.time() + self._seconds
         self._blocks.append(block)
         if self._handle is None:
@@ -388,7 +391,7 @@ class _Deadlines:
         blocks = self._blocks
         if not blocks:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         now = loop.time() + 0.001  # asyncio may run a timer a clock tick early: no re-arming
         while blocks and blocks[0].at <= now:
             blocks.popleft().fire()  # running: end() dropped those that ended
@@ -409,7 +412,7 @@ class _Block(_Deadline):
         self.at = math.inf
 
     def __enter__(self) -> _Block:
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._owner.loop)
         assert task is not None
         self._task = task
         self._cancelling = task.cancelling()
